@@ -1,0 +1,336 @@
+"""Finding, opening and writing checkpoints: local folders, the offline hub cache, PEFT adapters.
+
+Weights are read tensor by tensor from safetensors (never a second full model in memory where it can
+be avoided), pickle checkpoints are refused unless the user opts in, and ``trust_remote_code`` stays
+off unless asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .errors import SurgeryError
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+ADAPTER_CONFIG = "adapter_config.json"
+#: files copied from a source model folder into a written one (weights are written separately)
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """A local folder as given, or a hub id resolved from the local cache only (works offline)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise SurgeryError(f"{p} is a file, but a model folder (config.json + weights) was expected.")
+    text = str(name_or_path)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(text, local_files_only=True))
+        except Exception:  # noqa: BLE001 - any failure means "not in the cache"
+            pass
+    raise SurgeryError(
+        f"Model '{name_or_path}' is neither a local folder nor a hub id in the local cache "
+        "(nothing is downloaded: run with the model already on disk)."
+    )
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return (path / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base_name(path: Path) -> str | None:
+    cfg = json.loads((path / ADAPTER_CONFIG).read_text())
+    return cfg.get("base_model_name_or_path")
+
+
+def safetensors_files(path: Path, allow_pickle: bool = False) -> list[Path]:
+    """The safetensors weight files of a model folder; refuses pickle-only folders unless allowed."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [n for n in names if not (path / n).is_file()]
+        if missing:
+            raise SurgeryError(f"{path} is missing shard {missing[0]} named in its safetensors index.")
+        return [path / n for n in names]
+    files = sorted(p for p in path.glob("*.safetensors") if not p.name.startswith("adapter_"))
+    if files:
+        return files
+    pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        if not allow_pickle:
+            raise SurgeryError(
+                f"{path} only has pickle weights ({pickles[0].name}); pickle can run arbitrary code, so it is "
+                "refused. Convert it to safetensors, or pass --allow-pickle if you trust the file."
+            )
+        return pickles
+    raise SurgeryError(f"{path} has no weight files (*.safetensors).")
+
+
+class LazyCheckpoint:
+    """Name -> tensor access over one or more weight files, opening one tensor at a time."""
+
+    def __init__(self, files: list[Path]):
+        from safetensors import safe_open
+
+        self.files = files
+        self._where: dict[str, Path] = {}
+        self._pickled: dict[str, torch.Tensor] = {}
+        for f in files:
+            if f.suffix == ".safetensors":
+                with safe_open(str(f), framework="pt") as h:
+                    for k in h.keys():
+                        self._where[k] = f
+            else:  # only reached with --allow-pickle
+                sd = torch.load(str(f), map_location="cpu", weights_only=True)
+                for k, v in sd.items():
+                    self._pickled[k] = v
+                    self._where[k] = f
+
+    @classmethod
+    def from_dir(cls, path: Path, allow_pickle: bool = False) -> "LazyCheckpoint":
+        return cls(safetensors_files(path, allow_pickle))
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def get(self, name: str) -> torch.Tensor:
+        if name in self._pickled:
+            return self._pickled[name]
+        from safetensors import safe_open
+
+        try:
+            f = self._where[name]
+        except KeyError:
+            raise SurgeryError(f"Tensor '{name}' is not in the checkpoint ({self.files[0].parent}).") from None
+        with safe_open(str(f), framework="pt") as h:
+            return h.get_tensor(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name in self._pickled:
+            return tuple(self._pickled[name].shape)
+        from safetensors import safe_open
+
+        with safe_open(str(self._where[name]), framework="pt") as h:
+            return tuple(h.get_slice(name).get_shape())
+
+
+class StateDictCheckpoint:
+    """The LazyCheckpoint interface over an in-memory state dict (a merged PEFT adapter)."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        self._state = state
+
+    def keys(self) -> list[str]:
+        return list(self._state)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._state
+
+    def get(self, name: str) -> torch.Tensor:
+        try:
+            return self._state[name]
+        except KeyError:
+            raise SurgeryError(f"Tensor '{name}' is not in the merged model.") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._state[name].shape)
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    """Fingerprint of a tensor's dtype, shape and exact bytes."""
+    t = t.detach().contiguous().cpu()
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelSource:
+    """Where a model comes from: a full folder, or a PEFT adapter on top of a base."""
+
+    spec: str
+    path: Path
+    adapter_base: Path | None = None  # set when `path` is a PEFT adapter
+
+    @property
+    def config_dir(self) -> Path:
+        return self.adapter_base if self.adapter_base is not None else self.path
+
+    @property
+    def identifier(self) -> str:
+        if self.adapter_base is not None:
+            return f"{self.spec} (adapter on {self.adapter_base})"
+        return self.spec
+
+
+def locate(spec: str | os.PathLike, base_hint: str | os.PathLike | None = None) -> ModelSource:
+    """Resolve a model argument; a PEFT adapter folder is paired with its base (hint first)."""
+    path = resolve_model_dir(spec)
+    if not is_adapter_dir(path):
+        if not (path / "config.json").is_file():
+            raise SurgeryError(f"{path} has no config.json: it is not a Hugging Face model folder.")
+        return ModelSource(str(spec), path)
+    base_spec = base_hint or adapter_base_name(path)
+    if not base_spec:
+        raise SurgeryError(f"{path} is a PEFT adapter without base_model_name_or_path; pass --base.")
+    base = resolve_model_dir(base_spec)
+    if is_adapter_dir(base):
+        raise SurgeryError(f"The base of adapter {path} ({base}) is itself an adapter; merge it first.")
+    return ModelSource(str(spec), path, adapter_base=base)
+
+
+def load_model(
+    source: ModelSource | str,
+    *,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
+    """A causal LM (adapter merged) in eval mode; ``dtype=None`` keeps the checkpoint's dtype."""
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(source, str):
+        source = locate(source)
+    root = source.config_dir
+    safetensors_files(root, allow_pickle)  # refuses pickle-only folders up front
+    kwargs = dict(trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle or None)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    else:
+        kwargs["dtype"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(root), **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SurgeryError(f"Could not load a causal LM from {root}: {str(exc).splitlines()[0]}") from None
+    if source.adapter_base is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(source.path)).merge_and_unload()
+    model.eval()
+    return model
+
+
+def load_tokenizer(source: ModelSource | str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    if isinstance(source, str):
+        source = locate(source)
+    for d in ([source.path] if source.adapter_base is not None else []) + [source.config_dir]:
+        if (d / "tokenizer_config.json").is_file() or (d / "tokenizer.json").is_file():
+            tok = AutoTokenizer.from_pretrained(str(d), trust_remote_code=trust_remote_code)
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            return tok
+    raise SurgeryError(f"No tokenizer files in {source.config_dir}.")
+
+
+def open_checkpoint(source: ModelSource, *, allow_pickle: bool = False, dtype: torch.dtype | None = None):
+    """Tensor-by-tensor access to a model's weights (merged in memory for adapters)."""
+    if source.adapter_base is None:
+        return LazyCheckpoint.from_dir(source.path, allow_pickle)
+    model = load_model(source, dtype=dtype, allow_pickle=allow_pickle)
+    return StateDictCheckpoint({k: v.detach() for k, v in model.state_dict().items()})
+
+
+def copy_side_files(src_dirs: list[Path], dst: Path) -> None:
+    """Config, generation config and tokenizer files, first found wins (adapter before base)."""
+    for name in SIDE_FILES:
+        for d in src_dirs:
+            if (d / name).is_file():
+                shutil.copy2(d / name, dst / name)
+                break
+
+
+def write_safetensors_folder(
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    out_dir: Path,
+    side_dirs: list[Path],
+    max_shard_bytes: int = 2 * 1024**3,
+    extra_files: dict[str, str] | None = None,
+) -> None:
+    """Write a standard HF folder atomically: a temp folder beside ``out_dir``, renamed at the end."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise SurgeryError(f"Output folder {out_dir} exists and is not empty; choose another or remove it.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        # Shards are flushed as they fill, so memory holds one shard, not the whole model.
+        written: list[tuple[Path, list[str]]] = []
+        shard: dict[str, torch.Tensor] = {}
+        size = total = 0
+
+        def flush() -> None:
+            part = tmp / f"part-{len(written):05d}.safetensors"
+            save_file(shard, str(part), metadata={"format": "pt"})
+            written.append((part, list(shard)))
+
+        for name, t in tensors:
+            nbytes = t.numel() * t.element_size()
+            if shard and size + nbytes > max_shard_bytes:
+                flush()
+                shard, size = {}, 0
+            shard[name] = t.contiguous()
+            size += nbytes
+            total += nbytes
+        if shard or not written:
+            flush()
+        n = len(written)
+        weight_map = {}
+        for i, (part, names) in enumerate(written):
+            fname = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            os.replace(part, tmp / fname)
+            weight_map.update({k: fname for k in names})
+        if n > 1:
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        copy_side_files(side_dirs, tmp)
+        for fname, text in (extra_files or {}).items():
+            (tmp / fname).write_text(text)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

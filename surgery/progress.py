@@ -1,0 +1,51 @@
+"""Progress bars and stage timing, silenced by ``--quiet``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import sys
+import time
+from typing import Iterable, Iterator, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+log = logging.getLogger("surgery")
+
+
+def quiet() -> bool:
+    return os.environ.get("SURGERY_QUIET") == "1"
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+    """A tqdm bar on stderr unless quiet (or not worth showing: fewer than 2 steps)."""
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=quiet() or None, leave=False, file=sys.stderr)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class StageTimer:
+    """Wall time per named stage, logged as each stage ends and kept for the report."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t0
+            self.seconds[name] = self.seconds.get(name, 0.0) + dt
+            log.info("%-14s %7.1f s   peak RSS %7.0f MB", name, dt, peak_rss_mb())
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny random models of each family, built once per session, fully offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """family -> folder of a tiny random model (built lazily, cached for the session)."""
+    from surgery.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    cache: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in cache:
+            cache[family] = build_tiny_model(family, root / family, seed=0)
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny_models, tmp_path_factory):
+    """(base, sft, moved_columns) for a tiny Llama whose first quarter of columns SFT moved."""
+    from surgery.tiny import perturb_columns
+
+    base = tiny_models("llama")
+    sft = tmp_path_factory.mktemp("tiny_sft") / "llama"
+    moved = perturb_columns(base, sft)
+    return base, sft, moved
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"../shared/data is missing ({SHARED_DATA}); the tests need the shared data beside the repo")
+    return SHARED_DATA
