@@ -268,7 +268,14 @@ def open_checkpoint(source: ModelSource, *, allow_pickle: bool = False, dtype: t
     if source.adapter_base is None:
         return LazyCheckpoint.from_dir(source.path, allow_pickle)
     model = load_model(source, dtype=dtype, allow_pickle=allow_pickle)
-    return StateDictCheckpoint({k: v.detach() for k, v in model.state_dict().items()})
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():
+        key = (v.data_ptr(), tuple(v.shape))
+        if key in seen:  # a tied copy (e.g. lm_head = embeddings): the checkpoint stores it once
+            continue
+        seen.add(key)
+        state[k] = v.detach()
+    return StateDictCheckpoint(state)
 
 
 def copy_side_files(src_dirs: list[Path], dst: Path) -> None:

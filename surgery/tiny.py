@@ -63,6 +63,7 @@ def build_tokenizer(vocab_size: int = 384):
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="<|end|>", pad_token="<pad>", unk_token=None,
         additional_special_tokens=["<|user|>", "<|assistant|>", "<|system|>", "</s>"],
+        model_input_names=["input_ids", "attention_mask"],
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast

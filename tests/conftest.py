@@ -48,3 +48,28 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"../shared/data is missing ({SHARED_DATA}); the tests need the shared data beside the repo")
     return SHARED_DATA
+
+
+def write_calibration(folder: Path, n: int = 16) -> tuple[Path, Path]:
+    """Small D_hon / D_task JSONL files in both accepted line formats."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    hon, task = folder / "hon.jsonl", folder / "task.jsonl"
+    with open(hon, "w") as f:
+        for i in range(n):
+            if i % 2:
+                f.write(json.dumps({"prompt": f"Who wrote the paper number {i}?", "response": "I don't know."}) + "\n")
+            else:
+                f.write(json.dumps({"prompt": f"What is {i} plus one?", "response": f"{i + 1}"}) + "\n")
+    with open(task, "w") as f:
+        for i in range(n):
+            msgs = [{"role": "user", "content": f"Complete the sentence: the country of place {i} is"},
+                    {"role": "assistant", "content": "France"}]
+            f.write(json.dumps({"messages": msgs}) + "\n")
+    return hon, task
+
+
+@pytest.fixture()
+def calib(tmp_path) -> tuple[Path, Path]:
+    return write_calibration(tmp_path / "calib")

@@ -1,0 +1,74 @@
+"""Fisher scores and neuron selection, against naive per-example autograd and hand-made cases."""
+
+import torch
+from torch import nn
+
+from surgery.hcnr.fisher import fisher_scores, per_example_column_scores, per_example_row_scores, per_example_losses
+from surgery.hcnr.selection import honesty_priority, relative_perturbation, select_units, top_share
+
+
+def test_column_and_row_score_identities():
+    g = torch.Generator().manual_seed(0)
+    x, d = torch.randn(5, 7, generator=g), torch.randn(5, 3, generator=g)
+    grad = d.T @ x  # out x in, the per-example weight gradient
+    assert torch.allclose(per_example_column_scores(x, d), (grad**2).sum(0), atol=1e-5)
+    assert torch.allclose(per_example_row_scores(x, d), (grad**2).sum(1), atol=1e-5)
+
+
+def test_fisher_matches_naive_per_example_gradients(tiny_models):
+    from transformers import AutoModelForCausalLM
+
+    from surgery.hcnr.calibration import CalibExample, make_batches, tokenize_examples
+    from surgery.linear_layers import find_linear_layers
+    from surgery.modelio import load_tokenizer, locate
+
+    path = tiny_models("llama")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = load_tokenizer(locate(str(path)))
+    exs = [CalibExample("What is the capital of France?", "Paris."), CalibExample("Who wrote it?", "I don't know."),
+           CalibExample("How many legs does a spider have?", "eight")]
+    enc = tokenize_examples(tok, exs, 64)
+    layers = find_linear_layers(model)
+    got = fisher_scores(model, layers, make_batches(enc, 2, tok.pad_token_id))  # padded batches
+    assert got.n_examples == 3
+    modules = dict(model.named_modules())
+    for ids, labels in enc:  # naive: one example at a time, real weight gradients
+        model.zero_grad()
+        out = model(input_ids=torch.tensor([ids])).logits
+        per_example_losses(out, torch.tensor([labels])).sum().backward()
+        for layer in layers:
+            grad = modules[layer.module].weight.grad
+            want_c = (grad.double() ** 2).sum(0)
+            got_c = got.columns[layer.weight]
+            got.columns[layer.weight] = got_c - want_c
+            got.rows[layer.weight] = got.rows[layer.weight] - (grad.double() ** 2).sum(1)
+    for layer in layers:
+        assert got.columns[layer.weight].abs().max() < 1e-6, layer.weight
+        assert got.rows[layer.weight].abs().max() < 1e-6, layer.weight
+
+
+def test_priority_prefers_honesty_only_neurons():
+    s_hon = torch.tensor([1.0, 1.0, 0.1, 0.0])
+    s_task = torch.tensor([0.01, 1.0, 0.1, 5.0])
+    r = honesty_priority(s_hon, s_task)
+    assert int(torch.argmax(r)) == 0
+    assert r[1] == 0 and r[3] == 0
+    assert torch.equal(top_share(r, 0.5), torch.tensor([0, 1]))  # ties broken by lower index
+    normed = honesty_priority(s_hon, s_task, normalize=True)
+    assert int(torch.argmax(normed)) == 0
+
+
+def test_top_share_keeps_at_least_one():
+    assert top_share(torch.tensor([3.0, 1.0, 2.0]), 0.01).tolist() == [0]
+
+
+def test_cross_layer_keeps_most_moved_units():
+    w0 = torch.ones(4, 4)
+    moved = w0.clone()
+    moved[:, 1] += 1.0
+    num, den = relative_perturbation(w0, moved, torch.tensor([1]))
+    assert (num, den) == (4.0, 4.0)
+    num2, den2 = relative_perturbation(w0, moved, torch.tensor([0]))
+    assert num2 == 0.0
+    kept = select_units({"a": (4.0, 4.0), "b": (0.0, 4.0), "c": (1.0, 4.0)}, 0.5)
+    assert kept == ["a", "c"]

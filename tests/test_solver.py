@@ -1,0 +1,94 @@
+"""The maths of HCNR on matrices small enough to check by hand or by an independent solver."""
+
+import pytest
+import torch
+
+from surgery.hcnr.compensation import (
+    compensate_exact,
+    compensate_summed,
+    output_drift,
+    restore_and_compensate,
+    restore_columns,
+)
+
+torch.manual_seed(0)
+
+
+def _problem(out=6, inp=8, tokens=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, inp, generator=g, dtype=torch.float64)
+    x[:, 1] += 0.5 * x[:, 0]  # correlated inputs, so compensation has something to do
+    w0 = torch.randn(out, inp, generator=g, dtype=torch.float64)
+    w1 = w0 + 0.3 * torch.randn(out, inp, generator=g, dtype=torch.float64)
+    h = 2.0 / tokens * x.T @ x
+    return x, w0, w1, h
+
+
+def test_exact_equals_least_squares_on_layer_outputs():
+    x, w0, w1, h = _problem()
+    hc = torch.tensor([1, 4, 6])
+    t = torch.tensor([i for i in range(8) if i not in (1, 4, 6)])
+    w, _ = compensate_exact(w0, w1, h, hc, damp=1e-12)
+    # independent: min_E ‖(W1[:,T]−W0[:,T]) X_T + E X_hc‖ over E = W[:,hc] − W0[:,hc]
+    target = -(x[:, t] @ (w1 - w0)[:, t].T)  # tokens x out
+    e = torch.linalg.lstsq(x[:, hc], target).solution.T
+    assert torch.allclose(w[:, hc], w0[:, hc] + e, atol=1e-8)
+    assert torch.equal(w[:, t], w1[:, t])  # task columns keep W1
+
+
+def test_exact_beats_restore_only_and_sft():
+    _, w0, w1, h = _problem(seed=3)
+    hc = torch.tensor([0, 1, 2, 3])
+    res = restore_and_compensate(w0, w1, h, hc, "exact", damp=1e-6)
+    assert res.method == "exact"
+    assert res.drift_patched < res.drift_restored < res.drift_sft
+
+
+def test_summed_equals_sum_of_single_column_obs_updates():
+    x, w0, w1, h = _problem(inp=7, seed=1)
+    hc = torch.tensor([2, 5])
+    damp = 1e-10
+    w, _ = compensate_summed(w0, w1, h, hc, damp=damp)
+    delta = w1 - w0
+    total = torch.zeros(w0.shape[0], len(hc), dtype=torch.float64)
+    for k in [i for i in range(7) if i not in (2, 5)]:
+        # one OBS step: column k keeps its drift; every other column is free and absorbs it by least squares
+        free = torch.tensor([i for i in range(7) if i != k])
+        target = -(x[:, [k]] @ delta[:, [k]].T)
+        upd = torch.linalg.lstsq(x[:, free], target).solution.T  # out x (inp-1)
+        pos = {int(c): j for j, c in enumerate(free)}
+        total += upd[:, [pos[int(c)] for c in hc]]
+    assert torch.allclose(w[:, hc], w0[:, hc] + total, atol=1e-6)
+
+
+def test_none_is_bit_exact_restore():
+    _, w0, w1, h = _problem()
+    w0, w1 = w0.float(), w1.float()
+    hc = torch.tensor([0, 3])
+    res = restore_and_compensate(w0, w1, h, hc, "none")
+    assert torch.equal(res.weight[:, hc], w0[:, hc])
+    others = [i for i in range(8) if i not in (0, 3)]
+    assert torch.equal(res.weight[:, others], w1[:, others])
+    assert torch.equal(restore_columns(w0, w1, hc), res.weight)
+
+
+def test_singular_hessian_falls_back_to_restore_only():
+    _, w0, w1, _ = _problem()
+    h = torch.zeros(8, 8, dtype=torch.float64)  # dead inputs: no damping scale, Cholesky impossible
+    res = restore_and_compensate(w0, w1, h, torch.tensor([1]), "exact")
+    assert res.method == "fallback-none"
+    assert torch.equal(res.weight, restore_columns(w0, w1, torch.tensor([1])))
+
+
+def test_damping_retry_is_reported():
+    x, w0, w1, _ = _problem()
+    h = 2.0 / 64 * x.T @ x
+    h[3, 3] = -1.0  # indefinite: 1x damping fails, a larger one succeeds
+    out = compensate_exact(w0, w1, h, torch.tensor([3, 5]), damp=0.5)
+    assert out is not None and out[1] > 0.5
+
+
+def test_output_drift_is_the_layer_output_error():
+    x, w0, w1, h = _problem()
+    d = w1 - w0
+    assert output_drift(d, h) == pytest.approx(float(((x @ d.T) ** 2).sum()) * 2 / x.shape[0], rel=1e-10)
