@@ -53,7 +53,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
         try:
             from huggingface_hub import snapshot_download
 
-            return Path(snapshot_download(text, local_files_only=True))
+            return Path(snapshot_download(text, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE")))
         except Exception:  # noqa: BLE001 - any failure means "not in the cache"
             pass
     raise SurgeryError(

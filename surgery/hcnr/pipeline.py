@@ -137,6 +137,8 @@ def make_patch(
         _check_same_tensors(layers, base_ckpt, sft_ckpt)
         selection = select_neurons(layers, s_hon, s_task, base_ckpt, sft_ckpt, options)
         chosen = [l for l in layers if l.weight in selection.neurons]
+        if not chosen:
+            raise SurgeryError("SFT did not change any linear weight of the base model: there is nothing to patch.")
 
     hessians = None
     compensate = options.compensation != "none" and options.neuron == "column"

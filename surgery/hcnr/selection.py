@@ -39,11 +39,14 @@ def relative_perturbation(w0: torch.Tensor, w1: torch.Tensor, idx: torch.Tensor,
 
 
 def select_units(perturbation: dict[str, tuple[float, float]], share: float) -> list[str]:
-    """Keep the top ``share`` of units (matrices or blocks) by d = ‖Δ⊙M‖_F / ‖W0⊙M‖_F."""
+    """Keep the top ``share`` of units (matrices or blocks) by d = ‖Δ⊙M‖_F / ‖W0⊙M‖_F.
+
+    Units SFT did not move at all (d = 0) are never kept: restoring them would change nothing.
+    """
     d = {k: math.sqrt(num) / math.sqrt(den) if den > 0 else (math.inf if num > 0 else 0.0)
          for k, (num, den) in perturbation.items()}
     k = max(1, int(round(share * len(d))))
-    ranked = sorted(d, key=lambda u: (-d[u], u))
+    ranked = sorted((u for u in d if d[u] > 0), key=lambda u: (-d[u], u))
     return sorted(ranked[:k])
 
 
