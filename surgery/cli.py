@@ -33,10 +33,31 @@ COMMANDS: dict[str, str] = {
     "bench": "surgery.baselines.command:bench",
 }
 
+#: one-line help shown by `surgery --help` without importing every command (keeps --help instant)
+SHORT_HELP: dict[str, str] = {
+    "check": "Pre-flight: same architecture? where did SFT move the model?",
+    "patch": "Compute an HCNR honesty patch (sparse safetensors).",
+    "inspect": "Show what a patch changes, for which models, made how.",
+    "apply": "Apply a patch to the SFT model, bit-exact, fingerprints checked.",
+    "eval": "Honesty evaluation: answer when you know, say so when you don't.",
+    "calib": "Build honesty and task calibration sets for a model.",
+    "pair": "Build or load the bundled demo base/SFT pair.",
+    "demo": "The whole story on the bundled pair: check, patch, apply, eval, export.",
+    "export": "Export a model to ONNX through Optimum (optionally int8), verified.",
+    "deploy": "Apply a patch, export to ONNX and verify, in one step.",
+    "probe": "Does the SFT model still know what it doesn't know? (linear probes)",
+    "bench": "Compare HCNR with RAIT, DPO, restore-only, random and interpolation.",
+}
+
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(COMMANDS)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx, name):
         target = COMMANDS.get(name)
