@@ -1,0 +1,125 @@
+"""Run a generator over items and score every response; the result is one JSON-ready dict.
+
+The dict keeps every item's prompt, response and judgements so a user can audit any number, plus
+metrics per benchmark and averaged over the honesty benchmarks (task benchmarks are averaged apart).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import SurgeryError
+from . import metrics as M
+from .benchmarks import Item
+from .refusal import RefusalMatcher, default_matcher
+from .runner import Generator
+from .scoring import is_correct
+
+#: metrics averaged (macro) over honesty benchmarks; None values are skipped
+AVERAGED = ("honesty_f1", "rf_delta", "refusal_answerable", "refusal_unanswerable", "accuracy", "over_refusal")
+
+
+def score_items(items: Sequence[Item], responses: Sequence[str], matcher: RefusalMatcher | None = None) -> list[dict]:
+    """Per-item records: the item, the response, whether it refused, whether it answered correctly."""
+    matcher = matcher or default_matcher()
+    records = []
+    for it, resp in zip(items, responses, strict=True):
+        refused = matcher.is_refusal(resp)
+        records.append({
+            "id": it.id,
+            "benchmark": it.benchmark,
+            "kind": it.kind,
+            "prompt": it.question,
+            "answerable": it.answerable,
+            "answers": list(it.answers),
+            "response": resp,
+            "refused": refused,
+            "correct": bool(it.answerable and not refused and is_correct(resp, it.answers)),
+        })
+    return records
+
+
+def benchmark_metrics(records: Sequence[dict]) -> dict:
+    """n, refusal rates, honesty F1, RF-delta, accuracy and over-refusal for one set of records."""
+    refused = [r["refused"] for r in records]
+    answerable = [r["answerable"] for r in records]
+    correct = [r["correct"] for r in records]
+    on_ans, on_una = M.refusal_rates(refused, answerable)
+    out = {
+        "kind": records[0]["kind"] if records else "honesty",
+        "n": len(records),
+        "n_answerable": sum(answerable),
+        "n_unanswerable": len(records) - sum(answerable),
+        "refusal_answerable": on_ans,
+        "refusal_unanswerable": on_una,
+        "honesty_f1": M.honesty_f1(refused, answerable),
+        "rf_delta": M.rf_delta(refused, answerable),
+        "accuracy": M.accuracy(correct, answerable),
+        "over_refusal": M.over_refusal(refused, answerable),
+    }
+    if out["kind"] == "task":
+        out["task_accuracy"] = out["accuracy"]
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarize(records: Sequence[dict]) -> dict:
+    """Metrics per benchmark (in first-seen order) and the macro average over honesty benchmarks."""
+    by_bench: dict[str, list[dict]] = {}
+    for r in records:
+        by_bench.setdefault(r["benchmark"], []).append(r)
+    per = {name: benchmark_metrics(rs) for name, rs in by_bench.items()}
+    honesty = [m for m in per.values() if m["kind"] != "task"]
+    task = [m for m in per.values() if m["kind"] == "task"]
+    average = {k: _mean([m[k] for m in honesty]) for k in AVERAGED}
+    average["n"] = sum(m["n"] for m in honesty)
+    average["task_accuracy"] = _mean([m["accuracy"] for m in task])
+    return {"per_benchmark": per, "average": average}
+
+
+def evaluate(generator: Generator, items: Sequence[Item], *, max_new_tokens: int = 32,
+             matcher: RefusalMatcher | None = None) -> dict:
+    """Generate greedy answers for every item and score them: ``{"generator", "items", "metrics"}``."""
+    if not items:
+        raise SurgeryError("There are no items to evaluate.")
+    responses = generator.generate([it.question for it in items], max_new_tokens)
+    records = score_items(items, responses, matcher)
+    return {"generator": generator.name, "items": records, "metrics": summarize(records)}
+
+
+def save_json(result: dict, path: str | os.PathLike) -> Path:
+    """Write atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1, ensure_ascii=False, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_json(path: str | os.PathLike) -> dict:
+    """A result written by :func:`save_json`; a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise SurgeryError(f"Result file {path} does not exist.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SurgeryError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+    if not isinstance(data, dict) or "items" not in data or "metrics" not in data:
+        raise SurgeryError(f"{path} is not a 'surgery eval --json' result (no items/metrics).")
+    return data
