@@ -92,3 +92,27 @@ def test_output_drift_is_the_layer_output_error():
     x, w0, w1, h = _problem()
     d = w1 - w0
     assert output_drift(d, h) == pytest.approx(float(((x @ d.T) ** 2).sum()) * 2 / x.shape[0], rel=1e-10)
+
+
+def test_protect_equals_least_squares_on_both_objectives():
+    from surgery.hcnr.compensation import compensate_protect
+
+    xh, w0, w1, hh = _problem(seed=4)
+    g = torch.Generator().manual_seed(9)
+    xt = torch.randn(40, 8, generator=g, dtype=torch.float64) + 0.3
+    ht = 2.0 / 40 * xt.T @ xt
+    hc = torch.tensor([0, 2, 5])
+    t = torch.tensor([1, 3, 4, 6, 7])
+    lam = 0.7
+    w, _ = compensate_protect(w0, w1, hh, ht, hc, damp=1e-12, task_weight=lam)
+    # independent: stack both residuals, weighted as the Hessians weight them, and solve for W[:, hc]
+    sh, st = (2.0 / 64) ** 0.5, (lam * 2.0 / 40) ** 0.5
+    a = torch.cat([sh * xh[:, hc], st * xt[:, hc]])
+    target = torch.cat([sh * (xh @ w0.T - xh[:, t] @ w1[:, t].T), st * (xt @ w1.T - xt[:, t] @ w1[:, t].T)])
+    sol = torch.linalg.lstsq(a, target).solution.T
+    assert torch.allclose(w[:, hc], sol, atol=1e-8)
+    assert torch.equal(w[:, t], w1[:, t])
+    # with no task weight it is the exact form
+    w_exact, _ = compensate_exact(w0, w1, hh, hc, damp=1e-12)
+    w_zero, _ = compensate_protect(w0, w1, hh, ht, hc, damp=1e-12, task_weight=0.0)
+    assert torch.allclose(w_zero, w_exact, atol=1e-9)

@@ -97,10 +97,40 @@ def compensate_summed(w0: torch.Tensor, w1: torch.Tensor, h: torch.Tensor, hc: t
     return w, rel
 
 
+def compensate_protect(
+    w0: torch.Tensor, w1: torch.Tensor, h_hon: torch.Tensor, h_task: torch.Tensor, hc: torch.Tensor,
+    damp: float = 0.01, task_weight: float = 1.0,
+):
+    """Match the base layer on honesty inputs *and* the SFT layer on task inputs (our extension).
+
+    Minimises ‖(W − W0) X_hon‖² + λ‖(W − W1) X_task‖² over W[:, hc] (task columns keep W1):
+    W[:, hc] = (W0[:, hc] H_h[hc,hc] − Δ[:, T] H_h[T,hc] + λ W1[:, hc] H_t[hc,hc]) (H_h[hc,hc] + λ H_t[hc,hc])⁻¹.
+    The exact form pulls every calibration output back towards the base, the task's included; this
+    one only does so where the honesty data lives, and holds the task outputs where SFT put them.
+    """
+    w0, w1, hh, ht = w0.double(), w1.double(), h_hon.double(), h_task.double()
+    hc, t = _split(w0.shape[1], hc)
+    a = hh[hc][:, hc] + task_weight * ht[hc][:, hc]
+    factor = damped_cholesky(a, damp, float(torch.diagonal(hh).mean() + task_weight * torch.diagonal(ht).mean()))
+    if factor is None:
+        return None
+    chol, rel = factor
+    delta = w1 - w0
+    b = w0[:, hc] @ hh[hc][:, hc] - delta[:, t] @ hh[t][:, hc] + task_weight * (w1[:, hc] @ ht[hc][:, hc])
+    w = w1.clone()
+    w[:, hc] = torch.cholesky_solve(b.T, chol).T
+    return w, rel
+
+
 def restore_and_compensate(
-    w0: torch.Tensor, w1: torch.Tensor, h: torch.Tensor | None, hc: torch.Tensor, method: str = "exact", damp: float = 0.01
+    w0: torch.Tensor, w1: torch.Tensor, h: torch.Tensor | None, hc: torch.Tensor, method: str = "exact",
+    damp: float = 0.01, h_task: torch.Tensor | None = None, task_weight: float = 1.0,
 ) -> CompensationResult:
-    """Dispatch on ``method``; a Cholesky failure after all retries falls back to restore-only."""
+    """Dispatch on ``method``; a Cholesky failure after all retries falls back to restore-only.
+
+    ``h`` is the Hessian the drift is measured on (for ``protect``: the honesty Hessian, with the
+    task Hessian in ``h_task``).
+    """
     restored = restore_columns(w0, w1, hc)
     if h is None:
         return CompensationResult(restored, "none", None, float("nan"), float("nan"), float("nan"))
@@ -109,8 +139,11 @@ def restore_and_compensate(
     d_rest = output_drift(restored.double() - w0.double(), h64)
     if method == "none":
         return CompensationResult(restored, "none", None, d_sft, d_rest, d_rest)
-    solver = {"exact": compensate_exact, "summed": compensate_summed}[method]
-    out = solver(w0, w1, h64, hc, damp)
+    if method == "protect":
+        out = compensate_protect(w0, w1, h64, h_task, hc, damp, task_weight)
+    else:
+        solver = {"exact": compensate_exact, "summed": compensate_summed}[method]
+        out = solver(w0, w1, h64, hc, damp)
     if out is None:
         log.warning("Cholesky failed even with %gx damping: restore-only for this matrix", DAMP_RETRIES[-1])
         return CompensationResult(restored, "fallback-none", None, d_sft, d_rest, d_rest)

@@ -26,9 +26,15 @@ class PatchOptions:
     fisher_at: str = _opt("sft", "Which model the Fisher scores are taken at.", ("sft", "base"))
     fisher_normalize: bool = _opt(False, "Normalise each matrix's Fisher vectors to sum 1 before the priority.")
     epsilon: float = _opt(1e-10, "Epsilon inside the log of the KL-like priority.")
-    compensation: str = _opt("exact", "Hessian compensation of the restored neurons.", ("exact", "summed", "none"))
+    compensation: str = _opt(
+        "exact",
+        "Hessian compensation of the restored neurons: exact (METHOD.md), summed (paper form), none "
+        "(restore only), or protect (match the base on honesty inputs and the SFT model on task inputs).",
+        ("exact", "summed", "none", "protect"))
+    task_weight: float = _opt(1.0, "protect only: weight of keeping task-input outputs at SFT's.")
     damp: float = _opt(0.01, "Hessian damping as a share of mean(diag H); retried x10, x100 on failure.")
-    hessian_data: str = _opt("both", "Calibration data for the Hessians.", ("both", "hon", "task"))
+    hessian_data: str = _opt("both", "Calibration data for the Hessians (protect always uses hon and task apart).",
+                             ("both", "hon", "task"))
     max_samples: int = _opt(128, "Examples used from each calibration set.")
     max_length: int = _opt(256, "Tokens per calibration example (longer ones are truncated).")
     batch_size: int = _opt(8, "Calibration examples per forward/backward pass.")
@@ -41,6 +47,8 @@ class PatchOptions:
             v = getattr(self, name)
             if not 0.0 < v <= 1.0:
                 raise SurgeryError(f"--{name.replace('_', '-')} must be in (0, 1], got {v}.")
+        if self.task_weight < 0:
+            raise SurgeryError(f"--task-weight must be non-negative, got {self.task_weight}.")
         if self.damp <= 0:
             raise SurgeryError(f"--damp must be positive, got {self.damp}.")
         for name in ("max_samples", "max_length", "batch_size"):

@@ -140,7 +140,7 @@ def make_patch(
         if not chosen:
             raise SurgeryError("SFT did not change any linear weight of the base model: there is nothing to patch.")
 
-    hessians = None
+    hessians = task_hessians = None
     compensate = options.compensation != "none" and options.neuron == "column"
     if compensate:
         with timer.stage("hessians"):
@@ -149,7 +149,11 @@ def make_patch(
                 gc.collect()
                 model = load_model(sft_src, dtype=torch.float32, trust_remote_code=trust_remote_code,
                                    allow_pickle=allow_pickle).to(dev)
-            hessians = collect_hessians(model, chosen, _hessian_batches(options, sets["hon"], sets["task"]))
+            if options.compensation == "protect":
+                hessians = collect_hessians(model, chosen, sets["hon"], desc="hessians (honesty)")
+                task_hessians = collect_hessians(model, chosen, sets["task"], desc="hessians (task)")
+            else:
+                hessians = collect_hessians(model, chosen, _hessian_batches(options, sets["hon"], sets["task"]))
     del model
     gc.collect()
 
@@ -164,8 +168,9 @@ def make_patch(
             w1 = canonical(stored_sft, layer)
             if options.neuron == "column":
                 h = hessians.by_layer[layer.weight] if hessians is not None else None
+                h_task = task_hessians.by_layer[layer.weight] if task_hessians is not None else None
                 res = restore_and_compensate(w0, w1, h, idx, options.compensation if compensate else "none",
-                                             options.damp)
+                                             options.damp, h_task, options.task_weight)
                 new, method = res.weight, res.method
                 info = {"drift_sft": _finite(res.drift_sft), "drift_restored": _finite(res.drift_restored),
                         "drift_patched": _finite(res.drift_patched), "damp": res.damp_used}
