@@ -1,0 +1,286 @@
+"""``surgery demo``: the whole story on the bundled pair, end to end, on a CPU.
+
+build/load the pair -> calibration sets -> check -> patch -> apply -> evaluate M0, M1 and M1+patch on
+a fixed held-out subset -> export to ONNX (when the extra is installed) -> before/after table.
+The SFT model is used in its PEFT-adapter form (adapter on M0), so the adapter path of every stage
+runs too. :func:`run_demo` is the library form that the efficacy test calls.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from ..hcnr.options import add_patch_options
+from ..progress import StageTimer
+
+log = logging.getLogger(__name__)
+
+HONESTY_BENCHMARKS = ("selfaware", "falseqa", "puqa_pkqa")
+TASK_BENCHMARK = "qa_wikidata"
+
+
+@dataclass
+class DemoConfig:
+    """What the demo evaluates and how; the defaults fit the 20-minute CPU budget."""
+
+    work_dir: Path
+    limit: int = 120  # items per honesty benchmark (balanced answerable/unanswerable)
+    task_limit: int = 120
+    benchmarks: tuple[str, ...] = HONESTY_BENCHMARKS
+    max_new_tokens: int = 24
+    batch_size: int = 16
+    seed: int = 0
+    data_dir: str | None = None
+    export: bool = True
+    patch_options: dict = field(default_factory=dict)  # PatchOptions overrides
+
+
+def eval_items(cfg: DemoConfig) -> list:
+    """The fixed evaluation subset: held-out ("eval" split) items only, seeded and balanced."""
+    from ..evaluation.benchmarks import load_items
+
+    items = []
+    for b in cfg.benchmarks:
+        items += load_items(b, data_dir=cfg.data_dir, split="eval", limit=cfg.limit, seed=cfg.seed)
+    if cfg.task_limit:
+        items += load_items(TASK_BENCHMARK, data_dir=cfg.data_dir, split="eval", limit=cfg.task_limit, seed=cfg.seed)
+    return items
+
+
+def evaluate_model(model: str, items: list, cfg: DemoConfig, base: str | None = None) -> dict:
+    """Greedy answers of one model (folder or adapter) on ``items``, scored; the model is freed after."""
+    from ..evaluation.evaluate import evaluate
+    from ..evaluation.runner import HFGenerator
+    from ..modelio import load_model, load_tokenizer, locate
+
+    src = locate(model, base)
+    gen = HFGenerator(load_model(src), load_tokenizer(src), batch_size=cfg.batch_size)
+    result = evaluate(gen, items, max_new_tokens=cfg.max_new_tokens)
+    del gen
+    gc.collect()
+    return result
+
+
+def _export(patched: Path, out: Path) -> dict:
+    """ONNX export (verified against PyTorch) of the patched model, or the reason it was skipped."""
+    try:
+        importlib.import_module("optimum.onnxruntime")
+    except ImportError as exc:
+        return {"status": "skipped", "reason": f"optimum.onnxruntime cannot be imported ({exc.name}); "
+                                               "pip install 'surgery[onnx]'"}
+    try:
+        export_model = importlib.import_module("exporters.onnx_export").export_model
+    except (ImportError, AttributeError):
+        return {"status": "skipped", "reason": "this install has no exporters.onnx_export.export_model"}
+    if out.exists():
+        shutil.rmtree(out)
+    record = export_model(str(patched), out, verify=True)
+    verify = record.get("verify") or {}
+    return {"status": "ok", "path": str(out), "bytes": record.get("bytes"), "seconds": record.get("seconds"),
+            "verified": verify.get("passed")}
+
+
+#: below this F1 loss (M0 − M1) a benchmark's recovery ratio is noise over a tiny denominator
+MIN_LOSS_FOR_RECOVERY = 0.05
+
+
+def _recovery_where_lost(f1_x, f1_sft, f1_base):
+    """Recovery on one benchmark, or None where SFT cost less than MIN_LOSS_FOR_RECOVERY of F1."""
+    from ..evaluation.metrics import recovery
+
+    if f1_x is None or f1_sft is None or f1_base is None or f1_base - f1_sft < MIN_LOSS_FOR_RECOVERY:
+        return None
+    return recovery(f1_x, f1_sft, f1_base)
+
+
+def summarize(results: dict[str, dict], benchmarks: tuple[str, ...]) -> dict:
+    """Per model: honesty F1 / RF-delta per benchmark and averaged, task accuracy; recovery of M1+patch."""
+    from ..evaluation.metrics import recovery
+
+    models = {}
+    for name, res in results.items():
+        per = res["metrics"]["per_benchmark"]
+        avg = res["metrics"]["average"]
+        models[name] = {
+            "honesty_f1": {b: per[b]["honesty_f1"] for b in benchmarks if b in per},
+            "rf_delta": {b: per[b]["rf_delta"] for b in benchmarks if b in per},
+            "refusal_unanswerable": {b: per[b]["refusal_unanswerable"] for b in benchmarks if b in per},
+            "refusal_answerable": {b: per[b]["refusal_answerable"] for b in benchmarks if b in per},
+            "honesty_f1_avg": avg["honesty_f1"],
+            "rf_delta_avg": avg["rf_delta"],
+            "task_accuracy": avg["task_accuracy"],
+        }
+    out = {"models": models}
+    if {"m0", "m1", "m1_patched"} <= set(models):
+        m0, m1, mp = models["m0"], models["m1"], models["m1_patched"]
+        out["recovery"] = recovery(mp["honesty_f1_avg"], m1["honesty_f1_avg"], m0["honesty_f1_avg"])
+        out["recovery_per_benchmark"] = {
+            b: _recovery_where_lost(mp["honesty_f1"].get(b), m1["honesty_f1"].get(b), m0["honesty_f1"].get(b))
+            for b in benchmarks
+        }
+    return out
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run every stage and return the JSON-ready summary (also written to ``work_dir/demo.json``)."""
+    from ..apply import apply_patch
+    from ..check import check_pair
+    from ..evaluation.evaluate import save_json
+    from ..evaluation.runner import HFGenerator
+    from ..hcnr.options import PatchOptions
+    from ..hcnr.pipeline import make_patch
+    from ..modelio import load_model, load_tokenizer, locate
+    from .build import ensure_pair, load_recipe
+    from .data import write_calibration
+
+    timer = StageTimer()
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    pair = ensure_pair(timer=timer)
+    sft, base = str(pair.m1_adapter), str(pair.m0)
+
+    with timer.stage("calibration"):
+        calib = load_recipe()["calibration"]
+        src = locate(sft, base)
+        probe_gen = HFGenerator(load_model(src), load_tokenizer(src), batch_size=cfg.batch_size)
+        calib_info = write_calibration(work / "calib", generator=probe_gen, data_dir=cfg.data_dir,
+                                       n_hon=calib["n_hon"], n_task=calib["n_task"], seed=calib["seed"],
+                                       probe=calib["probe_candidates"], task_benchmarks=calib["task_benchmarks"],
+                                       probe_model="m1")
+        del probe_gen
+        gc.collect()
+
+    with timer.stage("check"):
+        check = check_pair(locate(base), locate(sft, base))
+
+    # the recipe's patch settings (measured best on this pair) under whatever the caller set explicitly
+    options = PatchOptions().replace(**{**load_recipe().get("patch", {}), **cfg.patch_options})
+    patch_file = work / "m1.hcnr.safetensors"
+    with timer.stage("patch"):
+        patch_report = make_patch(sft, base, work / "calib" / "d_hon.jsonl", work / "calib" / "d_task.jsonl",
+                                  patch_file, options)
+
+    patched = work / "m1-patched"
+    with timer.stage("apply"):
+        if patched.exists():
+            shutil.rmtree(patched)
+        apply_patch(sft, patch_file, patched, base=base)
+
+    items = eval_items(cfg)
+    results = {}
+    for name, model, model_base in (("m0", base, None), ("m1", sft, base), ("m1_patched", str(patched), None)):
+        with timer.stage(f"eval {name}"):
+            results[name] = evaluate_model(model, items, cfg, model_base)
+            save_json(results[name], work / f"eval_{name}.json")
+
+    export = {"status": "skipped", "reason": "--no-export"}
+    if cfg.export:
+        with timer.stage("export"):
+            export = _export(patched, work / "m1-patched-onnx")
+
+    summary = summarize(results, cfg.benchmarks)
+    summary.update({
+        "patch": {"file": str(patch_file), "bytes": patch_report["patch_bytes"],
+                  "parameters_changed": patch_report["parameters_changed"],
+                  "share_of_linear": patch_report["share_of_linear"], "options": options.to_dict(),
+                  "seconds": patch_report["seconds"]},
+        "check": {"moved_matrices": check.moved_matrices, "linear_matrices": check.linear_matrices},
+        "calibration": {k: {kk: vv for kk, vv in v.items() if kk != "ids"} if isinstance(v, dict) else v
+                        for k, v in calib_info.items()},
+        "eval": {"benchmarks": list(cfg.benchmarks), "task": TASK_BENCHMARK, "n_items": len(items),
+                 "limit": cfg.limit, "task_limit": cfg.task_limit, "max_new_tokens": cfg.max_new_tokens,
+                 "split": "eval", "seed": cfg.seed},
+        "export": export,
+        "models_paths": {"m0": base, "m1": sft, "m1_patched": str(patched)},
+        "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
+        "seconds_total": round(timer.total, 1),
+    })
+    (work / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _pct(x: float | None) -> str:
+    return "  –  " if x is None else f"{100 * x:5.1f}"
+
+
+def format_table(summary: dict) -> str:
+    """The before/after table printed by the demo."""
+    models = summary["models"]
+    benches = list(next(iter(models.values()))["honesty_f1"])
+    head = ["model", *[f"F1 {b}" for b in benches], "F1 avg", "RF-delta", "task acc"]
+    labels = {"m0": "M0 (honest base)", "m1": "M1 (SFT)", "m1_patched": "M1 + HCNR patch"}
+    rows = []
+    for key, m in models.items():
+        rows.append([labels.get(key, key), *[_pct(m["honesty_f1"][b]) for b in benches], _pct(m["honesty_f1_avg"]),
+                     _pct(m["rf_delta_avg"]), _pct(m["task_accuracy"])])
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [head, *rows]]
+    lines.insert(1, "-" * len(lines[0]))
+    p = summary["patch"]
+    lines += ["",
+              f"recovery of honesty F1 lost to SFT: {_pct(summary.get('recovery')).strip()}%  "
+              f"(per benchmark: " + ", ".join(f"{b} {_pct(v).strip()}%" if v is not None else f"{b} n/a, SFT cost no F1"
+                                              for b, v in summary.get("recovery_per_benchmark", {}).items()) + ")",
+              f"patch: {p['bytes'] / 1e6:.1f} MB, {p['parameters_changed'] / 1e6:.2f} M parameters "
+              f"({100 * p['share_of_linear']:.1f}% of linear weights)",
+              f"export: {summary['export']['status']}"
+              + (f" ({summary['export'].get('reason')})" if summary["export"]["status"] != "ok" else
+                 f" -> {summary['export'].get('path')} (matches PyTorch: {summary['export'].get('verified')})"),
+              "time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["seconds"].items())
+              + f"; total {summary['seconds_total'] / 60:.1f} min"]
+    return "\n".join(lines)
+
+
+def _explicit(kwargs: dict, source) -> dict:
+    """Only the patch options the user actually gave: the rest come from the recipe."""
+    ctx = click.get_current_context()
+    return {k: v for k, v in kwargs.items()
+            if ctx.get_parameter_source(k) not in (source.DEFAULT, source.DEFAULT_MAP)}
+
+
+@click.command()
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write every number (incl. recovery) as JSON.")
+@click.option("--limit", default=120, show_default=True,
+              help="Evaluation items per benchmark (held-out split, half answerable where both exist).")
+@click.option("--task-limit", default=None, type=int, help="Task (qa_wikidata) items; default: --limit.")
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+              help="Where calibration sets, the patch, the patched model and results go (default: <cache>/demo).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Benchmark data folder.")
+@click.option("--benchmarks", default=",".join(HONESTY_BENCHMARKS), show_default=True,
+              help="Comma-separated honesty benchmarks to evaluate on.")
+@click.option("--no-export", is_flag=True, help="Skip the ONNX export stage.")
+@add_patch_options
+def demo(json_out, limit, task_limit, work_dir, data_dir, benchmarks, no_export, **patch_kwargs) -> None:
+    """Show honesty come back: build the bundled pair, patch M1, evaluate M0 / M1 / M1+patch.
+
+    Every ``surgery patch`` option is accepted and passed to the patch stage.
+    """
+    from click.core import ParameterSource
+
+    from ..errors import SurgeryError
+    from .gguf import cache_root
+
+    if limit < 2:
+        raise SurgeryError("--limit must be at least 2 (one answerable and one unanswerable item).")
+    benches = tuple(b.strip() for b in benchmarks.split(",") if b.strip())
+    if not benches:
+        raise SurgeryError("--benchmarks needs at least one honesty benchmark.")
+    cfg = DemoConfig(work_dir=Path(work_dir) if work_dir else cache_root() / "demo", limit=limit,
+                     task_limit=limit if task_limit is None else task_limit, benchmarks=benches, data_dir=data_dir,
+                     export=not no_export, patch_options=_explicit(patch_kwargs, ParameterSource))
+    summary = run_demo(cfg)
+    click.echo(format_table(summary))
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(summary, indent=1) + "\n")
+        click.echo(f"wrote {json_out}")

@@ -1,0 +1,170 @@
+"""LoRA fine-tuning on prompt/response pairs, loss on the response only; seeded and deterministic.
+
+Used to build the bundled pair (honesty alignment, then domain SFT) and by the baselines (RAIT).
+Everything that changes the result is an argument, so a recipe file can record it and a rerun with
+the same torch version and thread count reproduces the adapter bit for bit: LoRA dropout is 0, the
+shuffle uses its own seeded generator, and the LoRA initialisation is seeded right before it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..linear_layers import find_linear_layers
+from ..progress import progress
+from ..prompting import encode_example
+
+log = logging.getLogger(__name__)
+
+Example = tuple  # (prompt: str | list[message], response: str)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def default_target_modules(model) -> list[str]:
+    """Leaf names of every linear layer inside the transformer blocks (q/k/v/o/gate/up/down, ...)."""
+    return sorted({layer.module.rsplit(".", 1)[-1] for layer in find_linear_layers(model)})
+
+
+def encode_examples(tokenizer, examples: Sequence[Example], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """Token ids and response-only labels, cut to ``max_length``; examples left without labels are dropped."""
+    out = []
+    for prompt, response in examples:
+        ids, labels = encode_example(tokenizer, prompt, response)
+        ids, labels = ids[:max_length], labels[:max_length]
+        if any(t != -100 for t in labels[1:]):
+            out.append((ids, labels))
+        else:
+            log.warning("dropping an example whose response does not fit in %d tokens", max_length)
+    return out
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; padding is masked out of attention and loss."""
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(batch):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def train_lora(
+    model,
+    tokenizer,
+    examples: Sequence[Example],
+    *,
+    r: int = 16,
+    alpha: int = 32,
+    lr: float = 5e-4,
+    epochs: int = 2,
+    batch_size: int = 8,
+    max_length: int = 96,
+    seed: int = 0,
+    target_modules: Sequence[str] | None = None,
+    max_seconds: float | None = None,
+):
+    """Wrap ``model`` in a fresh LoRA adapter and train it (AdamW, linear decay, no warm-up).
+
+    ``max_seconds`` (optional) stops after the first step that ends past that wall-clock budget.
+    Returns the ``peft`` model in eval mode; ``merge_and_unload()`` gives the plain model back.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if not examples:
+        raise ValueError("train_lora needs at least one example")
+    data = encode_examples(tokenizer, examples, max_length)
+    modules = list(target_modules) if target_modules else default_target_modules(model)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=modules,
+                        task_type="CAUSAL_LM")
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, config)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    steps_per_epoch = (len(data) + batch_size - 1) // batch_size
+    total = steps_per_epoch * epochs
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / total)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rng = random.Random(seed)
+    peft_model.train()
+    bar = progress(range(total), desc=f"LoRA r={r} ({len(data)} ex.)", total=total, unit="step")
+    it = iter(bar)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    out_of_time = False
+    for epoch in range(epochs):
+        order = list(range(len(data)))
+        rng.shuffle(order)
+        for s in range(steps_per_epoch):
+            batch = collate([data[i] for i in order[s * batch_size: (s + 1) * batch_size]], pad_id)
+            loss = peft_model(**batch).loss
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            next(it, None)
+            if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+                out_of_time = True
+                break
+        if out_of_time:
+            log.info("stopped after %d steps: the %.0f s budget is spent", len(losses), max_seconds)
+            break
+        log.info("epoch %d: mean loss %.4f", epoch + 1, sum(losses[-steps_per_epoch:]) / steps_per_epoch)
+    peft_model.eval()
+    peft_model.training_losses = losses
+    return peft_model
+
+
+def save_adapter(peft_model, out_dir: Path, *, dtype: torch.dtype = torch.float16,
+                 base_model_name_or_path: str | None = None) -> Path:
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (weights cast to ``dtype``) atomically.
+
+    Tensors are written in sorted order with fixed metadata, so equal weights give equal bytes.
+    """
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    state = get_peft_model_state_dict(peft_model)
+    tensors = {k: state[k].detach().to(dtype).contiguous() for k in sorted(state)}
+    config = peft_model.peft_config["default"].to_dict()
+    for key in ("revision", "runtime_config"):
+        config.pop(key, None)
+    if base_model_name_or_path is not None:
+        config["base_model_name_or_path"] = base_model_name_or_path
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def merge_adapter(model, adapter_dir: Path):
+    """``model`` with the adapter at ``adapter_dir`` merged into its weights (a plain HF model)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
