@@ -26,7 +26,18 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: s
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+    """Peak resident memory of this process so far.
+
+    ``VmHWM`` from /proc where it exists: ``ru_maxrss`` of a child started by fork + exec starts at
+    its parent's high-water mark, which would blame a patch run for its launcher's memory.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
