@@ -1,0 +1,90 @@
+"""HCNR against its baselines on the bundled SmolLM2 pair (M0 honest base, M1 SFT), on this machine.
+
+    PYTHONPATH=. python benchmarks/compare.py --tier core --out .cache/bench/compare-smollm2
+    PYTHONPATH=. python benchmarks/compare.py --tier core --tier ablations --tier budgets --out ...
+
+Tiers share one output folder and every method's result is reused by a later run with the same
+inputs, so tiers can be added one after the other (list every tier the table should cover):
+
+- ``core``: base, SFT, HCNR defaults, HCNR with honesty-only Hessians, restore-only, random columns
+  with compensation (3 seeds), the compact patch, LoRA-RAIT at 160 and 480 examples, interpolation;
+- ``ablations``: Fisher at the base, task-only Hessians, summed compensation, output rows, random
+  restore-only, the R_IW × R_CW grid;
+- ``budgets``: LoRA-RAIT at HCNR's own data (256) and wall time, HCNR at 32/64 calibration examples,
+  more interpolation weights, DPO and full-fine-tune RAIT at 480;
+- ``paper``: LoRA-RAIT at the paper's 5000 examples (about half an hour on 2 cores).
+
+Evaluation: SelfAware held-out items (``--limit``, balanced) and the qa_wikidata task (``--task-limit``).
+The result is ``bench.md`` (the efficiency table), ``bench.json``, ``pareto.png`` and ``budget.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TIERS: dict[str, tuple[str, ...]] = {
+    # in order of what matters most, so a run cut short has the key rows first
+    "core": ("base", "sft", "hcnr", "rait-lora:160", "rait-lora:480", "hcnr:hessian-hon", "hcnr:restore-only",
+             "hcnr:random-s0", "interp:0.5", "hcnr:random-s1", "hcnr:random-s2", "hcnr:compact"),
+    "ablations": ("hcnr:fisher-at-base", "hcnr:hessian-task", "hcnr:compensation-summed", "hcnr:neuron-row",
+                  "hcnr:random-restore-only", "hcnr:size-0.25x0.2", "hcnr:size-0.5x0.2", "hcnr:size-0.75x0.4",
+                  "hcnr:size-0.5x0.6", "hcnr:hessian_data=hon,r_iw=0.25"),
+    "budgets": ("rait-lora:256", "hcnr:max_samples=32", "hcnr:max_samples=64", "interp:0.25", "interp:0.75",
+                "dpo:480", "rait-full:480"),
+    "paper": ("rait-lora:5000",),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tier", action="append", choices=sorted(TIERS), help="method tiers to run (default: core)")
+    ap.add_argument("--method", action="append", default=[], help="extra method specs (surgery bench syntax)")
+    ap.add_argument("--out", type=Path, default=Path(".cache/bench/compare-smollm2"))
+    ap.add_argument("--limit", type=int, default=300, help="SelfAware items (half answerable)")
+    ap.add_argument("--task-limit", type=int, default=120, help="qa_wikidata items")
+    ap.add_argument("--max-new-tokens", type=int, default=24, help="greedy tokens per answer (and per probe)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--probe", type=int, default=200, help="SelfAware train questions probed for RAIT known/unknown")
+    ap.add_argument("--calib-probe", type=int, default=192, help="SelfAware calibration questions probed for D_hon")
+    ap.add_argument("--reference", default="hcnr")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--keep-models", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="summarise finished methods, run nothing new")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "torch", "urllib3", "huggingface_hub", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from surgery.baselines.bench import BenchConfig, run_bench
+    from surgery.baselines.report import markdown
+    from surgery.pair.build import ensure_pair
+
+    pair = ensure_pair()
+    methods: list[str] = []
+    for tier in args.tier or ["core"]:
+        methods += [m for m in TIERS[tier] if m not in methods]
+    methods += [m for m in args.method if m not in methods]
+    cfg = BenchConfig(base=str(pair.m0), sft=str(pair.m1), out_dir=args.out, methods=methods,
+                      benchmarks=("selfaware",), limit=args.limit, task_benchmarks=("qa_wikidata",),
+                      task_limit=args.task_limit, data_dir=args.data_dir, threads=args.threads, probe=args.probe,
+                      calib_probe=args.calib_probe,
+                      reference=args.reference, keep_models=args.keep_models, max_new_tokens=args.max_new_tokens,
+                      extra={"pair": {"base": str(pair.m0), "sft": str(pair.m1)}, "argv": sys.argv})
+    summary = run_bench(cfg, run_missing=not args.report_only)
+    print(markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
