@@ -24,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(REPO / ".cache/models/smollm2-135m-instruct-raw"))
+    ap.add_argument("--model", default=None, help="model folder (default: SmolLM2-135M-Instruct, converted from PyPI)")
     ap.add_argument("--benchmark", default="selfaware")
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -34,6 +34,10 @@ def main() -> int:
     ap.add_argument("--min-speedup", type=float, default=3.0)
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
+    if args.model is None:
+        from surgery.pair.gguf import ensure_converted
+
+        args.model = str(ensure_converted())
 
     import torch
 

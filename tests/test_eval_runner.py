@@ -89,16 +89,13 @@ def test_backend_registry(tiny_models):
     assert make_generator("torch", str(tiny_models("llama")), batch_size=2).name == "torch"
 
 
-REAL_MODEL = __import__("pathlib").Path(__file__).resolve().parents[1] / ".cache/models/smollm2-135m-instruct-raw"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_MODEL.is_dir(), reason="needs the converted SmolLM2 folder (.cache/models)")
 def test_batched_equals_unbatched_on_smollm2(shared_data):
     """Left padding must not change a single greedy token on the real model (benchmarks/eval_speed.py at scale)."""
     from surgery.evaluation.benchmarks import load_items
+    from surgery.pair.gguf import ensure_converted
 
-    gen = torch_generator(str(REAL_MODEL), batch_size=6)
+    gen = torch_generator(str(ensure_converted()), batch_size=6)  # SmolLM2-135M-Instruct from its PyPI GGUF
     prompts = [it.question for it in load_items("selfaware", data_dir=shared_data, limit=6, seed=5)]
     batched = gen.generate(prompts, max_new_tokens=12)
     gen.batch_size = 1
