@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-import torch
 
 from .errors import SurgeryError
 from .linear_layers import block_of, is_block_linear_weight

@@ -11,13 +11,12 @@ option, calibration fingerprints and statistics. No timestamps, so equal inputs 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_file
 from .errors import SurgeryError
 from .modelio import tensor_sha256
 
@@ -115,15 +114,8 @@ def write_patch(path: str | Path, entries: list[PatchEntry], manifest: dict) -> 
         "format_version": FORMAT_VERSION,
         "manifest": json.dumps(manifest, sort_keys=True, separators=(",", ":")),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        Path(tmp).write_bytes(_serialize_safetensors(tensors, meta))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(_serialize_safetensors(tensors, meta))
 
 
 def read_manifest(path: str | Path) -> dict:

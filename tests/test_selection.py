@@ -1,7 +1,6 @@
 """Fisher scores and neuron selection, against naive per-example autograd and hand-made cases."""
 
 import torch
-from torch import nn
 
 from surgery.hcnr.fisher import fisher_scores, per_example_column_scores, per_example_row_scores, per_example_losses
 from surgery.hcnr.selection import honesty_priority, relative_perturbation, select_units, top_share

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -97,18 +96,9 @@ def evaluate(generator: Generator, items: Sequence[Item], *, max_new_tokens: int
 
 def save_json(result: dict, path: str | os.PathLike) -> Path:
     """Write atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1, ensure_ascii=False, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from ..atomic import write_json_atomic
+
+    return write_json_atomic(path, result, indent=1, ensure_ascii=False, allow_nan=False)
 
 
 def load_json(path: str | os.PathLike) -> dict:

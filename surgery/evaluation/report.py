@@ -6,8 +6,10 @@ Percentages are shown with one decimal; "–" marks a metric that is undefined f
 
 from __future__ import annotations
 
+from ..atomic import save_figure_atomic
+from ..atomic import write_text_atomic as _write_text
+
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -161,17 +163,7 @@ def markdown_comparison(cmp: dict, files: Sequence[str]) -> str:
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return _write_text(path, text)
 
 
 def f1_series(per_model: Sequence[tuple[str, dict]]) -> tuple[list[str], dict[str, list[float | None]]]:
@@ -217,16 +209,7 @@ def plot_f1(per_model: Sequence[tuple[str, dict]], path: str | os.PathLike) -> P
     ax.set_title("Honesty F1 per benchmark")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return save_figure_atomic(fig, path)
     finally:
         plt.close(fig)
-    return path

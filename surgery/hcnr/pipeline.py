@@ -7,17 +7,16 @@ the patch plus ``<patch>.report.json``.
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .. import __version__
+from ..atomic import write_json_atomic
 from ..errors import SurgeryError
-from ..linear_layers import LinearLayer, block_of, canonical, find_linear_layers
+from ..linear_layers import LinearLayer, canonical, find_linear_layers
 from ..modelio import ModelSource, load_model, load_tokenizer, locate, open_checkpoint
 from ..patchfile import PatchEntry, make_entry, write_patch
 from ..progress import StageTimer, peak_rss_mb, progress
@@ -272,6 +271,4 @@ def _numel(shape) -> int:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_json_atomic(path, data, sort_keys=True)

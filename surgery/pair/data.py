@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -149,17 +148,9 @@ def examples_sha256(examples: Sequence[Example]) -> str:
 
 def write_jsonl(examples: Sequence[Example], path: Path) -> Path:
     """Calibration/training JSONL (``{"id","prompt","response"}`` a line), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for ex in examples:
-                f.write(json.dumps(ex, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..atomic import write_text_atomic
+
+    write_text_atomic(path, "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples))
     return path
 
 

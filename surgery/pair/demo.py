@@ -13,7 +13,6 @@ import importlib
 import json
 import logging
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 
 from .probes import KINDS, ProbeCurves
@@ -42,24 +40,11 @@ def format_table(curves: ProbeCurves) -> str:
     return "\n".join(lines)
 
 
-def _atomic_target(path: Path, suffix: str) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-
-
 def write_json(record: dict, path: str | os.PathLike) -> Path:
     """Write ``record`` as indented JSON, atomically (temp file then rename)."""
-    path = Path(path)
-    fd, tmp = _atomic_target(path, ".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from ..atomic import write_json_atomic
+
+    return write_json_atomic(path, record)
 
 
 def plot_curves(
@@ -95,12 +80,6 @@ def plot_curves(
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fd, tmp = _atomic_target(path, ".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from ..atomic import save_figure_atomic
+
+    return save_figure_atomic(fig, path)
