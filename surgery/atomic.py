@@ -45,3 +45,26 @@ def save_figure_atomic(fig, path: str | os.PathLike) -> Path:
     with atomic_file(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Yield a temp folder beside ``path``; on success it becomes ``path`` (replacing an old one when
+    ``replace``), with ordinary permissions; on failure it is removed and ``path`` is untouched."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, 0o644)
+        os.chmod(tmp, 0o755)
+        if path.exists() and replace:
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -19,12 +19,12 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_folder
 from ..errors import SurgeryError
 from ..modelio import file_sha256
 from ..progress import StageTimer
@@ -78,21 +78,10 @@ def _load(path: Path):
 
 def _save_model(model, tokenizer, out: Path, stamp: dict) -> Path:
     """A full HF folder written atomically, with a stamp naming the adapter it was merged from."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -127,18 +116,9 @@ def adapter_on(adapter: Path, base: Path, out: Path) -> Path:
     if (out / ADAPTER_WEIGHTS).is_file() and file_sha256(out / ADAPTER_WEIGHTS) == weights_hash and \
             json.loads((out / "adapter_config.json").read_text()) == cfg:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         shutil.copy2(adapter / ADAPTER_WEIGHTS, tmp / ADAPTER_WEIGHTS)
         (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

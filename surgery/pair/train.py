@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from ..atomic import atomic_folder
 from ..linear_layers import find_linear_layers
 from ..progress import progress
 from ..prompting import encode_example
@@ -146,20 +144,9 @@ def save_adapter(peft_model, out_dir: Path, *, dtype: torch.dtype = torch.float1
     if base_model_name_or_path is not None:
         config["base_model_name_or_path"] = base_model_name_or_path
     config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
