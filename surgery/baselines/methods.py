@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import SurgeryError
 from ..hcnr.options import PatchOptions
+from ..progress import peak_rss_mb
 from .variants import variant
 
 log = logging.getLogger(__name__)
@@ -46,21 +47,12 @@ class Method:
         return FAMILY[self.kind]
 
 
-def process_peak_rss_mb() -> float:
-    """Peak resident memory of this process's own address space (``VmHWM``).
-
-    ``getrusage(...).ru_maxrss`` is not used: on Linux a child started by fork + exec inherits its
-    parent's high-water mark, so every subprocess would report at least the parent's peak.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    from ..progress import peak_rss_mb
-
-    return peak_rss_mb()
+def _retuned_model_info(res: dict, work: Path, t0: float) -> dict:
+    """What the report needs from a re-tuning run (RAIT or DPO): time, memory, the model, its artifact."""
+    return dict(method_seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb(), model=str(work / "model"),
+                model_base=None, examples_used=res["examples_used"], details=res,
+                artifact_bytes=res["adapter_bytes"] or res["checkpoint_bytes"],
+                artifact="LoRA adapter (fp16)" if res["adapter_bytes"] else "checkpoint")
 
 
 def _number(text: str, what: str) -> float:
@@ -206,7 +198,7 @@ def run_method(method: Method, inputs: Inputs, work: Path) -> dict:
         patch = work / "patch.safetensors"
         report = make_patch(inputs.sft, inputs.base, inputs.hon_data, inputs.task_data, patch,
                             PatchOptions(**method.params["options"]))
-        info.update(method_seconds=time.perf_counter() - t0, peak_rss_mb=process_peak_rss_mb())
+        info.update(method_seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
         t1 = time.perf_counter()
         apply_patch(inputs.sft, patch, work / "model", base=inputs.base)
         info.update(apply_seconds=round(time.perf_counter() - t1, 3), model=str(work / "model"), model_base=None,
@@ -220,11 +212,7 @@ def run_method(method: Method, inputs: Inputs, work: Path) -> dict:
             raise SurgeryError("RAIT needs training data (--train-data, or a data folder to build it from).")
         options = RaitOptions(mode=method.kind.split("-")[1], **method.params)
         res = run_rait(inputs.sft, work / "model", read_examples(inputs.train_data), options, base=inputs.base)
-        info.update(method_seconds=time.perf_counter() - t0, peak_rss_mb=process_peak_rss_mb(),
-                    model=str(work / "model"),
-                    model_base=None, examples_used=res["examples_used"], details=res,
-                    artifact_bytes=res["adapter_bytes"] or res["checkpoint_bytes"],
-                    artifact="LoRA adapter (fp16)" if res["adapter_bytes"] else "checkpoint")
+        info.update(_retuned_model_info(res, work, t0))
     elif method.kind.startswith("dpo"):
         from .dpo import DpoOptions, run_dpo
 
@@ -232,16 +220,12 @@ def run_method(method: Method, inputs: Inputs, work: Path) -> dict:
             raise SurgeryError("DPO needs preference pairs (built from the RAIT training data).")
         options = DpoOptions(mode="full" if method.kind == "dpo-full" else "lora", **method.params)
         res = run_dpo(inputs.sft, work / "model", _read_jsonl(inputs.pairs_data), options, base=inputs.base)
-        info.update(method_seconds=time.perf_counter() - t0, peak_rss_mb=process_peak_rss_mb(),
-                    model=str(work / "model"),
-                    model_base=None, examples_used=res["examples_used"], details=res,
-                    artifact_bytes=res["adapter_bytes"] or res["checkpoint_bytes"],
-                    artifact="LoRA adapter (fp16)" if res["adapter_bytes"] else "checkpoint")
+        info.update(_retuned_model_info(res, work, t0))
     elif method.kind == "interp":
         from .interpolate import interpolate_models
 
         res = interpolate_models(inputs.base, inputs.sft, method.params["alpha"], work / "model")
-        info.update(method_seconds=time.perf_counter() - t0, peak_rss_mb=process_peak_rss_mb(),
+        info.update(method_seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb(),
                     model=str(work / "model"),
                     model_base=None, examples_used=0, artifact_bytes=res["checkpoint_bytes"], artifact="checkpoint")
     if "method_seconds" in info:
