@@ -24,7 +24,7 @@ from typing import Sequence
 from ..errors import SurgeryError
 from ..evaluation.evaluate import load_json, save_json
 from ..evaluation.metrics import recovery
-from ..evaluation.report import write_text_atomic
+from ..atomic import write_text_atomic
 from .methods import Inputs, changed_parameters, parse_method, slug
 from .report import (answer_accuracy, honesty_records, macro_f1, markdown, method_metrics, paired_bootstrap,
                      plot_budget, plot_pareto, task_records)
@@ -286,7 +286,7 @@ def run_bench(cfg: BenchConfig, fresh: bool = False, run_missing: bool = True) -
         raise SurgeryError(f"No method has a result in {out} yet.")
     summary = summarize(cfg, results, prep)
     save_json(summary, out / "bench.json")
-    write_text_atomic(markdown(summary), out / "bench.md")
+    write_text_atomic(out / "bench.md", markdown(summary))
     plot_pareto(summary, out / "pareto.png")
     plot_budget(summary, out / "budget.png")
     return summary

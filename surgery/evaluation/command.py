@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from .. import __version__
+from ..atomic import write_text_atomic
 from ..errors import SurgeryError
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def eval_command(targets, compare_mode, benchmarks, limit, seed, split, data_dir
     if json_out:
         click.echo(f"wrote {save_json(result, json_out)}")
     if md_out:
-        click.echo(f"wrote {report.write_text_atomic(report.markdown_result(result), md_out)}")
+        click.echo(f"wrote {write_text_atomic(md_out, report.markdown_result(result))}")
     if plot_out:
         click.echo(f"wrote {report.plot_f1([(Path(model).name or model, result['metrics'])], plot_out)}")
 
@@ -121,6 +122,6 @@ def _compare(files, md_out, plot_out) -> None:
         click.echo(f"{mdl['label']:>16} = {mdl['role']:<9} {f}  ({mdl.get('model') or '?'})")
     report.print_tables(report.comparison_tables(cmp))
     if md_out:
-        click.echo(f"wrote {report.write_text_atomic(report.markdown_comparison(cmp, list(files)), md_out)}")
+        click.echo(f"wrote {write_text_atomic(md_out, report.markdown_comparison(cmp, list(files)))}")
     if plot_out:
         click.echo(f"wrote {report.plot_f1([(m['label'], r['metrics']) for m, r in zip(cmp['models'], results)], plot_out)}")

@@ -7,7 +7,6 @@ Percentages are shown with one decimal; "–" marks a metric that is undefined f
 from __future__ import annotations
 
 from ..atomic import save_figure_atomic
-from ..atomic import write_text_atomic as _write_text
 
 import os
 from pathlib import Path
@@ -160,10 +159,6 @@ def markdown_comparison(cmp: dict, files: Sequence[str]) -> str:
 
 
 # --- files --------------------------------------------------------------------------------------------
-
-
-def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    return _write_text(path, text)
 
 
 def f1_series(per_model: Sequence[tuple[str, dict]]) -> tuple[list[str], dict[str, list[float | None]]]:
