@@ -12,6 +12,8 @@ inputs, so tiers can be added one after the other (list every tier the table sho
   restore-only, the R_IW × R_CW grid;
 - ``budgets``: LoRA-RAIT at HCNR's own data (256) and wall time, HCNR at 32/64 calibration examples,
   more interpolation weights, DPO and full-fine-tune RAIT at 480;
+- ``recipe``: the SmolLM2 recipe's patch (``compensation=protect``) with its restore-only, random-column
+  (3 seeds), compact and interpolation controls, LoRA-RAIT at 480 and DPO at 480;
 - ``paper``: LoRA-RAIT at the paper's 5000 examples (about half an hour on 2 cores).
 
 Evaluation: SelfAware held-out items (``--limit``, balanced) and the qa_wikidata task (``--task-limit``).
@@ -38,12 +40,18 @@ TIERS: dict[str, tuple[str, ...]] = {
     "budgets": ("rait-lora:256", "hcnr:max_samples=32", "hcnr:max_samples=64", "interp:0.25", "interp:0.75",
                 "dpo:480", "rait-full:480"),
     "paper": ("rait-lora:5000",),
+    # the SmolLM2 recipe's patch (compensation=protect) and the controls that matter for it
+    "recipe": ("hcnr:compensation=protect", "hcnr:restore-only", "hcnr:selection=random,seed=0,compensation=protect",
+               "interp:0.5", "rait-lora:480", "hcnr:compensation=protect,r_iw=0.25,r_cw=0.4",
+               "hcnr:selection=random,seed=1,compensation=protect", "hcnr:selection=random,seed=2,compensation=protect",
+               "interp:0.25", "dpo:480"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tier", action="append", choices=sorted(TIERS), help="method tiers to run (default: core)")
+    ap.add_argument("--tier", action="append", choices=sorted(TIERS),
+                    help="method tiers to run (default: core, unless --method is given)")
     ap.add_argument("--method", action="append", default=[], help="extra method specs (surgery bench syntax)")
     ap.add_argument("--out", type=Path, default=Path(".cache/bench/compare-smollm2"))
     ap.add_argument("--limit", type=int, default=300, help="SelfAware items (half answerable)")
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pair = ensure_pair()
     methods: list[str] = []
-    for tier in args.tier or ["core"]:
+    for tier in args.tier or ([] if args.method else ["core"]):
         methods += [m for m in TIERS[tier] if m not in methods]
     methods += [m for m in args.method if m not in methods]
     cfg = BenchConfig(base=str(pair.m0), sft=str(pair.m1), out_dir=args.out, methods=methods,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -49,20 +50,42 @@ def test_adapter_form_loads_like_the_merged_folder(tiny_models, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
-def test_recipe_records_every_hyper_parameter():
-    recipe = B.load_recipe()
-    for stage in ("m0", "m1"):
-        assert set(recipe[stage]["lora"]) == {"r", "alpha", "lr", "epochs", "batch_size", "max_length", "seed",
-                                              "target_modules"}
-        assert recipe[stage]["storage_dtype"] in B.DTYPES
-    lock = B.load_lock()
-    for stage in ("m0", "m1"):
-        assert (B.RECIPE_DIR / recipe[stage]["adapter"] / "adapter_model.safetensors").is_file()
-        from surgery.modelio import file_sha256
+@pytest.mark.parametrize("name", ["smollm2", "gemma3_270m"])
+def test_recipe_records_every_hyper_parameter(name):
+    from surgery.modelio import file_sha256
 
-        assert file_sha256(B.RECIPE_DIR / recipe[stage]["adapter"] / "adapter_model.safetensors") == \
-            lock[stage]["adapter_sha256"]
+    recipe_dir = B.recipe_dir_of(name)
+    recipe = B.load_recipe(recipe_dir)
+    assert recipe["name"] == name
+    assert B.packaged_base(recipe).requirement == recipe["base"]["package"]
+    for stage in ("m0", "m1"):
+        assert set(recipe[stage]["lora"]) - {"response_logits_only"} == {
+            "r", "alpha", "lr", "epochs", "batch_size", "max_length", "seed", "target_modules"}
+        assert recipe[stage]["storage_dtype"] in B.DTYPES
+    lock = B.load_lock(recipe_dir)
+    for stage in ("m0", "m1"):
+        adapter = recipe_dir / recipe[stage]["adapter"] / "adapter_model.safetensors"
+        assert adapter.is_file()
+        assert file_sha256(adapter) == lock[stage]["adapter_sha256"]
         assert len(lock[stage]["data_sha256"]) == 64
+        assert lock[stage]["steps"] > 0
+
+
+def test_recipes_are_found_by_name_and_unknown_ones_are_one_clear_error(tmp_path):
+    from surgery.cli import main
+    from surgery.errors import SurgeryError
+
+    assert {"smollm2", "gemma3_270m"} <= set(B.recipe_names())
+    with pytest.raises(SurgeryError, match="Unknown recipe"):
+        B.recipe_dir_of("llama-9000")
+    res = CliRunner().invoke(main, ["pair", "--recipe", "llama-9000"])
+    assert res.exit_code != 0 and "Unknown recipe 'llama-9000'" in res.output and "Traceback" not in res.output
+    bad = {**B.load_recipe(B.recipe_dir_of("gemma3_270m"))}
+    bad["base"] = {**bad["base"], "converter": "os:system"}
+    with pytest.raises(SurgeryError, match="must be 'surgery"):
+        B.ensure_base(bad)
+    with pytest.raises(SurgeryError, match="cannot convert"):
+        B.packaged_base({"name": "x", "base": {"package": "some-other-gguf==1.0"}})
 
 
 def test_calib_command_on_a_tiny_model(tiny_models, tmp_path, shared_data):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from surgery.pair.train import collate, default_target_modules, encode_examples, merge_adapter, save_adapter, train_lora
+import pytest
+
+from surgery.pair.train import (collate, default_target_modules, encode_examples, merge_adapter, response_only_loss,
+                                save_adapter, train_lora)
 
 EXAMPLES = [
     ("What is the capital of France?", "Paris."),
@@ -61,3 +64,39 @@ def test_saved_adapter_is_fp16_and_merges_to_a_changed_model(tiny_models, tmp_pa
     after = merged.model.layers[0].self_attn.q_proj.weight
     assert type(merged).__name__ == "LlamaForCausalLM"
     assert not torch.equal(before, after)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "qwen2", "gpt2"])
+def test_response_only_loss_equals_the_full_loss(tiny_models, family):
+    """Same loss and same LoRA gradients as ``model(**batch).loss``, padding and soft-capping included."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = _load(tiny_models(family))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    batch = collate(encode_examples(tok, EXAMPLES[:3], max_length=96), pad)
+    assert (batch["attention_mask"] == 0).any()  # the rows differ in length: padding is exercised
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=default_target_modules(model),
+                                                  init_lora_weights=False))
+    grads = []
+    for loss_fn in (lambda: peft_model(**batch).loss, lambda: response_only_loss(peft_model, batch)):
+        peft_model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in peft_model.parameters() if p.requires_grad]))
+    (full, g_full), (fast, g_fast) = grads
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
+    assert len(g_full) == len(g_fast) > 0
+    for a, b in zip(g_full, g_fast):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_response_logits_only_training_learns_like_the_plain_loss(tiny_models):
+    path = tiny_models("llama")
+    runs = []
+    for fast in (False, True):
+        model, tok = _load(path)
+        runs.append(train_lora(model, tok, EXAMPLES, r=4, alpha=8, lr=5e-3, epochs=2, batch_size=4, seed=3,
+                               response_logits_only=fast).training_losses)
+    assert runs[1][-1] < runs[1][0]
+    torch.testing.assert_close(torch.tensor(runs[1]), torch.tensor(runs[0]), rtol=1e-3, atol=1e-4)

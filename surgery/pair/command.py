@@ -45,19 +45,22 @@ def calib(out_dir, model, data_dir, n_hon, n_task, task_benchmarks, probe, seed)
 
 
 @click.command()
-@click.option("--rebuild", is_flag=True, help="Retrain the committed LoRA adapters from the recipe (about 15 min).")
+@click.option("--recipe", default="smollm2", show_default=True,
+              help="Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m.")
+@click.option("--rebuild", is_flag=True, help="Retrain the committed LoRA adapters from the recipe (SmolLM2 about 15 min, Gemma 3 about 60 min).")
 @click.option("--only", type=click.Choice(["m0", "m1"]), default=None, help="With --rebuild: retrain one adapter.")
 @click.option("--reprobe", is_flag=True, help="With --rebuild: re-probe which questions the base knows.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Benchmark data folder.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the folders (and hashes) as JSON.")
-def pair(rebuild, only, reprobe, data_dir, json_out) -> None:
-    """Build (or load) the bundled SmolLM2 pair: base, M0 (honest), M1 (SFT) and M1 as an adapter."""
-    from .build import RECIPE_DIR, ensure_pair, load_lock, train_pair
+def pair(recipe, rebuild, only, reprobe, data_dir, json_out) -> None:
+    """Build (or load) a bundled pair: base, M0 (honest), M1 (SFT) and M1 as an adapter."""
+    from .build import ensure_pair, load_lock, recipe_dir_of, train_pair
 
+    recipe_dir = recipe_dir_of(recipe)
     report: dict = {}
     if rebuild:
-        before = load_lock()
-        lock = train_pair(data_dir=data_dir, reprobe=reprobe, only=only)
+        before = load_lock(recipe_dir)
+        lock = train_pair(recipe_dir, data_dir=data_dir, reprobe=reprobe, only=only)
         for stage in ("m0", "m1") if only is None else (only,):
             old = before.get(stage, {}).get("adapter_sha256")
             new = lock[stage]["adapter_sha256"]
@@ -65,7 +68,7 @@ def pair(rebuild, only, reprobe, data_dir, json_out) -> None:
             click.echo(f"{stage} adapter sha256 {new[:16]} ({same})")
             report[f"{stage}_adapter_sha256"] = new
             report[f"{stage}_reproduced"] = old == new
-    p = ensure_pair(RECIPE_DIR)
+    p = ensure_pair(recipe_dir)
     paths = {"base": str(p.base), "m0": str(p.m0), "m1": str(p.m1), "m1_adapter": str(p.m1_adapter)}
     for k, v in paths.items():
         click.echo(f"{k:10s} {v}")

@@ -32,6 +32,7 @@ class DemoConfig:
     """What the demo evaluates and how; the defaults fit the 20-minute CPU budget."""
 
     work_dir: Path
+    recipe: str = "smollm2"  # which bundled pair (a folder under recipes/)
     limit: int = 120  # items per honesty benchmark (balanced answerable/unanswerable)
     task_limit: int = 120
     benchmarks: tuple[str, ...] = HONESTY_BENCHMARKS
@@ -138,17 +139,19 @@ def run_demo(cfg: DemoConfig) -> dict:
     from ..hcnr.options import PatchOptions
     from ..hcnr.pipeline import make_patch
     from ..modelio import load_model, load_tokenizer, locate
-    from .build import ensure_pair, load_recipe
+    from .build import ensure_pair, load_recipe, recipe_dir_of
     from .data import write_calibration
 
     timer = StageTimer()
     work = Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    pair = ensure_pair(timer=timer)
+    recipe_dir = recipe_dir_of(cfg.recipe)
+    recipe = load_recipe(recipe_dir)
+    pair = ensure_pair(recipe_dir, timer=timer)
     sft, base = str(pair.m1_adapter), str(pair.m0)
 
     with timer.stage("calibration"):
-        calib = load_recipe()["calibration"]
+        calib = recipe["calibration"]
         src = locate(sft, base)
         probe_gen = HFGenerator(load_model(src), load_tokenizer(src), batch_size=cfg.batch_size)
         calib_info = write_calibration(work / "calib", generator=probe_gen, data_dir=cfg.data_dir,
@@ -162,7 +165,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         check = check_pair(locate(base), locate(sft, base))
 
     # the recipe's patch settings (measured best on this pair) under whatever the caller set explicitly
-    options = PatchOptions().replace(**{**load_recipe().get("patch", {}), **cfg.patch_options})
+    options = PatchOptions().replace(**{**recipe.get("patch", {}), **cfg.patch_options})
     patch_file = work / "m1.hcnr.safetensors"
     with timer.stage("patch"):
         patch_report = make_patch(sft, base, work / "calib" / "d_hon.jsonl", work / "calib" / "d_task.jsonl",
@@ -188,6 +191,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     summary = summarize(results, cfg.benchmarks)
     summary.update({
+        "recipe": cfg.recipe,
         "patch": {"file": str(patch_file), "bytes": patch_report["patch_bytes"],
                   "parameters_changed": patch_report["parameters_changed"],
                   "share_of_linear": patch_report["share_of_linear"], "options": options.to_dict(),
@@ -248,6 +252,9 @@ def _explicit(kwargs: dict, source) -> dict:
 
 
 @click.command()
+@click.option("--recipe", default="smollm2", show_default=True,
+              help="Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m (Gemma: train it first "
+                   "with  surgery pair --recipe gemma3_270m --rebuild).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write every number (incl. recovery) as JSON.")
 @click.option("--limit", default=120, show_default=True,
               help="Evaluation items per benchmark (held-out split, half answerable where both exist).")
@@ -259,7 +266,7 @@ def _explicit(kwargs: dict, source) -> dict:
               help="Comma-separated honesty benchmarks to evaluate on.")
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export stage.")
 @add_patch_options
-def demo(json_out, limit, task_limit, work_dir, data_dir, benchmarks, no_export, **patch_kwargs) -> None:
+def demo(recipe, json_out, limit, task_limit, work_dir, data_dir, benchmarks, no_export, **patch_kwargs) -> None:
     """Show honesty come back: build the bundled pair, patch M1, evaluate M0 / M1 / M1+patch.
 
     Every ``surgery patch`` option is accepted and passed to the patch stage.
@@ -274,7 +281,8 @@ def demo(json_out, limit, task_limit, work_dir, data_dir, benchmarks, no_export,
     benches = tuple(b.strip() for b in benchmarks.split(",") if b.strip())
     if not benches:
         raise SurgeryError("--benchmarks needs at least one honesty benchmark.")
-    cfg = DemoConfig(work_dir=Path(work_dir) if work_dir else cache_root() / "demo", limit=limit,
+    default_work = cache_root() / ("demo" if recipe == "smollm2" else f"demo-{recipe}")
+    cfg = DemoConfig(work_dir=Path(work_dir) if work_dir else default_work, recipe=recipe, limit=limit,
                      task_limit=limit if task_limit is None else task_limit, benchmarks=benches, data_dir=data_dir,
                      export=not no_export, patch_options=_explicit(patch_kwargs, ParameterSource))
     summary = run_demo(cfg)

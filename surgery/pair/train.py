@@ -59,6 +59,39 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def response_only_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The causal-LM loss with the output head applied to response positions only.
+
+    Equal to ``model(**batch).loss`` (mean cross-entropy over the labelled next tokens), but the
+    vocabulary projection runs on the few positions that carry a label instead of on every token.
+    With a 262k vocabulary (Gemma 3) the head is over half of a training step's work; prompts and
+    padding need none of it. Model-agnostic: a pre-hook on ``get_output_embeddings()`` gathers the
+    labelled rows of the hidden states just before the head (soft-capping etc. still apply after it).
+    """
+    import torch.nn.functional as F
+
+    labels = batch["labels"]
+    targets = labels[:, 1:]
+    keep = F.pad(targets != -100, (0, 1), value=False)  # position t predicts token t+1
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError("response_only_loss needs a model with an output head (get_output_embeddings)")
+
+    def gather(_module, args):
+        hidden = args[0]
+        if hidden.shape[:2] != keep.shape:
+            raise ValueError(f"output head saw hidden states of shape {tuple(hidden.shape)}, expected "
+                             f"{tuple(keep.shape)} + (hidden,); use the plain loss for this model")
+        return (hidden[keep].unsqueeze(0), *args[1:])
+
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        handle.remove()
+    return F.cross_entropy(logits[0].float(), targets[targets != -100])
+
+
 def train_lora(
     model,
     tokenizer,
@@ -73,8 +106,13 @@ def train_lora(
     seed: int = 0,
     target_modules: Sequence[str] | None = None,
     max_seconds: float | None = None,
+    response_logits_only: bool = False,
 ):
     """Wrap ``model`` in a fresh LoRA adapter and train it (AdamW, linear decay, no warm-up).
+
+    ``response_logits_only`` computes the loss through :func:`response_only_loss` (same loss, the
+    output head on labelled positions only): about 2x faster for large vocabularies, but not bit-equal
+    to the plain loss, so a recipe records which one built its adapters.
 
     ``max_seconds`` (optional) stops after the first step that ends past that wall-clock budget.
     Returns the ``peft`` model in eval mode; ``merge_and_unload()`` gives the plain model back.
@@ -107,7 +145,7 @@ def train_lora(
         rng.shuffle(order)
         for s in range(steps_per_epoch):
             batch = collate([data[i] for i in order[s * batch_size: (s + 1) * batch_size]], pad_id)
-            loss = peft_model(**batch).loss
+            loss = response_only_loss(peft_model, batch) if response_logits_only else peft_model(**batch).loss
             loss.backward()
             opt.step()
             sched.step()
