@@ -12,8 +12,9 @@ inputs, so tiers can be added one after the other (list every tier the table sho
   restore-only, the R_IW × R_CW grid;
 - ``budgets``: LoRA-RAIT at HCNR's own data (256) and wall time, HCNR at 32/64 calibration examples,
   more interpolation weights, DPO and full-fine-tune RAIT at 480;
-- ``recipe``: the SmolLM2 recipe's patch (``compensation=protect``) with its restore-only, random-column
-  (3 seeds), compact and interpolation controls, LoRA-RAIT at 480 and DPO at 480;
+- ``recipe``: the SmolLM2 recipe's patch (``compensation=protect``) against the pair, HCNR's defaults,
+  restore-only, random columns (3 seeds), the compact patch, interpolation, LoRA-RAIT at HCNR's data
+  (256) and wall time (200 s) and at 64/160/480 examples, and DPO at 480 (the README's table);
 - ``paper``: LoRA-RAIT at the paper's 5000 examples (about half an hour on 2 cores).
 
 Evaluation: SelfAware held-out items (``--limit``, balanced) and the qa_wikidata task (``--task-limit``).
@@ -40,11 +41,14 @@ TIERS: dict[str, tuple[str, ...]] = {
     "budgets": ("rait-lora:256", "hcnr:max_samples=32", "hcnr:max_samples=64", "interp:0.25", "interp:0.75",
                 "dpo:480", "rait-full:480"),
     "paper": ("rait-lora:5000",),
-    # the SmolLM2 recipe's patch (compensation=protect) and the controls that matter for it
-    "recipe": ("hcnr:compensation=protect", "hcnr:restore-only", "hcnr:selection=random,seed=0,compensation=protect",
-               "interp:0.5", "rait-lora:480", "hcnr:compensation=protect,r_iw=0.25,r_cw=0.4",
+    # the SmolLM2 recipe's patch (compensation=protect) against the pair, HCNR's defaults, its controls
+    # (restore-only, random columns x3, compact, interpolation) and re-tuning at matched data and time
+    "recipe": ("base", "sft", "hcnr:compensation=protect", "rait-lora:160", "hcnr", "hcnr:restore-only",
+               "hcnr:selection=random,seed=0,compensation=protect", "rait-lora:480", "interp:0.25", "dpo:480",
+               "hcnr:compensation=protect,r_iw=0.25,r_cw=0.4", "rait-lora:256", "rait-lora:s=200",
                "hcnr:selection=random,seed=1,compensation=protect", "hcnr:selection=random,seed=2,compensation=protect",
-               "interp:0.25", "dpo:480"),
+               "interp:0.5", "hcnr:compensation=protect,task_weight=0.5", "hcnr:compensation=protect,r_iw=0.75,r_cw=0.6",
+               "hcnr:hessian-hon", "hcnr:random-s0", "hcnr:compensation=protect,max_samples=32", "rait-lora:64"),
 }
 
 
