@@ -48,7 +48,8 @@ TIERS: dict[str, tuple[str, ...]] = {
                "hcnr:compensation=protect,r_iw=0.25,r_cw=0.4", "rait-lora:256", "rait-lora:s=200",
                "hcnr:selection=random,seed=1,compensation=protect", "hcnr:selection=random,seed=2,compensation=protect",
                "interp:0.5", "hcnr:compensation=protect,task_weight=0.5", "hcnr:compensation=protect,r_iw=0.75,r_cw=0.6",
-               "hcnr:hessian-hon", "hcnr:random-s0", "hcnr:compensation=protect,max_samples=32", "rait-lora:64"),
+               "hcnr:hessian-hon", "hcnr:random-s0", "hcnr:compensation=protect,max_samples=32", "rait-lora:64",
+               "interp:0.9", "interp:0.75"),
 }
 
 
@@ -93,7 +94,13 @@ def main(argv: list[str] | None = None) -> int:
                       calib_probe=args.calib_probe,
                       reference=args.reference, keep_models=args.keep_models, max_new_tokens=args.max_new_tokens,
                       extra={"pair": {"base": str(pair.m0), "sft": str(pair.m1)}, "argv": sys.argv})
-    summary = run_bench(cfg, run_missing=not args.report_only)
+    from surgery.errors import SurgeryError
+
+    try:
+        summary = run_bench(cfg, run_missing=not args.report_only)
+    except SurgeryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(markdown(summary))
     return 0
 
