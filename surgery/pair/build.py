@@ -34,14 +34,13 @@ from ..errors import SurgeryError
 from ..modelio import file_sha256
 from ..progress import StageTimer
 from . import data as D
-from .gguf import GEMMA3_270M, REPO, SMOLLM2, PackagedGGUF, cache_root, ensure_converted, find_packaged_gguf
+from .gguf import PACKAGED, REPO, PackagedGGUF, cache_root, ensure_converted, find_packaged_gguf
 from .train import ADAPTER_WEIGHTS, merge_adapter, save_adapter, train_lora
 
 log = logging.getLogger(__name__)
 
 RECIPES = REPO / "recipes"
 RECIPE_DIR = RECIPES / "smollm2"
-PACKAGED = (SMOLLM2, GEMMA3_270M)
 STAMP = "PAIR.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -79,8 +78,8 @@ def recipe_dir_of(name: str) -> Path:
     return RECIPES / name
 
 
-def pair_root(recipe: dict | None = None) -> Path:
-    return cache_root() / "pair" / (recipe["name"] if recipe else "smollm2")
+def pair_root(recipe: dict) -> Path:
+    return cache_root() / "pair" / recipe["name"]
 
 
 def packaged_base(recipe: dict) -> PackagedGGUF:

