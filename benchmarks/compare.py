@@ -12,10 +12,15 @@ inputs, so tiers can be added one after the other (list every tier the table sho
   restore-only, the R_IW × R_CW grid;
 - ``budgets``: LoRA-RAIT at HCNR's own data (256) and wall time, HCNR at 32/64 calibration examples,
   more interpolation weights, DPO and full-fine-tune RAIT at 480;
-- ``recipe``: the SmolLM2 recipe's patch (``compensation=protect``) against the pair, HCNR's defaults,
-  restore-only, random columns (3 seeds), the compact patch, interpolation, LoRA-RAIT at HCNR's data
-  (256) and wall time (200 s) and at 64/160/480 examples, and DPO at 480 (the README's table);
-- ``paper``: LoRA-RAIT at the paper's 5000 examples (about half an hour on 2 cores).
+- ``recipe``: the SmolLM2 recipe's patch (``compensation=protect,r_iw=0.125,r_cw=0.8``) and the same
+  compensation at METHOD.md's size (0.5 x 0.4) against the pair, HCNR's defaults, restore-only, random
+  columns (3 seeds), the compact patch, interpolation, LoRA-RAIT at HCNR's data (256) and wall time
+  (200 s) and at 64/160/480 examples, and DPO at 480 (the README's table);
+- ``paper``: LoRA-RAIT at the paper's 5000 examples (about half an hour on 2 cores);
+- ``grid``: ``protect`` compensation over patch shapes (R_IW x R_CW from 1 x 0.1 to 1 x 1, the large
+  patch with a heavier task weight) and the recipe's shape with random columns and with other
+  64-example calibration subsets (how the recipe's 0.125 x 0.8 was found, and how robust it is);
+- ``full``: full-fine-tune RAIT and DPO at 480 examples (the LoRA runs' full-weight counterparts).
 
 Evaluation: SelfAware held-out items (``--limit``, balanced) and the qa_wikidata task (``--task-limit``).
 The result is ``bench.md`` (the efficiency table), ``bench.json``, ``pareto.png`` and ``budget.png``.
@@ -41,9 +46,19 @@ TIERS: dict[str, tuple[str, ...]] = {
     "budgets": ("rait-lora:256", "hcnr:max_samples=32", "hcnr:max_samples=64", "interp:0.25", "interp:0.75",
                 "dpo:480", "rait-full:480"),
     "paper": ("rait-lora:5000",),
-    # the SmolLM2 recipe's patch (compensation=protect) against the pair, HCNR's defaults, its controls
+    "grid": ("hcnr:compensation=protect,r_iw=0.5,r_cw=0.2", "hcnr:compensation=protect,r_iw=0.125,r_cw=0.8",
+             "hcnr:compensation=protect,r_iw=1,r_cw=0.1", "hcnr:compensation=protect,r_iw=0.75,r_cw=0.6,task_weight=2",
+             "hcnr:compensation=protect,r_iw=1,r_cw=1", "hcnr:compensation=protect,r_iw=0.1,r_cw=1",
+             "hcnr:compensation=protect,r_iw=0.2,r_cw=1", "hcnr:compensation=protect,r_iw=0.05,r_cw=1",
+             "hcnr:compensation=protect,r_iw=0.25,r_cw=0.8",
+             "hcnr:compensation=protect,r_iw=0.125,r_cw=0.8,selection=random",
+             "hcnr:compensation=protect,r_iw=0.125,r_cw=0.8,max_samples=64",
+             "hcnr:compensation=protect,r_iw=0.125,r_cw=0.8,max_samples=64,seed=1"),
+    "full": ("rait-full:480", "dpo-full:480"),
+    # the SmolLM2 recipe's patch (protect at 0.125 x 0.8) against the pair, HCNR's defaults, its controls
     # (restore-only, random columns x3, compact, interpolation) and re-tuning at matched data and time
-    "recipe": ("base", "sft", "hcnr:compensation=protect", "rait-lora:160", "hcnr", "hcnr:restore-only",
+    "recipe": ("base", "sft", "hcnr:compensation=protect,r_iw=0.125,r_cw=0.8", "hcnr:compensation=protect",
+               "rait-lora:160", "hcnr", "hcnr:restore-only",
                "hcnr:selection=random,seed=0,compensation=protect", "rait-lora:480", "interp:0.25", "dpo:480",
                "hcnr:compensation=protect,r_iw=0.25,r_cw=0.4", "rait-lora:256", "rait-lora:s=200",
                "hcnr:selection=random,seed=1,compensation=protect", "hcnr:selection=random,seed=2,compensation=protect",
@@ -65,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--probe", type=int, default=200, help="SelfAware train questions probed for RAIT known/unknown")
     ap.add_argument("--calib-probe", type=int, default=192, help="SelfAware calibration questions probed for D_hon")
-    ap.add_argument("--reference", default="hcnr")
+    ap.add_argument("--reference", default="hcnr:compensation=protect,r_iw=0.125,r_cw=0.8",
+                    help="the method every paired difference is taken against (default: the SmolLM2 recipe's patch)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--keep-models", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="summarise finished methods, run nothing new")

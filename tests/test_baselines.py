@@ -215,3 +215,16 @@ def test_bench_cli_on_a_tiny_pair(tiny_pair, tmp_path):
     assert again.exit_code == 0
     assert json.loads((tmp_path / "out" / "bench.json").read_text())["methods"][1]["method_seconds"] == \
         rows["hcnr"]["method_seconds"]
+
+
+def test_pareto_front_keeps_only_non_dominated_methods():
+    from surgery.baselines.report import pareto_front
+
+    pts = [(52.0, 57.0), (70.8, 57.0), (74.4, 57.0), (78.7, 56.5), (85.3, 54.0), (75.7, 47.0), (78.3, 13.5),
+           (74.4, 57.0)]
+    front = pareto_front(pts)
+    # (70.8, 57) and (52, 57) are beaten by (74.4, 57); (75.7, 47) by (78.7, 56.5); (78.3, 13.5) by (85.3, 54);
+    # the two identical (74.4, 57) points both stay (neither beats the other)
+    assert front == [2, 7, 3, 4] or front == [7, 2, 3, 4]
+    assert pareto_front([]) == []
+    assert pareto_front([(1.0, 1.0)]) == [0]

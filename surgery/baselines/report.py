@@ -160,31 +160,54 @@ def _err(v, c):
     return [[100 * (v - c[0])], [100 * (c[1] - v)]]
 
 
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (higher is better on both), sorted by x.
+
+    With forty methods on one plot only these, the methods a user would actually pick, can be labelled.
+    """
+    front = [i for i, (x, y) in enumerate(points)
+             if not any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for x2, y2 in points)]
+    return sorted(front, key=lambda i: points[i])
+
+
 def plot_pareto(summary: dict, path: str | os.PathLike) -> Path:
-    """Task accuracy against honesty F1, one point a method with its 95% CIs (up and right is better)."""
+    """Task accuracy against honesty F1, one point a method with its 95% CIs (up and right is better).
+
+    The non-dominated methods are joined by a line and labelled, with the reference rows and the
+    comparison's reference method; every other method is an unlabelled point in its family's colour
+    (``bench.md`` has them all by name).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in summary["methods"]
+            if r["metrics"]["honesty_f1"] is not None and r["metrics"]["task_accuracy"] is not None]
+    pts = [(100 * r["metrics"]["honesty_f1"], 100 * r["metrics"]["task_accuracy"]) for r in rows]
+    front = pareto_front(pts)
+    labelled = set(front) | {i for i, r in enumerate(rows)
+                             if r["family"] == "reference" or r["name"] == summary.get("reference")}
     fig, ax = plt.subplots(figsize=(7.5, 5.2), dpi=120)
     colors: dict[str, str] = {}
-    for r in summary["methods"]:
+    for i, r in enumerate(rows):
         m = r["metrics"]
-        if m["honesty_f1"] is None or m["task_accuracy"] is None:
-            continue
-        fam = r["family"]
-        color = colors.setdefault(fam, f"C{len(colors)}")
-        ax.errorbar(100 * m["honesty_f1"], 100 * m["task_accuracy"], xerr=_err(m["honesty_f1"], m["honesty_f1_ci"]),
-                    yerr=_err(m["task_accuracy"], m["task_accuracy_ci"]), fmt="o", color=color, ms=4,
-                    elinewidth=0.6, capsize=2, alpha=0.85)
-        ax.annotate(r["name"], (100 * m["honesty_f1"], 100 * m["task_accuracy"]), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")
+        color = colors.setdefault(r["family"], f"C{len(colors)}")
+        is_ref = r["name"] == summary.get("reference")
+        ax.errorbar(*pts[i], xerr=_err(m["honesty_f1"], m["honesty_f1_ci"]),
+                    yerr=_err(m["task_accuracy"], m["task_accuracy_ci"]), fmt="*" if is_ref else "o", color=color,
+                    ms=9 if is_ref else 4, elinewidth=0.5, capsize=1.5, alpha=0.9 if i in labelled else 0.45)
+        if i in labelled:
+            label = r["name"].replace("compensation=", "").replace("selection=", "")  # bench.md has full names
+            ax.annotate(label, pts[i], fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if len(front) > 1:
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="0.5", lw=0.8, zorder=0,
+                label="Pareto front")
     for fam, color in colors.items():
         ax.plot([], [], "o", color=color, label=fam)
     ax.set_xlabel("honesty F1, average (%)")
     ax.set_ylabel("task accuracy (%)")
-    ax.set_title("Honesty vs task accuracy (95% bootstrap CIs)")
+    ax.set_title("Honesty vs task accuracy (95% bootstrap CIs; * = reference method)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -226,6 +249,11 @@ def plot_budget(summary: dict, path: str | os.PathLike, families: Sequence[str] 
                            ls=":" if name == "sft" else "-.")
                 ax.annotate(f"{name} F1", (0.01, 100 * r["metrics"]["honesty_f1"]), xycoords=("axes fraction", "data"),
                             fontsize=6, color="grey")
+        ref = next((r for r in summary["methods"] if r["name"] == summary.get("reference")), None)
+        if ref is not None and ref.get(key) and ref["metrics"]["honesty_f1"] is not None:
+            # the method every difference is taken against, findable among the HCNR variants
+            ax.plot([ref[key]], [100 * ref["metrics"]["honesty_f1"]], "*", color="black", ms=11, zorder=5,
+                    label=f"reference: {ref['name']}" if ax is axes[1] else None)
         xs_all = [r[key] for r in summary["methods"] if r["family"] in families and (r.get(key) or 0) > 0]
         if xs_all and max(xs_all) / min(xs_all) > 20:  # RAIT at the paper's 5000 examples next to HCNR's 256
             ax.set_xscale("log")
