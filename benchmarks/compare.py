@@ -29,12 +29,23 @@ The result is ``bench.md`` (the efficiency table), ``bench.json``, ``pareto.png`
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def recipe_patch_spec(recipe: str = "smollm2") -> str:
+    """The bundled recipe's patch as a method spec (``hcnr:k=v,...``), so the table follows recipe.json."""
+    patch = json.loads((ROOT / "recipes" / recipe / "recipe.json").read_text(encoding="utf-8"))["patch"]
+    return "hcnr:" + ",".join(f"{k}={v}" for k, v in patch.items())
+
+
+RECIPE_PATCH = recipe_patch_spec()
 
 TIERS: dict[str, tuple[str, ...]] = {
     # in order of what matters most, so a run cut short has the key rows first
@@ -57,7 +68,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "full": ("rait-full:480", "dpo-full:480"),
     # the SmolLM2 recipe's patch (protect at 0.125 x 0.8) against the pair, HCNR's defaults, its controls
     # (restore-only, random columns x3, compact, interpolation) and re-tuning at matched data and time
-    "recipe": ("base", "sft", "hcnr:compensation=protect,r_iw=0.125,r_cw=0.8", "hcnr:compensation=protect",
+    "recipe": ("base", "sft", RECIPE_PATCH, "hcnr:compensation=protect",
                "rait-lora:160", "hcnr", "hcnr:restore-only",
                "hcnr:selection=random,seed=0,compensation=protect", "rait-lora:480", "interp:0.25", "dpo:480",
                "hcnr:compensation=protect,r_iw=0.25,r_cw=0.4", "rait-lora:256", "rait-lora:s=200",
@@ -80,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--probe", type=int, default=200, help="SelfAware train questions probed for RAIT known/unknown")
     ap.add_argument("--calib-probe", type=int, default=192, help="SelfAware calibration questions probed for D_hon")
-    ap.add_argument("--reference", default="hcnr:compensation=protect,r_iw=0.125,r_cw=0.8",
-                    help="the method every paired difference is taken against (default: the SmolLM2 recipe's patch)")
+    ap.add_argument("--reference", default=RECIPE_PATCH,
+                    help=f"the method every paired difference is taken against (default: the SmolLM2 recipe's "
+                         f"patch, {RECIPE_PATCH})")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--keep-models", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="summarise finished methods, run nothing new")

@@ -12,14 +12,15 @@ from surgery.baselines.methods import parse_method
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tiers() -> dict[str, tuple[str, ...]]:
+def _compare_module():
     spec = importlib.util.spec_from_file_location("compare_bench", ROOT / "benchmarks" / "compare.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.TIERS
+    return module
 
 
-TIERS = _tiers()
+COMPARE = _compare_module()
+TIERS = COMPARE.TIERS
 
 
 @pytest.mark.parametrize("tier", sorted(TIERS))
@@ -35,3 +36,12 @@ def test_tiers_are_documented() -> None:
     doc = (ROOT / "benchmarks" / "compare.py").read_text(encoding="utf-8").split('"""')[1]
     for tier in TIERS:
         assert f"``{tier}``" in doc, f"tier {tier} is missing from compare.py's docstring"
+
+
+def test_recipe_tier_patches_with_the_recipes_options() -> None:
+    import json
+
+    patch = json.loads((ROOT / "recipes" / "smollm2" / "recipe.json").read_text(encoding="utf-8"))["patch"]
+    options = parse_method(COMPARE.RECIPE_PATCH).params["options"]
+    assert {k: options[k] for k in patch} == patch
+    assert COMPARE.RECIPE_PATCH in TIERS["recipe"]

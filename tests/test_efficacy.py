@@ -1,6 +1,7 @@
 """Efficacy on the real bundled pair: the recipe's patch (protect, R_IW 0.125 x R_CW 0.8) gives back most of
-the honesty SFT took, without costing task accuracy. Built from the committed adapters (no training), evaluated on a fixed
-held-out subset: 150 answerable + 150 unanswerable SelfAware items and 200 qa_wikidata items."""
+the honesty SFT took, without costing task accuracy. Built from the committed adapters (no training),
+evaluated on a fixed held-out subset: 150 answerable + 150 unanswerable SelfAware items and 200
+qa_wikidata items."""
 
 from __future__ import annotations
 

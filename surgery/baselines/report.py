@@ -227,6 +227,7 @@ def plot_budget(summary: dict, path: str | os.PathLike, families: Sequence[str] 
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), dpi=120, sharey=True)
     refs = {r["name"]: r for r in summary["methods"] if r["family"] == "reference"}
+    ref = next((r for r in summary["methods"] if r["name"] == summary.get("reference")), None)
     for ax, key, label in ((axes[0], "examples_used", "training / calibration examples used"),
                            (axes[1], "method_seconds", "wall time of the method (s)")):
         for j, fam in enumerate(families):
@@ -249,7 +250,6 @@ def plot_budget(summary: dict, path: str | os.PathLike, families: Sequence[str] 
                            ls=":" if name == "sft" else "-.")
                 ax.annotate(f"{name} F1", (0.01, 100 * r["metrics"]["honesty_f1"]), xycoords=("axes fraction", "data"),
                             fontsize=6, color="grey")
-        ref = next((r for r in summary["methods"] if r["name"] == summary.get("reference")), None)
         if ref is not None and ref.get(key) and ref["metrics"]["honesty_f1"] is not None:
             # the method every difference is taken against, findable among the HCNR variants
             ax.plot([ref[key]], [100 * ref["metrics"]["honesty_f1"]], "*", color="black", ms=11, zorder=5,
