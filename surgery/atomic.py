@@ -1,4 +1,5 @@
-"""Write files so that a reader never sees half of one: a temp file in the same folder, then rename."""
+"""The one atomic writer: a reader never sees half a file, because every output is written to a temp
+file (or folder) beside its destination and renamed into place; it gets the normal file mode."""
 
 from __future__ import annotations
 
@@ -8,6 +9,21 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def normal_mode(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give a file made by :mod:`tempfile` (0600/0700) the mode a plain ``open`` would: 0666/0777 less the umask.
+
+    Outputs are shared (models, patches, reports), so they must be readable like any other file.
+    """
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
 @contextlib.contextmanager
@@ -22,6 +38,7 @@ def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     os.close(fd)
     try:
         yield Path(tmp)
+        normal_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -58,10 +75,12 @@ def atomic_folder(path: str | os.PathLike, replace: bool = True) -> Iterator[Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
-        for f in tmp.iterdir():
-            if f.is_file():
-                os.chmod(f, 0o644)
-        os.chmod(tmp, 0o755)
+        for f in tmp.rglob("*"):
+            if f.is_file() and not f.is_symlink():
+                normal_mode(f)
+            elif f.is_dir():
+                normal_mode(f, folder=True)
+        normal_mode(tmp, folder=True)
         if path.exists() and replace:
             shutil.rmtree(path)
         os.replace(tmp, path)

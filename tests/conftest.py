@@ -19,7 +19,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """family -> folder of a tiny random model (built lazily, cached for the session)."""
-    from surgery.tiny import build_tiny_model
+    from tests.support.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny")
     cache: dict[str, Path] = {}
@@ -35,7 +35,7 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_pair(tiny_models, tmp_path_factory):
     """(base, sft, moved_columns) for a tiny Llama whose first quarter of columns SFT moved."""
-    from surgery.tiny import perturb_columns
+    from tests.support.tiny import perturb_columns
 
     base = tiny_models("llama")
     sft = tmp_path_factory.mktemp("tiny_sft") / "llama"

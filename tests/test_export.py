@@ -19,7 +19,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Exporting aten..index operator:UserWarning"),
 ]
 
-#: every family surgery.tiny builds; all of them export with optimum-onnx 0.1.0 on transformers 4.57.6
+#: every family tests.support.tiny builds; all of them export with optimum-onnx 0.1.0 on transformers 4.57.6
 FAMILIES = ["llama", "qwen2", "gemma", "gemma3", "phi3", "qwen3", "mistral", "gpt2"]
 QUESTIONS = ["What is the capital of France?", "How many legs does a spider have?",
              "Who wrote the paper about steganography?"]

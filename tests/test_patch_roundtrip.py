@@ -90,7 +90,7 @@ def test_determinism_same_bytes(tiny_pair, calib, tmp_path):
 
 
 def test_selection_finds_the_matrices_sft_moved(tiny_models, calib, tmp_path):
-    from surgery.tiny import perturb_columns
+    from tests.support.tiny import perturb_columns
 
     base = tiny_models("llama")
     hot = {"model.layers.1.mlp.down_proj.weight": list(range(96)), "model.layers.0.self_attn.o_proj.weight": list(range(48))}
@@ -156,7 +156,7 @@ def test_every_family_round_trips(family, tiny_models, calib, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from surgery.apply import apply_patch
-    from surgery.tiny import perturb_columns
+    from tests.support.tiny import perturb_columns
 
     base = tiny_models(family)
     sft = tmp_path / "sft"

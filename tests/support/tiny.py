@@ -120,8 +120,8 @@ def perturb_columns(
     """
     from safetensors.torch import load_file, save_file
 
-    from .linear_layers import is_block_linear_weight
-    from .modelio import copy_side_files
+    from surgery.linear_layers import is_block_linear_weight
+    from surgery.modelio import copy_side_files
 
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,124 @@
+"""Options dataclasses -> click options: the one way every command declares what it accepts.
+
+A command's options are a frozen dataclass whose fields are declared with :func:`surgery.options.opt`
+(mergekit-style). The library takes the dataclass; the CLI gets one click option per field from
+:func:`add_options` and rebuilds the dataclass with :func:`options_from`. So a knob has one name, one
+default and one help text everywhere: CLI, library call, and the manifest that records it.
+
+Field metadata: see :mod:`surgery.options`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import Field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import click
+
+from ..options import flag_of, opt
+
+__all__ = ["add_options", "flag_of", "opt", "options_from", "reproducible_command"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _resolved_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _click_type(annotation: Any, choices: tuple[str, ...] | None) -> Any:
+    if choices:
+        return click.Choice(choices)
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _click_type(args[0], None)
+    if origin is tuple and args:
+        return _click_type(args[0], None)
+    if annotation in (int, float, str):
+        return annotation
+    if annotation is Path:
+        return click.Path(path_type=Path)
+    return str
+
+
+def add_options(cls: type) -> Callable[[F], F]:
+    """Decorate a click command with one option per CLI field of the dataclass ``cls``."""
+    hints = _resolved_types(cls)
+
+    def decorate(fn: F) -> F:
+        for f in reversed(dataclasses.fields(cls)):
+            if not f.metadata.get("cli", True):
+                continue
+            fn = _option_for(f, hints[f.name])(fn)
+        return fn
+
+    return decorate
+
+
+def _option_for(f: Field[Any], annotation: Any) -> Callable[[F], F]:
+    meta = f.metadata
+    long = flag_of(f)
+    names = [long, *([meta["short"]] if meta.get("short") else [])]
+    default = f.default if f.default is not dataclasses.MISSING else None
+    kwargs: dict[str, Any] = {"help": meta.get("help", ""), "show_default": default not in (None, (), False, "")}
+    if annotation is bool or annotation == "bool":
+        decls = [f"{long}/--no-{long[2:]}", f.name]
+        return click.option(*decls, default=default, **kwargs)
+    kwargs.update(type=_click_type(annotation, meta.get("choices")), default=default,
+                  multiple=bool(meta.get("multiple")), metavar=meta.get("metavar"))
+    option = click.option(*names, f.name, **kwargs)
+    aliases = tuple(meta.get("aliases") or ())
+    if not aliases:
+        return option
+
+    def with_aliases(fn: F) -> F:
+        fn = option(fn)
+        for alias in aliases:  # old spellings: same destination, hidden from --help
+            fn = click.option(alias, f.name, hidden=True, expose_value=True, **{
+                k: v for k, v in kwargs.items() if k in ("type", "multiple")})(fn)
+        return fn
+
+    return with_aliases
+
+
+def options_from(cls: type[T], kwargs: dict[str, Any], **fixed: Any) -> T:
+    """Pop ``cls``'s fields out of a click kwargs dict and build the options object.
+
+    ``fixed`` supplies fields that are not on the command line (``cli=False``) or that the command
+    decides itself. Multi-valued options arrive from click as tuples, which is what the fields hold.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    values.update(fixed)
+    return cls(**values)
+
+
+def reproducible_command(command: list[str], options: Any, positional: tuple[str, ...] = ()) -> list[str]:
+    """``command`` followed by every option of ``options`` spelled out, so a rerun needs no defaults.
+
+    ``positional`` names fields that are arguments, written first and without a flag.
+    """
+    words = list(command)
+    fields = dataclasses.fields(options)
+    for f in fields:
+        if f.name in positional:
+            words.append(str(getattr(options, f.name)))
+    for f in fields:
+        value = getattr(options, f.name)
+        if f.name in positional or not f.metadata.get("cli", True) or value is None:
+            continue
+        flag = flag_of(f)
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple):
+            for v in value:
+                words += [flag, str(v)]
+        else:
+            words += [flag, str(value)]
+    return words

@@ -1,0 +1,97 @@
+"""Patch bytes on tiny pairs for a fixed set of option sets: the refactoring's behaviour contract.
+
+``python -m tests.support.golden write`` records sha256s (done once, on the code before a redesign);
+the test ``tests/hcnr/test_golden_patches.py`` recomputes them and requires equality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+FILE = Path(__file__).resolve().parents[1] / "fixtures" / "golden_patches.json"
+
+#: (family, options) pairs: every compensation, both neuron kinds, selection and Fisher variants
+CASES: list[tuple[str, dict[str, Any]]] = [
+    ("llama", {}),
+    ("llama", {"compensation": "protect", "r_iw": 0.125, "r_cw": 0.8}),
+    ("llama", {"compensation": "summed", "hessian_data": "hon"}),
+    ("llama", {"compensation": "none"}),
+    ("llama", {"neuron": "row"}),
+    ("llama", {"selection": "random", "layer_unit": "block"}),
+    ("llama", {"fisher_at": "base", "fisher_normalize": True, "hessian_data": "task"}),
+    ("gemma3", {"compensation": "protect", "task_weight": 2.0}),
+    ("qwen2", {}),
+]
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def digest(path: Path) -> str:
+    """sha256 over every tensor (name, dtype, shape, bytes) and the manifest less its local paths.
+
+    The file's own bytes embed the folders the models were read from, which differ per run.
+    """
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    with safe_open(str(path), "pt") as f:
+        manifest = json.loads((f.metadata() or {}).get("manifest", "{}"))
+        for name in sorted(f.keys()):
+            t = f.get_tensor(name).contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.view(-1).view(torch_uint8()).numpy().tobytes())
+    for key in ("base", "sft"):
+        manifest.pop(key, None)
+    for fp in manifest.get("calibration", {}).values():
+        fp.pop("file", None)
+    h.update(json.dumps(manifest, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def torch_uint8():
+    import torch
+
+    return torch.uint8
+
+
+def compute(root: Path) -> dict[str, str]:
+    """sha256 of the patch file for every case, on tiny pairs built under ``root``."""
+    from surgery.hcnr.options import PatchOptions
+    from surgery.hcnr.pipeline import make_patch
+    from tests.conftest import write_calibration
+    from tests.support.tiny import build_tiny_model, perturb_columns
+
+    hon, task = write_calibration(root / "calib")
+    out: dict[str, str] = {}
+    pairs: dict[str, tuple[Path, Path]] = {}
+    for family, opts in CASES:
+        if family not in pairs:
+            base = build_tiny_model(family, root / family / "base", seed=0)
+            sft = root / family / "sft"
+            perturb_columns(base, sft)
+            pairs[family] = (base, sft)
+        base, sft = pairs[family]
+        key = family + ":" + ",".join(f"{k}={v}" for k, v in sorted(opts.items()))
+        path = root / (hashlib.sha1(key.encode()).hexdigest() + ".safetensors")
+        make_patch(str(sft), str(base), hon, task, path, PatchOptions(**opts))
+        out[key] = digest(path)
+    return out
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["write"]:
+        sys.exit("usage: python -m tests.support.golden write")
+    with tempfile.TemporaryDirectory() as d:
+        data = {"versions": versions(), "sha256": compute(Path(d))}
+    FILE.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(data, indent=2))
