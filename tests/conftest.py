@@ -16,6 +16,26 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+#: fixtures that build models or read ../shared/data: a test using one is not in the `unit` tier
+NOT_UNIT_FIXTURES = {"tiny_models", "tiny_pair", "shared_data"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Assign every test one tier: `slow` (marked), `tiny` (marked, or uses a model/data fixture), else `unit`.
+
+    Tiers are derived rather than hand-written on each test so that a new test cannot be left without
+    one; a test that builds a model without these fixtures must say `@pytest.mark.tiny` itself.
+    """
+    for item in items:
+        marks = {m.name for m in item.iter_markers()}
+        if marks & {"slow", "tiny"}:
+            continue
+        if NOT_UNIT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.tiny)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """family -> folder of a tiny random model (built lazily, cached for the session)."""

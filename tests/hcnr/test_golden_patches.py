@@ -13,6 +13,7 @@ import pytest
 from tests.support import golden
 
 
+@pytest.mark.tiny
 def test_patches_on_tiny_pairs_equal_the_recorded_ones(tmp_path):
     recorded = json.loads(golden.FILE.read_text())
     if recorded["versions"] != golden.versions():
