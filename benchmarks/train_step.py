@@ -1,6 +1,6 @@
 """One LoRA training step with the plain causal-LM loss vs the response-only loss (same value).
 
-    PYTHONPATH=. python benchmarks/train_step.py --model .cache/pair/gemma3_270m/m0 --threads 1
+    python -m benchmarks.train_step --model ~/.cache/surgery/pair/gemma3_270m/m0 --threads 1
 
 Uses real SFT examples of the bundled recipe (NQ-open + qa_wikidata, chat-formatted), so the share
 of labelled tokens is the one training sees. Prints a table: loss, seconds per step (median of
@@ -13,9 +13,19 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+
+from surgery.modelio import load_model, load_tokenizer, locate
+from surgery.pair.data import sft_set
+from surgery.training.lora import (
+    as_pairs,
+    collate,
+    default_target_modules,
+    encode_examples,
+    pad_token_id,
+    response_only_loss,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,20 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
 
-    import torch
-
     torch.set_num_threads(args.threads)
     from peft import LoraConfig, get_peft_model
 
-    from surgery.pair import data as D
-    from surgery.pair.build import _load
-    from surgery.pair.train import collate, default_target_modules, encode_examples, response_only_loss
-
-    model, tok = _load(Path(args.model))
+    source = locate(args.model)
+    model, tok = load_model(source, dtype=torch.float32), load_tokenizer(source)
     pm = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                           target_modules=default_target_modules(model)))
-    examples = D.as_pairs(D.sft_set(n_open=args.batch_size, n_task=args.batch_size))[: args.batch_size]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    examples = as_pairs(sft_set(n_open=args.batch_size, n_task=args.batch_size))[: args.batch_size]
+    pad = pad_token_id(tok)
     batch = collate(encode_examples(tok, examples, 96), pad)
     n_tok = int(batch["attention_mask"].sum())
     n_lab = int((batch["labels"][:, 1:] != -100).sum())
