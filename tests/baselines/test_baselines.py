@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file
-
 from conftest import write_calibration
+from safetensors.torch import load_file
 
 HAS_TRL = importlib.util.find_spec("trl") is not None
 

@@ -4,6 +4,7 @@ are one list, used by `surgery bench` (its default) and by `python -m benchmarks
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_comparison_script_is_a_thin_entry_point() -> None:
     """benchmarks/comparison.py runs as ``python -m``: no sys.path surgery, its tiers come from the library."""
     from benchmarks import comparison
 
-    source = open(comparison.__file__, encoding="utf-8").read()
+    source = Path(comparison.__file__).read_text(encoding="utf-8")
     assert "sys.path" not in source and "argparse" not in source
     assert "TIERS = " not in source
     assert comparison.main.name == "main"

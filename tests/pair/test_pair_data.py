@@ -34,10 +34,10 @@ def test_sets_come_from_train_and_never_overlap(shared_data):
     for name, s in sets.items():
         assert all(_split(e["id"]) == "train" for e in s), name
         assert len({e["id"] for e in s}) == len(s), name
-    for a in sets:
-        for b in sets:
+    for a, set_a in sets.items():
+        for b, set_b in sets.items():
             if a < b:
-                assert not ({e["id"] for e in sets[a]} & {e["id"] for e in sets[b]}), (a, b)
+                assert not ({e["id"] for e in set_a} & {e["id"] for e in set_b}), (a, b)
     assert sum(e["response"] == C.IDK_RESPONSE for e in align) == 100
     assert sum(e["response"] == C.IDK_RESPONSE for e in hon) == 32
     assert {e["id"] for e in align} >= {it.id for it in known}
