@@ -46,7 +46,7 @@ def _median_step(fn: Callable[[], torch.Tensor], model, repeats: int) -> tuple[f
         model.zero_grad(set_to_none=True)
         if i:
             times.append(time.perf_counter() - t)
-    return float(loss), statistics.median(times)
+    return loss.item(), statistics.median(times)
 
 
 def loss_step_timings(model, tokenizer, examples: Sequence[tuple[str, str]], *, repeats: int = 3,
