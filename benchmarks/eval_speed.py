@@ -1,6 +1,6 @@
 """Batched vs one-at-a-time greedy generation for ``surgery eval``: items/s of both, identical outputs.
 
-    python benchmarks/eval_speed.py [--model DIR] [--n 64] [--batch-size 16] [--max-new-tokens 32]
+    python -m benchmarks.eval_speed [--model DIR] [--n 64] [--batch-size 16] [--max-new-tokens 32]
 
 Both runs use the same model object, the same questions (SelfAware "eval" split, balanced sample) and
 the same thread count, one after the other in one process, so a shared CPU affects both alike.
@@ -16,10 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import torch
+
+from surgery.evaluation.benchmarks import load_items
+from surgery.evaluation.runner import torch_generator
+from surgery.pair.gguf import ensure_converted
 
 
 def main() -> int:
@@ -34,17 +35,11 @@ def main() -> int:
     ap.add_argument("--min-speedup", type=float, default=3.0)
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.model is None:
-        from surgery.pair.gguf import ensure_converted
-
         args.model = str(ensure_converted())
-
-    import torch
-
     torch.set_num_threads(args.threads)
-    from surgery.evaluation.benchmarks import load_items
-    from surgery.evaluation.runner import torch_generator
-
     items = load_items(args.benchmark, limit=args.n, seed=args.seed)
     prompts = [it.question for it in items]
     gen = torch_generator(args.model, batch_size=args.batch_size)

@@ -1,6 +1,6 @@
 """File sizes and greedy-decoding speed: PyTorch fp32 vs onnxruntime fp32 vs onnxruntime int8.
 
-    PYTHONPATH=. python benchmarks/export_speed.py --model MODEL_DIR --onnx-fp32 OUT_FP32 --onnx-int8 OUT_INT8 \
+    python -m benchmarks.export_speed --model MODEL_DIR --onnx-fp32 OUT_FP32 --onnx-int8 OUT_INT8 \
         --threads 1 --tokens 64 --json speed.json
 
 Each back-end decodes the same chat prompts greedily, batch 1, exactly ``--tokens`` new tokens (EOS
@@ -20,11 +20,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from exporters.onnx_export import load_ort_model, weights_size_bytes  # noqa: E402
-from surgery.modelio import load_model, load_tokenizer, locate, safetensors_files  # noqa: E402
-from surgery.prompting import encode_prompt  # noqa: E402
+from exporters.onnx_export import load_ort_model, weights_size_bytes
+from surgery.modelio import load_model, load_tokenizer, locate, safetensors_files
+from surgery.prompting import encode_prompt
 
 PROMPTS = [
     "What is the capital of France?",

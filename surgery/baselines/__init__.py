@@ -4,5 +4,9 @@
 - :mod:`.dpo` — DPO on honest-vs-fabricated answer pairs (``trl``).
 - :mod:`.interpolate` — whole-model roll-back ``W0 + α·(W1 − W0)``.
 - :mod:`.variants` — the HCNR ablation grid as :class:`~surgery.hcnr.options.PatchOptions`.
-- :mod:`.bench` — run methods side by side (one subprocess each) and compare them: ``surgery bench``.
+- :mod:`.options` — :class:`~.options.TrainOptions`, the options base of RAIT and DPO.
+- :mod:`.methods` — method specs (``KIND[:ARG]``) and the registry of kinds: how each parses and runs.
+- :mod:`.tiers` — THE list of comparison tiers (named groups of specs) and the default one.
+- :mod:`.comparison` — run methods side by side (one subprocess each, :mod:`.worker`) and compare them
+  (:mod:`.report`): ``surgery bench``.
 """

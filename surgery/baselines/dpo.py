@@ -14,50 +14,36 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar
 
 import torch
 
-from ..errors import SurgeryError
-from ..pair import data as D
+from ..errors import MissingExtraError, SurgeryError
+from ..evaluation.refusal import default_matcher
+from ..hcnr.calibration_sets import IDK_RESPONSE, Example
+from ..modelio import load_model, load_tokenizer, locate, write_safetensors_folder
+from ..options import opt
+from ..progress import quiet
 from ..prompting import as_messages, has_chat_template, prompt_text
+from ..training.lora import ADAPTER_WEIGHTS, default_target_modules, save_adapter
+from .options import TrainOptions
+from .rait import model_tensors
 
 log = logging.getLogger(__name__)
 
-MODES = ("lora", "full")
-
 
 @dataclass(frozen=True)
-class DpoOptions:
+class DpoOptions(TrainOptions):
     """How DPO trains; ``examples`` (preference pairs) and ``seconds`` are the budgets."""
 
-    mode: str = "lora"
-    examples: int | None = 480
-    seconds: float | None = None
-    beta: float = 0.1
-    r: int = 16
-    alpha: int = 32
-    lr: float | None = None  # None: 2e-4 for LoRA, 5e-7 for the full fine-tune
-    batch_size: int = 8
-    max_length: int = 96
-    seed: int = 0
+    METHOD: ClassVar[str] = "DPO"
+    UNIT: ClassVar[str] = "pair"
+    DEFAULT_LR: ClassVar[dict[str, float]] = {"lora": 2e-4, "full": 5e-7}
 
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise SurgeryError(f"DPO mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
-        if self.examples is None and self.seconds is None:
-            raise SurgeryError("DPO needs a budget: a number of pairs, seconds, or both.")
-        if self.examples is not None and self.examples < 1:
-            raise SurgeryError(f"DPO needs at least one pair, got {self.examples}.")
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (2e-4 if self.mode == "lora" else 5e-7)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "lr": self.learning_rate}
+    beta: float = opt(0.1, "DPO's beta: how far the tuned model may move from the reference model.")
 
 
 def require_trl():
@@ -65,34 +51,32 @@ def require_trl():
     try:
         import trl
     except ImportError:
-        raise SurgeryError("DPO needs the 'trl' package: pip install 'surgery[dev]' (or pip install trl).") from None
+        raise MissingExtraError("DPO needs the 'trl' package: pip install 'surgery[dev]' (or pip install trl).") from None
     return trl
 
 
-def fabricated_answers(generator, examples: Sequence[D.Example], *, max_new_tokens: int = 32,
+def fabricated_answers(generator, examples: Sequence[Example], *, max_new_tokens: int = 32,
                        matcher=None) -> dict[str, str]:
     """id -> the model's own answer to each IDK-labelled question it does not refuse."""
-    from ..evaluation.refusal import default_matcher
-
     matcher = matcher or default_matcher()
-    unknown = [ex for ex in examples if ex["response"] == D.IDK_RESPONSE]
+    unknown = [ex for ex in examples if ex["response"] == IDK_RESPONSE]
     if not unknown:
         return {}
     answers = generator.generate([ex["prompt"] for ex in unknown], max_new_tokens)
     return {ex["id"]: a for ex, a in zip(unknown, answers) if a.strip() and not matcher.is_refusal(a)}
 
 
-def preference_pairs(examples: Sequence[D.Example], fabricated: dict[str, str]) -> list[dict]:
+def preference_pairs(examples: Sequence[Example], fabricated: dict[str, str]) -> list[dict]:
     """``{"id", "prompt", "chosen", "rejected"}`` rows in the order of ``examples``."""
     pairs = []
     for ex in examples:
-        if ex["response"] == D.IDK_RESPONSE:
+        if ex["response"] == IDK_RESPONSE:
             if ex["id"] in fabricated:
-                pairs.append({"id": ex["id"], "prompt": ex["prompt"], "chosen": D.IDK_RESPONSE,
+                pairs.append({"id": ex["id"], "prompt": ex["prompt"], "chosen": IDK_RESPONSE,
                               "rejected": fabricated[ex["id"]]})
         else:
             pairs.append({"id": ex["id"], "prompt": ex["prompt"], "chosen": ex["response"],
-                          "rejected": D.IDK_RESPONSE})
+                          "rejected": IDK_RESPONSE})
     return pairs
 
 
@@ -106,22 +90,9 @@ def _trl_rows(tokenizer, pairs: Sequence[dict]) -> list[dict]:
              "rejected": " " + p["rejected"]} for p in pairs]
 
 
-def train_dpo(model, tokenizer, pairs: Sequence[dict], options: DpoOptions = DpoOptions(),
-              adapter_dir: Path | None = None):
-    """DPO-tune ``model`` on ``pairs``; returns (plain merged model, info dict).
-
-    With LoRA and ``adapter_dir`` the adapter is also saved there (float16) before it is merged.
-    """
-    require_trl()
-    from datasets import Dataset
+def _time_budget(seconds: float | None):
+    """A trainer callback that stops training after the step that crosses ``seconds`` (None: never)."""
     from transformers import TrainerCallback
-    from trl import DPOConfig, DPOTrainer
-
-    from ..pair.train import default_target_modules
-    from ..progress import quiet
-
-    if not pairs:
-        raise SurgeryError("DPO has no preference pairs to train on.")
 
     class TimeBudget(TrainerCallback):
         def __init__(self, seconds: float | None):
@@ -132,43 +103,36 @@ def train_dpo(model, tokenizer, pairs: Sequence[dict], options: DpoOptions = Dpo
                 control.should_training_stop = True
             return control
 
+    return TimeBudget(seconds)
+
+
+def _dpo_trainer(model, tokenizer, pairs: Sequence[dict], options: DpoOptions, work: Path):
+    """trl's DPOTrainer set up with the options (CPU, one epoch, linear decay, no checkpoints)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
     peft_config = None
     if options.mode == "lora":
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=0.0, bias="none",
                                  target_modules=default_target_modules(model), task_type="CAUSAL_LM")
-    work = Path(tempfile.mkdtemp(prefix="surgery-dpo-"))
-    threads = torch.get_num_threads()
-    try:
-        config = DPOConfig(output_dir=str(work), per_device_train_batch_size=options.batch_size, num_train_epochs=1,
-                           learning_rate=options.learning_rate, lr_scheduler_type="linear", warmup_steps=0,
-                           beta=options.beta, max_length=options.max_length, seed=options.seed,
-                           logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                           disable_tqdm=quiet(), dataloader_num_workers=0)
-        trainer = DPOTrainer(model=model, args=config, processing_class=tokenizer, peft_config=peft_config,
-                             train_dataset=Dataset.from_list(_trl_rows(tokenizer, pairs)),
-                             callbacks=[TimeBudget(options.seconds)])
-        t0 = time.perf_counter()
-        trainer.train()
-        train_seconds = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
-        shutil.rmtree(work, ignore_errors=True)
+    config = DPOConfig(output_dir=str(work), per_device_train_batch_size=options.batch_size, num_train_epochs=1,
+                       learning_rate=options.learning_rate, lr_scheduler_type="linear", warmup_steps=0,
+                       beta=options.beta, max_length=options.max_length, seed=options.seed,
+                       logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                       disable_tqdm=quiet(), dataloader_num_workers=0)
+    return DPOTrainer(model=model, args=config, processing_class=tokenizer, peft_config=peft_config,
+                      train_dataset=Dataset.from_list(_trl_rows(tokenizer, pairs)),
+                      callbacks=[_time_budget(options.seconds)])
+
+
+def _dpo_info(trainer, pairs: Sequence[dict], options: DpoOptions, train_seconds: float) -> dict:
+    """What a DPO run reports: steps, pairs used, losses and the last reward margin."""
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     margins = [h["rewards/margins"] for h in trainer.state.log_history if "rewards/margins" in h]
-    trained = trainer.model
-    adapter_params = adapter_bytes = None
-    if options.mode == "lora":
-        from ..pair.train import ADAPTER_WEIGHTS, save_adapter
-
-        adapter_params = sum(p.numel() for n, p in trained.named_parameters() if "lora_" in n)
-        if adapter_dir is not None:
-            adapter_bytes = (save_adapter(trained, Path(adapter_dir)) / ADAPTER_WEIGHTS).stat().st_size
-        trained = trained.merge_and_unload()
-    trained.eval()
     steps = trainer.state.global_step
-    info = {
+    return {
         "steps": steps,
         "examples_used": min(len(pairs), steps * options.batch_size),
         "examples_offered": len(pairs),
@@ -176,19 +140,44 @@ def train_dpo(model, tokenizer, pairs: Sequence[dict], options: DpoOptions = Dpo
         "loss_first": round(losses[0], 4) if losses else None,
         "loss_last": round(losses[-1], 4) if losses else None,
         "reward_margin_last": round(margins[-1], 4) if margins else None,
-        "adapter_parameters": adapter_params,
-        "adapter_bytes": adapter_bytes,
-        "options": options.to_dict(),
     }
+
+
+def train_dpo(model, tokenizer, pairs: Sequence[dict], options: DpoOptions = DpoOptions(),
+              adapter_dir: Path | None = None):
+    """DPO-tune ``model`` on ``pairs``; returns (plain merged model, info dict).
+
+    With LoRA and ``adapter_dir`` the adapter is also saved there (float16) before it is merged.
+    """
+    require_trl()
+    if not pairs:
+        raise SurgeryError("DPO has no preference pairs to train on.")
+    work = Path(tempfile.mkdtemp(prefix="surgery-dpo-"))  # trl's scratch output_dir; nothing is kept
+    threads = torch.get_num_threads()
+    try:
+        trainer = _dpo_trainer(model, tokenizer, pairs, options, work)
+        t0 = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+        shutil.rmtree(work, ignore_errors=True)
+    trained = trainer.model
+    adapter_params = adapter_bytes = None
+    if options.mode == "lora":
+        adapter_params = sum(p.numel() for n, p in trained.named_parameters() if "lora_" in n)
+        if adapter_dir is not None:
+            adapter_bytes = (save_adapter(trained, Path(adapter_dir)) / ADAPTER_WEIGHTS).stat().st_size
+        trained = trained.merge_and_unload()
+    trained.eval()
+    info = {**_dpo_info(trainer, pairs, options, train_seconds), "adapter_parameters": adapter_params,
+            "adapter_bytes": adapter_bytes, "options": options.to_dict()}
     return trained, info
 
 
 def run_dpo(sft: str, out_dir: str | Path, pairs: Sequence[dict], options: DpoOptions = DpoOptions(), *,
             base: str | None = None, trust_remote_code: bool = False) -> dict:
     """DPO on ``sft`` with the first ``options.examples`` pairs; writes an HF folder."""
-    from ..modelio import load_model, load_tokenizer, locate, write_safetensors_folder
-    from .rait import model_tensors
-
     require_trl()
     out_dir = Path(out_dir)
     src = locate(sft, base)

@@ -9,12 +9,13 @@ included). Tensors are streamed one at a time.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from ..errors import SurgeryError
+from ..modelio import locate, open_checkpoint, write_safetensors_folder
 from ..progress import progress
 
 
@@ -41,8 +42,6 @@ def interpolated_tensors(base_ckpt, sft_ckpt, alpha: float) -> Iterator[tuple[st
 
 def interpolate_models(base: str, sft: str, alpha: float, out_dir: str | Path, *, allow_pickle: bool = False) -> dict:
     """Write ``W0 + α·(W1 − W0)`` for base ``base`` and SFT ``sft`` as a standard HF folder."""
-    from ..modelio import locate, open_checkpoint, write_safetensors_folder
-
     if not 0.0 <= alpha <= 1.0:
         raise SurgeryError(f"The interpolation weight α must be in [0, 1], got {alpha}.")
     base_src, sft_src = locate(base), locate(sft, base)

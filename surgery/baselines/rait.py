@@ -8,7 +8,7 @@ nor a calibration item of the patch.
 
 Budgets: a number of examples (a prefix of one fixed, balanced order, so a small budget is nested in
 a larger one; budgets beyond the pool repeat it) and/or a wall-clock budget in seconds (training stops
-after the step that crosses it). LoRA goes through :func:`surgery.pair.train.train_lora`; the full
+after the step that crosses it). LoRA goes through :func:`surgery.training.lora.train_lora`; the full
 fine-tune uses the same encoding, batching, optimiser and schedule on every weight.
 """
 
@@ -18,52 +18,38 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import ClassVar
 
 import torch
 
-from ..errors import SurgeryError
-from ..pair import data as D
-from ..pair.train import ADAPTER_WEIGHTS, collate, encode_examples, save_adapter, train_lora
-from ..progress import progress
+from ..errors import CalibrationDataError, SurgeryError
+from ..hcnr import calibration_sets as C
+from ..jsonl import iter_jsonl
+from ..modelio import load_model, load_tokenizer, locate, write_safetensors_folder
+from ..training.lora import (
+    ADAPTER_WEIGHTS,
+    as_pairs,
+    encode_examples,
+    pad_token_id,
+    save_adapter,
+    train_lora,
+    train_steps,
+)
+from .options import TrainOptions
 
 log = logging.getLogger(__name__)
 
-MODES = ("lora", "full")
-
 
 @dataclass(frozen=True)
-class RaitOptions:
+class RaitOptions(TrainOptions):
     """How RAIT trains; ``examples``/``seconds`` are the budgets (either or both)."""
 
-    mode: str = "lora"
-    examples: int | None = 480
-    seconds: float | None = None
-    r: int = 16
-    alpha: int = 32
-    lr: float | None = None  # None: 5e-4 for LoRA, 1e-5 for the full fine-tune
-    batch_size: int = 8
-    max_length: int = 96
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise SurgeryError(f"RAIT mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
-        if self.examples is None and self.seconds is None:
-            raise SurgeryError("RAIT needs a budget: a number of examples, seconds, or both.")
-        if self.examples is not None and self.examples < 1:
-            raise SurgeryError(f"RAIT needs at least one example, got {self.examples}.")
-        if self.seconds is not None and self.seconds <= 0:
-            raise SurgeryError(f"The RAIT time budget must be positive, got {self.seconds}.")
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (5e-4 if self.mode == "lora" else 1e-5)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "lr": self.learning_rate}
+    METHOD: ClassVar[str] = "RAIT"
+    UNIT: ClassVar[str] = "example"
+    DEFAULT_LR: ClassVar[dict[str, float]] = {"lora": 5e-4, "full": 1e-5}
 
 
 def interleave(first: Sequence, second: Sequence) -> list:
@@ -76,7 +62,7 @@ def interleave(first: Sequence, second: Sequence) -> list:
 
 
 def relabelled_pool(generator, *, data_dir=None, probe: int = 400, seed: int = 0,
-                    max_new_tokens: int = 32) -> list[D.Example]:
+                    max_new_tokens: int = 32) -> list[C.Example]:
     """IDK-relabelled training questions in a fixed, balanced order (answer, IDK, answer, IDK, ...).
 
     ``generator`` is the model being re-tuned: its correct answers on ``probe`` SelfAware-answerable
@@ -85,23 +71,23 @@ def relabelled_pool(generator, *, data_dir=None, probe: int = 400, seed: int = 0
     """
     known: list = []
     if generator is not None and probe > 0:
-        known = D.probe_known(generator, D.known_candidates(data_dir=data_dir, purpose="fit", n=probe, seed=seed),
+        known = C.probe_known(generator, C.known_candidates(data_dir=data_dir, purpose="fit", n=probe, seed=seed),
                               max_new_tokens=max_new_tokens)
     rng = random.Random(seed)
-    pkqa = list(D.train_pool("pkqa", "fit", data_dir=data_dir))
+    pkqa = list(C.train_pool("pkqa", "fit", data_dir=data_dir))
     rng.shuffle(pkqa)
-    answerable = [D.answer_example(it) for it in list(known) + pkqa]
-    unknown_items = (list(D.train_pool("selfaware", "fit", data_dir=data_dir, answerable=False))
-                     + list(D.train_pool("puqa", "fit", data_dir=data_dir)))
+    answerable = [C.answer_example(it) for it in list(known) + pkqa]
+    unknown_items = (list(C.train_pool("selfaware", "fit", data_dir=data_dir, answerable=False))
+                     + list(C.train_pool("puqa", "fit", data_dir=data_dir)))
     rng.shuffle(unknown_items)
-    unknown = [D.idk_example(it) for it in unknown_items]
+    unknown = [C.idk_example(it) for it in unknown_items]
     if not answerable or not unknown:
         raise SurgeryError("The data folder has no train-split questions to relabel for RAIT.")
     log.info("RAIT pool: %d answerable (%d probed known), %d unknown", len(answerable), len(known), len(unknown))
     return interleave(answerable, unknown)
 
 
-def budget_examples(pool: Sequence[D.Example], n: int) -> list[D.Example]:
+def budget_examples(pool: Sequence[C.Example], n: int) -> list[C.Example]:
     """The first ``n`` examples of ``pool``; past its end the pool is repeated (and the log says so)."""
     if not pool:
         raise SurgeryError("The RAIT training pool is empty.")
@@ -112,24 +98,16 @@ def budget_examples(pool: Sequence[D.Example], n: int) -> list[D.Example]:
     return (list(pool) * reps)[:n]
 
 
-def read_examples(path: str | Path) -> list[D.Example]:
+def read_examples(path: str | Path) -> list[C.Example]:
     """A prompt/response JSONL (``{"prompt", "response"}`` a line) as training examples."""
     path = Path(path)
-    if not path.is_file():
-        raise SurgeryError(f"Training data {path} does not exist.")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise SurgeryError(f"Line {n} of {path} is not valid JSON.") from None
+    for n, row in iter_jsonl(path, what="training data", error=CalibrationDataError):
         if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
-            raise SurgeryError(f"Line {n} of {path} needs \"prompt\" and \"response\" strings.")
+            raise CalibrationDataError(f"Line {n} of {path} needs \"prompt\" and \"response\" strings.")
         out.append({"id": str(row.get("id", f"{path.stem}:{n}")), "prompt": row["prompt"], "response": row["response"]})
     if not out:
-        raise SurgeryError(f"Training data {path} has no examples.")
+        raise CalibrationDataError(f"Training data {path} has no examples.")
     return out
 
 
@@ -148,36 +126,21 @@ def train_full(model, tokenizer, examples: Sequence[tuple], *, lr: float = 1e-5,
         raise SurgeryError("No RAIT example fits in the token budget.")
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    steps = -(-len(data) // batch_size)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / steps)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    order = list(range(len(data)))
-    random.Random(seed).shuffle(order)
     model.train()
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    for s in progress(range(steps), desc=f"full fine-tune ({len(data)} ex.)", total=steps, unit="step"):
-        loss = model(**collate([data[i] for i in order[s * batch_size:(s + 1) * batch_size]], pad_id)).loss
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
-            break
+    losses = train_steps(model, data, params, pad_id=pad_token_id(tokenizer), lr=lr, epochs=1, batch_size=batch_size,
+                         seed=seed, max_seconds=max_seconds, desc=f"full fine-tune ({len(data)} ex.)")
     model.eval()
     model.training_losses = losses
     return model
 
 
-def train_rait(model, tokenizer, examples: Sequence[D.Example], options: RaitOptions,
+def train_rait(model, tokenizer, examples: Sequence[C.Example], options: RaitOptions,
                adapter_dir: Path | None = None):
     """Re-tune ``model`` on ``examples``; returns (plain merged model, info dict).
 
     With LoRA and ``adapter_dir`` the adapter is also saved there (float16) before it is merged.
     """
-    pairs = D.as_pairs(examples)
+    pairs = as_pairs(examples)
     t0 = time.perf_counter()
     if options.mode == "lora":
         peft_model = train_lora(model, tokenizer, pairs, r=options.r, alpha=options.alpha, lr=options.learning_rate,
@@ -221,11 +184,9 @@ def model_tensors(model) -> Iterator[tuple[str, torch.Tensor]]:
         yield name, t.detach().contiguous()
 
 
-def run_rait(sft: str, out_dir: str | Path, examples: Sequence[D.Example], options: RaitOptions = RaitOptions(), *,
+def run_rait(sft: str, out_dir: str | Path, examples: Sequence[C.Example], options: RaitOptions = RaitOptions(), *,
              base: str | None = None, trust_remote_code: bool = False) -> dict:
     """RAIT on ``sft``: writes the re-tuned model as an HF folder (and the LoRA adapter beside it)."""
-    from ..modelio import load_model, load_tokenizer, locate, write_safetensors_folder
-
     out_dir = Path(out_dir)
     src = locate(sft, base)
     model = load_model(src, dtype=torch.float32, trust_remote_code=trust_remote_code)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
+from ..atomic import save_figure_atomic
 from ..evaluation import metrics as M
 
 
@@ -115,8 +116,8 @@ def markdown(summary: dict) -> str:
     """The efficiency table (one row a method), the per-benchmark F1 table and the paired differences."""
     rows = summary["methods"]
     benches = summary["honesty_benchmarks"]
-    out = ["| method | examples | params changed: % of model (of linear) | artifact | time (s) | peak RSS (MB) "
-           "| honesty F1 [95% CI] | RF-delta | task acc [95% CI] | recovery |",
+    out = [("| method | examples | params changed: % of model (of linear) | artifact | time (s) | peak RSS (MB) "
+            "| honesty F1 [95% CI] | RF-delta | task acc [95% CI] | recovery |"),
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["metrics"]
@@ -149,8 +150,6 @@ def markdown(summary: dict) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    from ..atomic import save_figure_atomic
-
     return save_figure_atomic(fig, path)
 
 

@@ -2,7 +2,7 @@
 
 Running each method in a fresh process makes its peak RSS its own (``ru_maxrss`` never goes down
 inside a process) and keeps one method's memory from leaking into the next one's timing.
-Usage (by :mod:`.bench`): ``python -m surgery.baselines.worker JOB.json`` writes ``<work>/result.json``.
+Usage (by :mod:`.comparison`): ``python -m surgery.baselines.worker JOB.json`` writes ``<work>/result.json``.
 """
 
 from __future__ import annotations
@@ -11,20 +11,24 @@ import gc
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import torch
+
+from ..errors import CalibrationDataError, SurgeryError
+from ..evaluation.benchmarks import Item
+from ..evaluation.evaluate import evaluate, save_json
+from ..evaluation.runner import HFGenerator
+from ..jsonl import read_jsonl
+from ..modelio import load_model, load_tokenizer, locate
+from .methods import Inputs, parse_method, run_method, warm_imports
+
 
 def run_job(job: dict) -> dict:
-    import torch
-
-    from ..evaluation.benchmarks import Item
-    from ..evaluation.evaluate import evaluate, save_json
-    from ..evaluation.runner import HFGenerator
-    from ..modelio import load_model, load_tokenizer, locate
-    from .methods import Inputs, parse_method, run_method, warm_imports
-
+    """Build the job's model, evaluate it on the job's items, write ``result.json``; returns the result."""
     torch.set_num_threads(int(job["threads"]))
     work = Path(job["work"])
     inputs = Inputs(**{k: (Path(v) if k.endswith("_data") and v else v) for k, v in job["inputs"].items()})
@@ -32,8 +36,7 @@ def run_job(job: dict) -> dict:
     warm_imports(method.kind)
     info = run_method(method, inputs, work)
     gc.collect()
-    items = [Item(**json.loads(line)) for line in Path(job["items"]).read_text(encoding="utf-8").splitlines()
-             if line.strip()]
+    items = [Item(**row) for row in read_jsonl(job["items"], what="evaluation items file", error=CalibrationDataError)]
     t0 = time.perf_counter()
     src = locate(info["model"], info.get("model_base"))
     gen = HFGenerator(load_model(src, dtype=torch.float32), load_tokenizer(src), batch_size=int(job["batch_size"]))
@@ -42,16 +45,13 @@ def run_job(job: dict) -> dict:
     save_json(result, work / "eval.json")
     info.update(eval=str(work / "eval.json"), job_hash=job["hash"], threads=int(job["threads"]))
     if job.get("keep_models") is False and info["kind"] not in ("base", "sft"):
-        import shutil
-
         shutil.rmtree(work / "model", ignore_errors=True)
     save_json(info, work / "result.json")
     return info
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import SurgeryError
-
+    """``python -m surgery.baselines.worker JOB.json``: exit 0, or 2 with one sentence on a user error."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m surgery.baselines.worker JOB.json", file=sys.stderr)

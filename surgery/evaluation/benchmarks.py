@@ -14,17 +14,18 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from ..errors import SurgeryError
+from ..errors import CalibrationDataError, SurgeryError
+from ..jsonl import read_jsonl
 
 #: share of each benchmark hashed into the "eval" split
 EVAL_SHARE = 0.3
 DATA_DIR_ENV = "SURGERY_DATA_DIR"
+#: the sample files shipped inside the package (used when no data folder is given)
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "samples"
-SHARED_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TASK_PREFIX = "Complete the sentence: "
 SPLITS = ("train", "eval", "all")
 #: bundled sample files are subsets; this field keeps each record's position in the original file (its id)
@@ -47,15 +48,17 @@ class Item:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    """Option > ``$SURGERY_DATA_DIR`` > ``<repo>/../shared/data`` when present > the bundled samples."""
+    """Option (``--data-dir``) > ``$SURGERY_DATA_DIR`` > the samples bundled in the package.
+
+    The full data folder is never guessed from where the code is installed: a caller that keeps it
+    beside the repository (``../shared/data``) passes it or sets the variable.
+    """
     for given, what in ((data_dir, "--data-dir"), (os.environ.get(DATA_DIR_ENV), f"${DATA_DIR_ENV}")):
         if given:
             p = Path(given).expanduser()
             if not p.is_dir():
                 raise SurgeryError(f"The data directory {p} (from {what}) does not exist.")
             return p
-    if SHARED_DATA_DIR.is_dir():
-        return SHARED_DATA_DIR
     return SAMPLES_DIR
 
 
@@ -94,19 +97,7 @@ def _read_json(path: Path):
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SurgeryError(f"Line {n} of {path} is not valid JSON ({exc.msg}).") from None
-            if not isinstance(row, dict):
-                raise SurgeryError(f"Line {n} of {path} is not a JSON object.")
-            rows.append(row)
-    return rows
+    return read_jsonl(path, what="benchmark file", error=CalibrationDataError)
 
 
 def _as_list(x) -> list[str]:
@@ -180,7 +171,7 @@ def load_known_unknowns(root: Path) -> list[Item]:
     data = _read_json(_need(root, "bigbench/known_unknowns/task.json", "known_unknowns"))
     items = []
     for i, e in enumerate(data["examples"]):
-        gold = [k for k, v in e["target_scores"].items() if v == max(e["target_scores"].values())][0]
+        gold = next(k for k, v in e["target_scores"].items() if v == max(e["target_scores"].values()))
         unknown = gold.strip().lower() == "unknown"
         items.append(Item(f"known_unknowns:{i}", "known_unknowns", e["input"], not unknown, [] if unknown else [gold]))
     return items
@@ -224,7 +215,7 @@ BENCHMARKS = tuple(LOADERS)
 def _user_rows(path: Path) -> list[tuple[Item, str | None]]:
     """A user's JSONL: ``{"question", "answerable", "answers"?, "id"?, "benchmark"?, "kind"?, "split"?}``."""
     items: list[tuple[Item, str | None]] = []
-    for n, row in enumerate(_read_jsonl(path), 1):
+    for n, row in enumerate(_read_jsonl(path), 1):  # n counts questions (blank lines skipped): ids depend on it
         if not isinstance(row.get("question"), str) or not row["question"].strip():
             raise SurgeryError(f"Line {n} of {path} has no \"question\" string.")
         if not isinstance(row.get("answerable"), bool):
@@ -243,11 +234,6 @@ def _user_rows(path: Path) -> list[tuple[Item, str | None]]:
             raise SurgeryError(f"Line {n} of {path} has split {row['split']!r}; use \"train\" or \"eval\".")
         items.append((item, row.get("split")))
     return items
-
-
-def load_user_items(path: Path) -> list[Item]:
-    """Every item of a user's JSONL (see :func:`_user_rows` for the schema)."""
-    return [it for it, _ in _user_rows(path)]
 
 
 def _balanced_sample(items: list[Item], limit: int, seed: int) -> list[Item]:

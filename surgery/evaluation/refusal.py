@@ -25,11 +25,13 @@ Precision and recall on 688 hand-labelled real SmolLM2-135M-Instruct responses
 
 from __future__ import annotations
 
+import argparse
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from ..errors import SurgeryError
+from ..errors import CalibrationDataError, SurgeryError
+from ..jsonl import read_jsonl
 
 _I_CANNOT = r"i(?: cannot| can't| can not| am unable to|'m unable to| am not able to|'m not able to| am not equipped to|'m not equipped to)"
 DEFAULT_PATTERNS: tuple[str, ...] = (
@@ -77,7 +79,7 @@ class RefusalMatcher:
             raise SurgeryError(f"Refusal pattern {pattern!r} is not a valid regular expression ({exc}).") from None
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "RefusalMatcher":
+    def from_file(cls, path: str | Path) -> RefusalMatcher:
         """One regex a line; blank lines and ``#`` comments ignored; ``continuation: REGEX|none`` optional."""
         p = Path(path)
         if not p.is_file():
@@ -134,15 +136,12 @@ def score_labelled(rows: Sequence[dict], matcher: RefusalMatcher) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m surgery.evaluation.refusal LABELS.jsonl [--patterns FILE]``: score a matcher per set."""
-    import argparse
-    import json
-
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("labels", help='JSONL of {"response", "refusal": bool, "set"?}')
     ap.add_argument("--patterns", default=None, help="pattern file (default: the built-in patterns)")
     args = ap.parse_args(argv)
     matcher = RefusalMatcher.from_file(args.patterns) if args.patterns else default_matcher()
-    rows = [json.loads(line) for line in Path(args.labels).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_jsonl(args.labels, what="refusal labels file", error=CalibrationDataError)
     sets = sorted({r.get("set", "all") for r in rows})
     for name in sets + (["all"] if len(sets) > 1 else []):
         s = score_labelled([r for r in rows if name == "all" or r.get("set", "all") == name], matcher)

@@ -21,25 +21,28 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
-import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_folder
+import recipes
+
+from ..atomic import atomic_folder, write_json_atomic
 from ..errors import SurgeryError
+from ..evaluation.runner import HFGenerator
+from ..hcnr import calibration_sets as C
 from ..modelio import file_sha256
 from ..progress import StageTimer
+from ..provenance import versions
+from ..training.lora import ADAPTER_WEIGHTS, as_pairs, merge_adapter, save_adapter, train_lora
 from . import data as D
-from .gguf import PACKAGED, REPO, PackagedGGUF, cache_root, ensure_converted, find_packaged_gguf
-from .train import ADAPTER_WEIGHTS, merge_adapter, save_adapter, train_lora
+from .gguf import PACKAGED, PackagedGGUF, cache_root, ensure_converted, find_packaged_gguf
 
 log = logging.getLogger(__name__)
 
-RECIPES = REPO / "recipes"
+RECIPES = recipes.ROOT
 RECIPE_DIR = RECIPES / "smollm2"
 STAMP = "PAIR.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -184,18 +187,10 @@ def ensure_pair(recipe_dir: Path = RECIPE_DIR, timer: StageTimer | None = None) 
 # --- retraining (the recipe) ---------------------------------------------------------------------------
 
 
-def _versions() -> dict:
-    import peft
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-            "python": platform.python_version()}
-
-
 def _train(parent: Path, examples: list[dict], spec: dict, out: Path, base_name: str) -> dict:
     model, tok = _load(parent)
     lora = spec["lora"]
-    peft_model = train_lora(model, tok, D.as_pairs(examples), r=lora["r"], alpha=lora["alpha"], lr=lora["lr"],
+    peft_model = train_lora(model, tok, as_pairs(examples), r=lora["r"], alpha=lora["alpha"], lr=lora["lr"],
                             epochs=lora["epochs"], batch_size=lora["batch_size"], max_length=lora["max_length"],
                             seed=lora["seed"], target_modules=lora["target_modules"],
                             response_logits_only=bool(lora.get("response_logits_only", False)))
@@ -211,8 +206,6 @@ def train_pair(recipe_dir: Path = RECIPE_DIR, *, data_dir=None, reprobe: bool = 
     Known questions come from the lock's recorded ids unless ``reprobe`` (or none are recorded), so a
     rebuild does not depend on generation numerics. Training uses the recipe's thread count.
     """
-    from ..evaluation.runner import HFGenerator
-
     recipe = load_recipe(recipe_dir)
     lock = load_lock(recipe_dir)
     timer = StageTimer()
@@ -220,48 +213,63 @@ def train_pair(recipe_dir: Path = RECIPE_DIR, *, data_dir=None, reprobe: bool = 
     torch.set_num_threads(int(recipe["torch_threads"]))
     try:
         base, base_name = ensure_base(recipe)
-        lock.update({"versions": _versions(), "base_gguf_sha256": file_sha256(find_packaged_gguf(packaged_base(recipe)))})
+        lock.update({"versions": versions("peft"),
+                     "base_gguf_sha256": file_sha256(find_packaged_gguf(packaged_base(recipe)))})
         if only in (None, "m0"):
-            spec = recipe["m0"]
-            d = spec["data"]
-            with timer.stage("probe base"):
-                recorded = lock.get("m0", {}).get("known_ids")
-                if recorded and not reprobe:
-                    known = D.by_ids("selfaware", recorded, data_dir=data_dir)
-                else:
-                    model, tok = _load(base)
-                    candidates = D.known_candidates(data_dir=data_dir, n=d["probe_candidates"], seed=d["seed"])
-                    torch.set_num_threads(1)  # greedy decoding of small batches gains little from threads
-                    known = D.probe_known(HFGenerator(model, tok, batch_size=16), candidates,
-                                          max_new_tokens=d["probe_max_new_tokens"])
-                    torch.set_num_threads(int(recipe["torch_threads"]))
-                    del model
-                    lock["m0"] = {**lock.get("m0", {}), "known_ids": [it.id for it in known]}
-                    _write_lock(recipe_dir, lock)  # a later rebuild reuses these ids
-            examples = D.alignment_set(known, data_dir=data_dir, n_answerable=d["n_answerable"],
-                                       n_unknown=d["n_unknown"], seed=d["seed"])
-            with timer.stage("train M0"):
-                out = _train(base, examples, spec, recipe_dir / spec["adapter"], base_name)
-            lock["m0"] = {**out, "known_ids": [it.id for it in known], "data_sha256": D.examples_sha256(examples),
-                          "data_ids": [ex["id"] for ex in examples], "seconds": round(timer.seconds["train M0"], 1)}
-            _write_lock(recipe_dir, lock)
+            _train_m0(recipe_dir, recipe, lock, base, base_name, timer, data_dir=data_dir, reprobe=reprobe)
         if only in (None, "m1"):
-            spec = recipe["m1"]
-            d = spec["data"]
-            m0 = _merged(base, _adapter(recipe_dir, recipe["m0"]["adapter"]), pair_root(recipe) / "m0", base_name)
-            examples = D.sft_set(data_dir=data_dir, n_open=d["n_open"], n_task=d["n_task"], seed=d["seed"])
-            with timer.stage("train M1"):
-                out = _train(m0, examples, spec, recipe_dir / spec["adapter"], "m0")
-            lock["m1"] = {**out, "data_sha256": D.examples_sha256(examples),
-                          "data_ids": [ex["id"] for ex in examples], "seconds": round(timer.seconds["train M1"], 1)}
-            _write_lock(recipe_dir, lock)
+            _train_m1(recipe_dir, recipe, lock, base, base_name, timer, data_dir=data_dir)
     finally:
         torch.set_num_threads(threads)
     return lock
 
 
+def _known(recipe_dir: Path, recipe: dict, lock: dict, base: Path, *, data_dir, reprobe: bool) -> list:
+    """SelfAware questions the base answers: the lock's recorded ids, or a fresh probe (then recorded)."""
+    d = recipe["m0"]["data"]
+    recorded = lock.get("m0", {}).get("known_ids")
+    if recorded and not reprobe:
+        return D.by_ids("selfaware", recorded, data_dir=data_dir)
+    model, tok = _load(base)
+    candidates = C.known_candidates(data_dir=data_dir, n=d["probe_candidates"], seed=d["seed"])
+    torch.set_num_threads(1)  # greedy decoding of small batches gains little from threads
+    known = C.probe_known(HFGenerator(model, tok, batch_size=16), candidates, max_new_tokens=d["probe_max_new_tokens"])
+    torch.set_num_threads(int(recipe["torch_threads"]))
+    del model
+    lock["m0"] = {**lock.get("m0", {}), "known_ids": [it.id for it in known]}
+    _write_lock(recipe_dir, lock)  # a later rebuild reuses these ids
+    return known
+
+
+def _train_m0(recipe_dir: Path, recipe: dict, lock: dict, base: Path, base_name: str, timer: StageTimer, *,
+              data_dir, reprobe: bool) -> None:
+    """Honesty alignment: base -> M0 on known questions (answered) and unknown ones (IDK)."""
+    spec = recipe["m0"]
+    d = spec["data"]
+    with timer.stage("probe base"):
+        known = _known(recipe_dir, recipe, lock, base, data_dir=data_dir, reprobe=reprobe)
+    examples = D.alignment_set(known, data_dir=data_dir, n_answerable=d["n_answerable"],
+                               n_unknown=d["n_unknown"], seed=d["seed"])
+    with timer.stage("train M0"):
+        out = _train(base, examples, spec, recipe_dir / spec["adapter"], base_name)
+    lock["m0"] = {**out, "known_ids": [it.id for it in known], "data_sha256": C.examples_sha256(examples),
+                  "data_ids": [ex["id"] for ex in examples], "seconds": round(timer.seconds["train M0"], 1)}
+    _write_lock(recipe_dir, lock)
+
+
+def _train_m1(recipe_dir: Path, recipe: dict, lock: dict, base: Path, base_name: str, timer: StageTimer, *,
+              data_dir) -> None:
+    """Domain SFT: M0 -> M1 on questions that are always answered."""
+    spec = recipe["m1"]
+    d = spec["data"]
+    m0 = _merged(base, _adapter(recipe_dir, recipe["m0"]["adapter"]), pair_root(recipe) / "m0", base_name)
+    examples = D.sft_set(data_dir=data_dir, n_open=d["n_open"], n_task=d["n_task"], seed=d["seed"])
+    with timer.stage("train M1"):
+        out = _train(m0, examples, spec, recipe_dir / spec["adapter"], "m0")
+    lock["m1"] = {**out, "data_sha256": C.examples_sha256(examples),
+                  "data_ids": [ex["id"] for ex in examples], "seconds": round(timer.seconds["train M1"], 1)}
+    _write_lock(recipe_dir, lock)
+
+
 def _write_lock(recipe_dir: Path, lock: dict) -> None:
-    path = recipe_dir / "recipe.lock.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(lock, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(recipe_dir / "recipe.lock.json", lock, indent=1)

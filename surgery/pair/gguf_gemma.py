@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
+from ..atomic import atomic_folder
 from ..errors import SurgeryError
 from .gguf import GEMMA3_270M, cache_root, convert_gguf, find_packaged_gguf
 
@@ -251,12 +249,10 @@ def convert_gemma3_gguf(out_dir: Path | None = None, gguf_path: Path | None = No
     tokenizer is then replaced by the rebuilt one, and generation stops at ``<eos>`` or ``<end_of_turn>``.
     """
     out_dir = Path(out_dir) if out_dir is not None else cache_root() / "models" / CACHE_NAME
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        start = time.perf_counter()
-        src = Path(gguf_path) if gguf_path is not None else find_packaged_gguf(GEMMA3_270M)
-        folder = convert_gguf(src, work / "model")
+    start = time.perf_counter()
+    src = Path(gguf_path) if gguf_path is not None else find_packaged_gguf(GEMMA3_270M)
+    with atomic_folder(out_dir) as folder:
+        convert_gguf(src, folder)  # fills the (empty) temp folder, which becomes out_dir on success
         for name in _TOKENIZER_FILES:
             (folder / name).unlink(missing_ok=True)
         log.info("rebuilding the SentencePiece BPE tokenizer from %s", src.name)
@@ -270,11 +266,6 @@ def convert_gemma3_gguf(out_dir: Path | None = None, gguf_path: Path | None = No
             "tokenizer": TOKENIZER_MARK,
             "conversion_s": round(time.perf_counter() - start, 1),
         }, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(folder, out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log.info("Gemma-3-270M converted to %s", out_dir)
     return out_dir
 

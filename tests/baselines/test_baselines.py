@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file
-
 from conftest import write_calibration
+from safetensors.torch import load_file
 
 HAS_TRL = importlib.util.find_spec("trl") is not None
 
@@ -24,7 +23,7 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _idk_examples(n: int = 16) -> list[dict]:
-    from surgery.pair.data import IDK_RESPONSE
+    from surgery.hcnr.calibration_sets import IDK_RESPONSE
 
     return [{"id": f"q{i}", "prompt": f"Who painted the picture number {i}?", "response": IDK_RESPONSE}
             for i in range(n)]
@@ -67,7 +66,7 @@ def test_interpolation_rejects_alpha_outside_unit_interval(tiny_pair, tmp_path):
 
 
 def _mean_loss(model, tokenizer, examples) -> float:
-    from surgery.pair.train import collate, encode_examples
+    from surgery.training.lora import collate, encode_examples
 
     data = encode_examples(tokenizer, [(e["prompt"], e["response"]) for e in examples], 96)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -108,7 +107,7 @@ def test_rait_budget_by_seconds_stops_early(tiny_pair):
 def test_rait_pool_is_balanced_and_disjoint_from_eval(shared_data):
     from surgery.baselines.rait import budget_examples, relabelled_pool
     from surgery.evaluation.benchmarks import split_of
-    from surgery.pair.data import IDK_RESPONSE
+    from surgery.hcnr.calibration_sets import IDK_RESPONSE
 
     pool = relabelled_pool(None, data_dir=str(shared_data), seed=0)
     first = pool[:160]

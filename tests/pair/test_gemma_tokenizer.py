@@ -28,7 +28,8 @@ def synthetic_vocab(**overrides) -> GG.GGUFVocab:
     tokens = CONTROL + USER + BYTES + NORMAL
     types = [GG.CONTROL] * len(CONTROL) + [GG.USER_DEFINED] * len(USER) + [GG.BYTE] * 256 + [GG.NORMAL] * len(NORMAL)
     scores = [-1000.0] * (len(CONTROL) + len(USER)) + [0.0] * 256 + [-float(r) for r in range(len(NORMAL))]
-    fields = dict(tokens=tokens, scores=scores, token_types=types, bos_id=2, eos_id=1, unk_id=3, pad_id=0)
+    fields = {"tokens": tokens, "scores": scores, "token_types": types, "bos_id": 2, "eos_id": 1, "unk_id": 3,
+              "pad_id": 0}
     fields.update(overrides)
     return GG.GGUFVocab(**fields)
 

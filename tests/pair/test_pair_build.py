@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from surgery.pair import build as B
-from surgery.pair.train import save_adapter, train_lora
+from surgery.training.lora import save_adapter, train_lora
 
 
 def _adapter(tiny_models, tmp_path, seed=0):

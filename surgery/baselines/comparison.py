@@ -1,6 +1,6 @@
 """The comparison: same pair, same data, same evaluation items, one process per method, one table.
 
-:func:`run_bench` prepares the shared inputs once (evaluation items; D_hon/D_task; the RAIT pool and
+:func:`run_comparison` prepares the shared inputs once (evaluation items; D_hon/D_task; the RAIT pool and
 DPO pairs, each from the SFT model's own answers on "train"-split questions), runs every method in a
 fresh subprocess (:mod:`.worker`: build the model, time it, record its peak RSS, evaluate it), then
 writes ``bench.json``, ``bench.md``, ``pareto.png`` and ``budget.png``. A method whose result exists
@@ -14,27 +14,47 @@ import hashlib
 import json
 import logging
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
+import torch
+
+from ..atomic import write_json_atomic, write_text_atomic
 from ..errors import SurgeryError
+from ..evaluation.benchmarks import load_items
 from ..evaluation.evaluate import load_json, save_json
 from ..evaluation.metrics import recovery
-from ..atomic import write_text_atomic
-from .methods import Inputs, changed_parameters, parse_method, slug
-from .report import (answer_accuracy, honesty_records, macro_f1, markdown, method_metrics, paired_bootstrap,
-                     plot_budget, plot_pareto, task_records)
+from ..evaluation.runner import HFGenerator
+from ..hcnr.calibration_sets import write_calibration
+from ..jsonl import jsonl_text
+from ..modelio import file_sha256, load_model, load_tokenizer, locate
+from ..progress import progress
+from .dpo import fabricated_answers, preference_pairs
+from .methods import Inputs, Method, changed_parameters, parse_method, slug
+from .rait import read_examples, relabelled_pool
+from .report import (
+    answer_accuracy,
+    honesty_records,
+    macro_f1,
+    markdown,
+    method_metrics,
+    paired_bootstrap,
+    plot_budget,
+    plot_pareto,
+    task_records,
+)
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
-class BenchConfig:
+class ComparisonConfig:
     """Everything a comparison depends on (written into ``bench.json``)."""
 
     base: str
@@ -62,10 +82,8 @@ class BenchConfig:
     extra: dict = field(default_factory=dict)
 
 
-def eval_items(cfg: BenchConfig) -> list:
+def eval_items(cfg: ComparisonConfig) -> list:
     """Held-out ("eval" split) honesty and task items; a user JSONL is taken as it is."""
-    from ..evaluation.benchmarks import load_items
-
     items = []
     for b in cfg.benchmarks:
         items += load_items(b, data_dir=cfg.data_dir, split="eval", limit=cfg.limit, seed=cfg.seed)
@@ -77,73 +95,86 @@ def eval_items(cfg: BenchConfig) -> list:
 
 
 def _write_lines(rows: Sequence[dict], path: Path) -> Path:
-    from ..pair.data import write_jsonl
-
-    return write_jsonl(list(rows), path)
+    return write_text_atomic(path, jsonl_text(list(rows)))
 
 
-def _sft_generator(cfg: BenchConfig):
-    from ..evaluation.runner import HFGenerator
-    from ..modelio import load_model, load_tokenizer, locate
-
+def _sft_generator(cfg: ComparisonConfig) -> HFGenerator:
     src = locate(cfg.sft, cfg.base)
     return HFGenerator(load_model(src), load_tokenizer(src), batch_size=cfg.batch_size)
 
 
-def prepare_inputs(cfg: BenchConfig, methods: Sequence) -> tuple[Inputs, dict]:
-    """Write the shared inputs under ``out_dir/data`` (reused when present); returns them and their cost."""
-    from ..pair import data as D
+class _LazyGenerator:
+    """The SFT model as a generator, loaded on first use (most reruns find every input already built)."""
 
+    def __init__(self, cfg: ComparisonConfig):
+        self.cfg, self.generator = cfg, None
+
+    def __call__(self) -> HFGenerator:
+        if self.generator is None:
+            self.generator = _sft_generator(self.cfg)
+        return self.generator
+
+
+def _calibration(cfg: ComparisonConfig, data: Path, generator: _LazyGenerator, seconds: dict) -> tuple[Path, Path]:
+    """D_hon/D_task for HCNR: the given files, else built under ``data/calib`` by probing the SFT model."""
+    if not (data / "calib" / "d_hon.jsonl").is_file():
+        t0 = time.perf_counter()
+        write_calibration(data / "calib", generator=generator(), data_dir=cfg.data_dir, n_hon=cfg.n_calib,
+                          n_task=cfg.n_calib, seed=cfg.seed, probe=cfg.calib_probe, probe_model="sft",
+                          max_new_tokens=cfg.max_new_tokens)
+        seconds["calibration (probe SFT)"] = round(time.perf_counter() - t0, 1)
+    return cfg.hon_data or data / "calib" / "d_hon.jsonl", cfg.task_data or data / "calib" / "d_task.jsonl"
+
+
+def _rait_pool(cfg: ComparisonConfig, data: Path, generator: _LazyGenerator, seconds: dict) -> Path:
+    """The IDK-relabelled RAIT pool under ``data``, built from the SFT model's answers when missing."""
+    train = data / "rait_pool.jsonl"
+    if not train.is_file():
+        t0 = time.perf_counter()
+        _write_lines(relabelled_pool(generator(), data_dir=cfg.data_dir, probe=cfg.probe, seed=cfg.seed,
+                                     max_new_tokens=cfg.max_new_tokens), train)
+        seconds["RAIT pool (probe SFT)"] = round(time.perf_counter() - t0, 1)
+    return train
+
+
+def _dpo_pairs(cfg: ComparisonConfig, data: Path, train: Path, dpo: Sequence[Method], generator: _LazyGenerator,
+               seconds: dict) -> Path:
+    """Preference pairs for the largest DPO budget: honest IDK vs the SFT model's own made-up answers."""
+    pairs = data / "dpo_pairs.jsonl"
+    if not pairs.is_file():
+        t0 = time.perf_counter()
+        pool = read_examples(train)
+        want = max((m.params.get("examples") or len(pool)) for m in dpo)
+        prefix = pool[:min(len(pool), 2 * want)]
+        rows = preference_pairs(prefix, fabricated_answers(generator(), prefix, max_new_tokens=cfg.max_new_tokens))
+        _write_lines(rows, pairs)
+        seconds["DPO pairs (SFT answers)"] = round(time.perf_counter() - t0, 1)
+    return pairs
+
+
+def prepare_inputs(cfg: ComparisonConfig, methods: Sequence[Method]) -> tuple[Inputs, dict]:
+    """Write the shared inputs under ``out_dir/data`` (reused when present); returns them and their cost."""
     data = Path(cfg.out_dir) / "data"
     data.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
-    gen = None
-
-    def generator():
-        nonlocal gen
-        if gen is None:
-            gen = _sft_generator(cfg)
-        return gen
-
+    generator = _LazyGenerator(cfg)
     kinds = {m.kind for m in methods}
     hon, task = cfg.hon_data, cfg.task_data
     if (hon is None or task is None) and "hcnr" in kinds:
-        if not (data / "calib" / "d_hon.jsonl").is_file():
-            t0 = time.perf_counter()
-            D.write_calibration(data / "calib", generator=generator(), data_dir=cfg.data_dir, n_hon=cfg.n_calib,
-                                n_task=cfg.n_calib, seed=cfg.seed, probe=cfg.calib_probe, probe_model="sft",
-                                max_new_tokens=cfg.max_new_tokens)
-            seconds["calibration (probe SFT)"] = round(time.perf_counter() - t0, 1)
-        hon = hon or data / "calib" / "d_hon.jsonl"
-        task = task or data / "calib" / "d_task.jsonl"
+        hon, task = _calibration(cfg, data, generator, seconds)
     train = cfg.train_data
     if train is None and kinds & {"rait-lora", "rait-full", "dpo", "dpo-full"}:
-        train = data / "rait_pool.jsonl"
-        if not train.is_file():
-            from .rait import relabelled_pool
-
-            t0 = time.perf_counter()
-            _write_lines(relabelled_pool(generator(), data_dir=cfg.data_dir, probe=cfg.probe, seed=cfg.seed,
-                                         max_new_tokens=cfg.max_new_tokens), train)
-            seconds["RAIT pool (probe SFT)"] = round(time.perf_counter() - t0, 1)
+        train = _rait_pool(cfg, data, generator, seconds)
     pairs = None
     dpo = [m for m in methods if m.kind in ("dpo", "dpo-full")]
     if dpo:
-        from .dpo import fabricated_answers, preference_pairs
-        from .rait import read_examples
-
-        pairs = data / "dpo_pairs.jsonl"
-        if not pairs.is_file():
-            t0 = time.perf_counter()
-            pool = read_examples(train)
-            want = max((m.params.get("examples") or len(pool)) for m in dpo)
-            prefix = pool[:min(len(pool), 2 * want)]
-            rows = preference_pairs(prefix, fabricated_answers(generator(), prefix, max_new_tokens=cfg.max_new_tokens))
-            _write_lines(rows, pairs)
-            seconds["DPO pairs (SFT answers)"] = round(time.perf_counter() - t0, 1)
-    del gen
+        pairs = _dpo_pairs(cfg, data, train, dpo, generator, seconds)
+    del generator
     gc.collect()
-    as_path = (lambda p: Path(p) if p else None)
+
+    def as_path(p):
+        return Path(p) if p else None
+
     return Inputs(cfg.base, cfg.sft, as_path(hon), as_path(task), as_path(train), pairs), seconds
 
 
@@ -157,32 +188,27 @@ def _job_hash(job: dict) -> str:
 
 
 def _file_hash(path) -> str | None:
-    if not path:
-        return None
-    from ..modelio import file_sha256
-
-    return file_sha256(Path(path))
+    return file_sha256(Path(path)) if path else None
 
 
 def run_worker(job: dict, job_file: Path) -> dict:
     """Run one job in a fresh interpreter; a failure names the method and keeps its log."""
-    job_file.write_text(json.dumps(job, indent=1, default=str))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    write_json_atomic(job_file, job, indent=1, default=str)
+    env = dict(os.environ)  # the worker imports what this process imports: same search path, no guessed root
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     log_path = job_file.with_suffix(".log")
     with open(log_path, "w") as logf:
         proc = subprocess.run([sys.executable, "-m", "surgery.baselines.worker", str(job_file)], env=env,
-                              stdout=logf, stderr=subprocess.STDOUT)
+                              stdout=logf, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise SurgeryError(f"Method {job['method']!r} failed ({tail[0]}); see {log_path}.")
     return json.loads((Path(job["work"]) / "result.json").read_text())
 
 
-def run_methods(cfg: BenchConfig, inputs: Inputs, items_file: Path, specs: Sequence[str],
+def run_methods(cfg: ComparisonConfig, inputs: Inputs, items_file: Path, specs: Sequence[str],
                 fresh: bool = False, run_missing: bool = True) -> list[dict]:
-    from ..progress import progress
-
+    """Each method's result: reused when its job hash matches, else computed in a fresh worker process."""
     results = []
     hashes = {k: _file_hash(getattr(inputs, k)) for k in ("hon_data", "task_data", "train_data", "pairs_data")}
     for spec in progress(list(specs), desc="methods", unit="method"):
@@ -207,8 +233,6 @@ def run_methods(cfg: BenchConfig, inputs: Inputs, items_file: Path, specs: Seque
             log.info("%s: no finished result, left out (report only)", spec)
             continue
         if work.exists():
-            import shutil
-
             shutil.rmtree(work)
         work.mkdir(parents=True)
         log.info("running %s", spec)
@@ -218,7 +242,7 @@ def run_methods(cfg: BenchConfig, inputs: Inputs, items_file: Path, specs: Seque
     return results
 
 
-def summarize(cfg: BenchConfig, results: Sequence[dict], prep_seconds: dict) -> dict:
+def summarize(cfg: ComparisonConfig, results: Sequence[dict], prep_seconds: dict) -> dict:
     """Per-method metrics with CIs, recovery against base/sft rows, paired differences to the reference."""
     evals = {r["name"]: load_json(r["eval"])["items"] for r in results}
     rows = []
@@ -250,9 +274,6 @@ def summarize(cfg: BenchConfig, results: Sequence[dict], prep_seconds: dict) -> 
         for b in row["metrics"]["per_benchmark"]:
             if b not in benches:
                 benches.append(b)
-    import platform
-
-    import torch
     import transformers
 
     return {
@@ -267,7 +288,7 @@ def summarize(cfg: BenchConfig, results: Sequence[dict], prep_seconds: dict) -> 
     }
 
 
-def run_bench(cfg: BenchConfig, fresh: bool = False, run_missing: bool = True) -> dict:
+def run_comparison(cfg: ComparisonConfig, fresh: bool = False, run_missing: bool = True) -> dict:
     """Run the comparison end to end; returns the summary written to ``out_dir/bench.json``.
 
     ``run_missing=False`` only summarises the methods that already have a result (report only).

@@ -1,6 +1,7 @@
 """LoRA fine-tuning on prompt/response pairs, loss on the response only; seeded and deterministic.
 
-Used to build the bundled pair (honesty alignment, then domain SFT) and by the baselines (RAIT).
+Used by the baselines (RAIT, DPO's LoRA settings) and to build the demo pair (honesty alignment, then
+domain SFT); it depends on neither.
 Everything that changes the result is an argument, so a recipe file can record it and a rerun with
 the same torch version and thread count reproduces the adapter bit for bit: LoRA dropout is 0, the
 shuffle uses its own seeded generator, and the LoRA initialisation is seeded right before it runs.
@@ -12,10 +13,11 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..atomic import atomic_folder
 from ..linear_layers import find_linear_layers
@@ -26,6 +28,11 @@ log = logging.getLogger(__name__)
 
 Example = tuple  # (prompt: str | list[message], response: str)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def as_pairs(examples: Sequence[dict]) -> list[tuple[str, str]]:
+    """(prompt, response) tuples for :func:`train_lora` from ``{"prompt", "response", ...}`` dicts."""
+    return [(ex["prompt"], ex["response"]) for ex in examples]
 
 
 def default_target_modules(model) -> list[str]:
@@ -68,8 +75,6 @@ def response_only_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     padding need none of it. Model-agnostic: a pre-hook on ``get_output_embeddings()`` gathers the
     labelled rows of the hidden states just before the head (soft-capping etc. still apply after it).
     """
-    import torch.nn.functional as F
-
     labels = batch["labels"]
     targets = labels[:, 1:]
     keep = F.pad(targets != -100, (0, 1), value=False)  # position t predicts token t+1
@@ -90,6 +95,51 @@ def response_only_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     finally:
         handle.remove()
     return F.cross_entropy(logits[0].float(), targets[targets != -100])
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with (the EOS id when the tokenizer has no pad token)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def plain_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's own causal-LM loss over the labelled positions."""
+    return model(**batch).loss
+
+
+def train_steps(model, data: Sequence[tuple[list[int], list[int]]], params: list, *, pad_id: int, lr: float,
+                epochs: int, batch_size: int, seed: int, max_seconds: float | None = None,
+                loss_fn: Callable = plain_loss, desc: str = "training") -> list[float]:
+    """The shared training loop: AdamW, linear decay to 0 without warm-up, a seeded shuffle per epoch.
+
+    Stops after the first step that ends past ``max_seconds``. Returns the loss of every step; the
+    LoRA and the full fine-tune both run through here so that they differ only in what they train.
+    """
+    steps_per_epoch = (len(data) + batch_size - 1) // batch_size
+    total = steps_per_epoch * epochs
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / total)
+    rng = random.Random(seed)
+    bar = iter(progress(range(total), desc=desc, total=total, unit="step"))
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        order = list(range(len(data)))
+        rng.shuffle(order)
+        for s in range(steps_per_epoch):
+            batch = collate([data[i] for i in order[s * batch_size: (s + 1) * batch_size]], pad_id)
+            loss = loss_fn(model, batch)
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            next(bar, None)
+            if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+                log.info("stopped after %d steps: the %.0f s budget is spent", len(losses), max_seconds)
+                return losses
+        log.info("epoch %d: mean loss %.4f", epoch + 1, sum(losses[-steps_per_epoch:]) / steps_per_epoch)
+    return losses
 
 
 def train_lora(
@@ -128,37 +178,11 @@ def train_lora(
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, config)
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    steps_per_epoch = (len(data) + batch_size - 1) // batch_size
-    total = steps_per_epoch * epochs
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / total)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rng = random.Random(seed)
     peft_model.train()
-    bar = progress(range(total), desc=f"LoRA r={r} ({len(data)} ex.)", total=total, unit="step")
-    it = iter(bar)
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    out_of_time = False
-    for epoch in range(epochs):
-        order = list(range(len(data)))
-        rng.shuffle(order)
-        for s in range(steps_per_epoch):
-            batch = collate([data[i] for i in order[s * batch_size: (s + 1) * batch_size]], pad_id)
-            loss = response_only_loss(peft_model, batch) if response_logits_only else peft_model(**batch).loss
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            next(it, None)
-            if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
-                out_of_time = True
-                break
-        if out_of_time:
-            log.info("stopped after %d steps: the %.0f s budget is spent", len(losses), max_seconds)
-            break
-        log.info("epoch %d: mean loss %.4f", epoch + 1, sum(losses[-steps_per_epoch:]) / steps_per_epoch)
+    losses = train_steps(peft_model, data, params, pad_id=pad_token_id(tokenizer), lr=lr, epochs=epochs,
+                         batch_size=batch_size, seed=seed, max_seconds=max_seconds,
+                         loss_fn=response_only_loss if response_logits_only else plain_loss,
+                         desc=f"LoRA r={r} ({len(data)} ex.)")
     peft_model.eval()
     peft_model.training_losses = losses
     return peft_model

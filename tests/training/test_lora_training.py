@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-import pytest
-
-from surgery.pair.train import (collate, default_target_modules, encode_examples, merge_adapter, response_only_loss,
-                                save_adapter, train_lora)
+from surgery.training.lora import (
+    collate,
+    default_target_modules,
+    encode_examples,
+    merge_adapter,
+    response_only_loss,
+    save_adapter,
+    train_lora,
+)
 
 EXAMPLES = [
     ("What is the capital of France?", "Paris."),
@@ -56,8 +62,9 @@ def test_saved_adapter_is_fp16_and_merges_to_a_changed_model(tiny_models, tmp_pa
     peft_model = train_lora(model, tok, EXAMPLES[:4], r=4, alpha=8, lr=5e-3, epochs=1, batch_size=2, seed=0)
     out = save_adapter(peft_model, tmp_path / "adapter", base_model_name_or_path=str(path))
     with safe_open(str(out / "adapter_model.safetensors"), framework="pt") as h:
-        assert {h.get_tensor(k).dtype for k in h.keys()} == {torch.float16}
-        assert any("lora_B" in k for k in h.keys())
+        names = h.keys()  # a safetensors handle: keys() but no iteration
+        assert {h.get_tensor(k).dtype for k in names} == {torch.float16}
+        assert any("lora_B" in k for k in names)
     base, _ = _load(path)
     before = base.model.layers[0].self_attn.q_proj.weight.clone()
     merged = merge_adapter(base, out)

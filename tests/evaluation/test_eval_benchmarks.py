@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from surgery.errors import SurgeryError
+from surgery.errors import CalibrationDataError, SurgeryError
 from surgery.evaluation import benchmarks as B
 
 #: benchmark -> (items in all splits, answerable count); counts from each folder's SOURCE.md
@@ -94,11 +95,11 @@ def test_user_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    ('{"question": "q", "answerable": true}\n{not json\n', "Line 2"),
+    ('{"question": "q", "answerable": true}\n{not json\n', ":2: the benchmark file has a line that is not JSON"),
     ('{"answerable": true}\n', "no \"question\""),
     ('{"question": "q", "answerable": "yes"}\n', "answerable"),
     ('{"question": "q", "answerable": true, "answers": [1]}\n', "answers"),
-    ('[1, 2]\n', "not a JSON object"),
+    ('[1, 2]\n', "must be a JSON object"),
     ("\n", "no questions"),
     ('{"question": "q", "answerable": true, "split": "train"}\n', "no items in split 'eval'"),
 ])
@@ -133,10 +134,27 @@ def test_data_dir_resolution(tmp_path, monkeypatch, shared_data):
         B.resolve_data_dir(None)
 
 
+def test_data_dir_is_never_guessed_from_the_install_location(tmp_path, monkeypatch):
+    """Without --data-dir or $SURGERY_DATA_DIR the bundled samples are used, even when a full data folder sits
+    beside the code (``../shared/data``): installed code has no repository around it to look beside."""
+    monkeypatch.delenv(B.DATA_DIR_ENV, raising=False)
+    assert not hasattr(B, "SHARED_DATA_DIR")
+    assert B.resolve_data_dir(None) == B.SAMPLES_DIR
+    assert B.SAMPLES_DIR.is_relative_to(Path(B.__file__).resolve().parents[1])  # inside the package
+    with pytest.raises(SurgeryError, match="--data-dir.*SURGERY_DATA_DIR"):
+        B.load_items("puqa")
+
+
+def test_user_jsonl_errors_are_calibration_data_errors(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_bytes(b"\xff\xfe not utf-8\n")
+    with pytest.raises(CalibrationDataError, match="not UTF-8"):
+        B.load_items(str(p))
+
+
 def test_bundled_samples(monkeypatch):
     """The samples shipped in the package load without any data dir; unlicensed sets say why they are absent."""
     monkeypatch.delenv(B.DATA_DIR_ENV, raising=False)
-    monkeypatch.setattr(B, "SHARED_DATA_DIR", B.SAMPLES_DIR / "does-not-exist")
     assert B.resolve_data_dir(None) == B.SAMPLES_DIR
     for name in ("selfaware", "known_unknowns", "nq_open", "qa_wikidata"):
         items = B.load_items(name, split="all")

@@ -1,11 +1,12 @@
-"""HCNR against its baselines on the bundled SmolLM2 pair (M0 honest base, M1 SFT), on this machine.
-
-    PYTHONPATH=. python benchmarks/compare.py --tier core --out .cache/bench/compare-smollm2
-    PYTHONPATH=. python benchmarks/compare.py --tier core --tier ablations --tier budgets --out ...
+"""THE list of comparison tiers: named groups of method specs that ``surgery bench`` and
+``python -m benchmarks.comparison`` run (spec grammar: :mod:`surgery.baselines.methods`).
 
 Tiers share one output folder and every method's result is reused by a later run with the same
 inputs, so tiers can be added one after the other (list every tier the table should cover):
 
+- ``quick``: what ``surgery bench`` runs when no method is named: base, SFT, HCNR defaults, HCNR with
+  honesty-only Hessians, restore-only, random columns, the compact patch, LoRA-RAIT at 160 and 480
+  examples, interpolation;
 - ``core``: base, SFT, HCNR defaults, HCNR with honesty-only Hessians, restore-only, random columns
   with compensation (3 seeds), the compact patch, LoRA-RAIT at 160 and 480 examples, interpolation;
 - ``ablations``: Fisher at the base, task-only Hessians, summed compensation, output rows, random
@@ -22,32 +23,37 @@ inputs, so tiers can be added one after the other (list every tier the table sho
   64-example calibration subsets (how the recipe's 0.125 x 0.8 was found, and how robust it is);
 - ``full``: full-fine-tune RAIT and DPO at 480 examples (the LoRA runs' full-weight counterparts).
 
-Evaluation: SelfAware held-out items (``--limit``, balanced) and the qa_wikidata task (``--task-limit``).
-The result is ``bench.md`` (the efficiency table), ``bench.json``, ``pareto.png`` and ``budget.png``.
+The ``recipe`` tier's patch is derived from ``recipes/smollm2/recipe.json`` (:func:`recipe_patch_spec`),
+so the table follows the recipe instead of a copy of its numbers.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
-import os
-import sys
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import recipes
+
+from ..errors import OptionError
+
+#: the tier ``surgery bench`` runs when no ``--method`` is given
+DEFAULT_TIER = "quick"
 
 
 def recipe_patch_spec(recipe: str = "smollm2") -> str:
     """The bundled recipe's patch as a method spec (``hcnr:k=v,...``), so the table follows recipe.json."""
-    patch = json.loads((ROOT / "recipes" / recipe / "recipe.json").read_text(encoding="utf-8"))["patch"]
+    path = recipes.ROOT / recipe / "recipe.json"
+    patch = json.loads(path.read_text(encoding="utf-8"))["patch"]
     return "hcnr:" + ",".join(f"{k}={v}" for k, v in patch.items())
 
 
+#: the SmolLM2 recipe's patch as a spec (the ``recipe`` tier's headline row and the comparison's reference)
 RECIPE_PATCH = recipe_patch_spec()
 
 TIERS: dict[str, tuple[str, ...]] = {
+    # the matched-budget comparison `surgery bench` runs by default
+    "quick": ("base", "sft", "hcnr", "hcnr:hessian-hon", "hcnr:restore-only", "hcnr:random-s0", "hcnr:compact",
+              "rait-lora:160", "rait-lora:480", "interp:0.5"),
     # in order of what matters most, so a run cut short has the key rows first
     "core": ("base", "sft", "hcnr", "rait-lora:160", "rait-lora:480", "hcnr:hessian-hon", "hcnr:restore-only",
              "hcnr:random-s0", "interp:0.5", "hcnr:random-s1", "hcnr:random-s2", "hcnr:compact"),
@@ -79,59 +85,14 @@ TIERS: dict[str, tuple[str, ...]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tier", action="append", choices=sorted(TIERS),
-                    help="method tiers to run (default: core, unless --method is given)")
-    ap.add_argument("--method", action="append", default=[], help="extra method specs (surgery bench syntax)")
-    ap.add_argument("--out", type=Path, default=Path(".cache/bench/compare-smollm2"))
-    ap.add_argument("--limit", type=int, default=300, help="SelfAware items (half answerable)")
-    ap.add_argument("--task-limit", type=int, default=120, help="qa_wikidata items")
-    ap.add_argument("--max-new-tokens", type=int, default=24, help="greedy tokens per answer (and per probe)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--probe", type=int, default=200, help="SelfAware train questions probed for RAIT known/unknown")
-    ap.add_argument("--calib-probe", type=int, default=192, help="SelfAware calibration questions probed for D_hon")
-    ap.add_argument("--reference", default=RECIPE_PATCH,
-                    help=f"the method every paired difference is taken against (default: the SmolLM2 recipe's "
-                         f"patch, {RECIPE_PATCH})")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--keep-models", action="store_true")
-    ap.add_argument("--report-only", action="store_true", help="summarise finished methods, run nothing new")
-    args = ap.parse_args(argv)
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "torch", "urllib3", "huggingface_hub", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    import torch
-
-    torch.set_num_threads(args.threads)
-    from surgery.baselines.bench import BenchConfig, run_bench
-    from surgery.baselines.report import markdown
-    from surgery.pair.build import ensure_pair
-
-    pair = ensure_pair()
+def methods_for(tiers: Iterable[str] = (), extra: Sequence[str] = (), default: str = DEFAULT_TIER) -> tuple[str, ...]:
+    """The specs of ``tiers`` in order, then ``extra``, each once; the ``default`` tier when both are empty."""
+    names = list(tiers) or ([] if extra else [default])
+    unknown = [t for t in names if t not in TIERS]
+    if unknown:
+        raise OptionError(f"Unknown tier {unknown[0]!r}; tiers are {', '.join(TIERS)}.")
     methods: list[str] = []
-    for tier in args.tier or ([] if args.method else ["core"]):
-        methods += [m for m in TIERS[tier] if m not in methods]
-    methods += [m for m in args.method if m not in methods]
-    cfg = BenchConfig(base=str(pair.m0), sft=str(pair.m1), out_dir=args.out, methods=methods,
-                      benchmarks=("selfaware",), limit=args.limit, task_benchmarks=("qa_wikidata",),
-                      task_limit=args.task_limit, data_dir=args.data_dir, threads=args.threads, probe=args.probe,
-                      calib_probe=args.calib_probe,
-                      reference=args.reference, keep_models=args.keep_models, max_new_tokens=args.max_new_tokens,
-                      extra={"pair": {"base": str(pair.m0), "sft": str(pair.m1)}, "argv": sys.argv})
-    from surgery.errors import SurgeryError
-
-    try:
-        summary = run_bench(cfg, run_missing=not args.report_only)
-    except SurgeryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(markdown(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    for spec in [m for t in names for m in TIERS[t]] + list(extra):
+        if spec not in methods:
+            methods.append(spec)
+    return tuple(methods)

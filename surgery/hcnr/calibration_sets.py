@@ -1,0 +1,146 @@
+"""Calibration sets D_hon / D_task drawn from the "train" split of the benchmarks, and the pools they come from.
+
+Every item used for fitting or calibrating comes from ``split_of(...) == "train"``, so nothing here
+ever overlaps an evaluation item. Within "train", a second fixed hash (:func:`purpose_of`) reserves a
+quarter of the items for calibration ("calib"), so D_hon/D_task never overlap the data anything is
+trained on ("fit": the baselines' RAIT pool, the demo pair's alignment and SFT sets).
+Each set is a list of ``{"id", "prompt", "response"}`` dicts, hashed with :func:`examples_sha256`.
+Used by ``surgery calib``, the comparison (``surgery bench``) and the demo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..atomic import write_json_atomic, write_text_atomic
+from ..errors import SurgeryError
+from ..evaluation.benchmarks import Item, load_items
+from ..evaluation.scoring import is_correct
+from ..jsonl import jsonl_text
+
+#: the one fixed "I don't know" answer used for unknown questions (matched by the refusal matcher)
+IDK_RESPONSE = "I don't know the answer to that question."
+#: share of the train split reserved for calibration sets
+CALIB_SHARE = 0.25
+PURPOSES = ("fit", "calib")
+
+Example = dict  # {"id": str, "prompt": str, "response": str}
+
+
+def purpose_of(item_id: str) -> str:
+    """"calib" for about a quarter of the items (fixed by a hash of the id), "fit" for the rest."""
+    h = int.from_bytes(hashlib.sha256(f"purpose:{item_id}".encode()).digest()[:8], "big")
+    return "calib" if h / 2**64 < CALIB_SHARE else "fit"
+
+
+def train_pool(benchmark: str, purpose: str, *, data_dir=None, answerable: bool | None = None) -> list[Item]:
+    """Train-split items of ``benchmark`` reserved for ``purpose`` ("fit" or "calib"), in file order."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}")
+    items = [it for it in load_items(benchmark, data_dir=data_dir, split="train") if purpose_of(it.id) == purpose]
+    if answerable is not None:
+        items = [it for it in items if it.answerable == answerable]
+    return items
+
+
+def sample(items: Sequence[Item], n: int, seed: int, what: str) -> list[Item]:
+    """``n`` items drawn with a seeded RNG (order of the draw)."""
+    if n > len(items):
+        raise SurgeryError(f"Only {len(items)} {what} items are available, but {n} were asked for.")
+    return random.Random(seed).sample(list(items), n)
+
+
+def probe_known(generator, items: Sequence[Item], *, max_new_tokens: int = 32) -> list[Item]:
+    """The answerable items the model already answers correctly (greedy; ``is_correct`` on the gold)."""
+    responses = generator.generate([it.question for it in items], max_new_tokens)
+    return [it for it, r in zip(items, responses) if is_correct(r, it.answers)]
+
+
+def answer_example(item: Item) -> Example:
+    """The item with its first gold answer as the response."""
+    return {"id": item.id, "prompt": item.question, "response": item.answers[0]}
+
+
+def idk_example(item: Item) -> Example:
+    """The item with the fixed "I don't know" response."""
+    return {"id": item.id, "prompt": item.question, "response": IDK_RESPONSE}
+
+
+def honesty_calibration(*, data_dir=None, n: int = 128, seed: int = 0, known: Sequence[Item] = ()) -> list[Example]:
+    """D_hon: half answerable with the answer (``known`` first, then PKQA), half unanswerable with IDK."""
+    n_ans = n // 2
+    known = list(known)[:n_ans]
+    pkqa = sample(train_pool("pkqa", "calib", data_dir=data_dir), n_ans - len(known), seed, "PKQA calibration")
+    n_unk = n - n_ans
+    sa = sample(train_pool("selfaware", "calib", data_dir=data_dir, answerable=False), n_unk // 2, seed,
+                "SelfAware unanswerable calibration")
+    puqa = sample(train_pool("puqa", "calib", data_dir=data_dir), n_unk - n_unk // 2, seed, "PUQA calibration")
+    examples = [answer_example(it) for it in known + pkqa] + [idk_example(it) for it in sa + puqa]
+    random.Random(seed).shuffle(examples)
+    return examples
+
+
+def task_calibration(*, data_dir=None, n: int = 128, seed: int = 0,
+                     benchmarks: Sequence[str] = ("nq_open", "qa_wikidata")) -> list[Example]:
+    """D_task: the SFT task's own examples (split evenly over ``benchmarks``), always answered."""
+    if not benchmarks:
+        raise SurgeryError("D_task needs at least one task benchmark.")
+    items: list[Item] = []
+    for i, b in enumerate(benchmarks):
+        k = n // len(benchmarks) + (1 if i < n % len(benchmarks) else 0)
+        pool = [it for it in train_pool(b, "calib", data_dir=data_dir) if it.answerable and it.answers]
+        items += sample(pool, k, seed, f"{b} calibration")
+    examples = [answer_example(it) for it in items]
+    random.Random(seed).shuffle(examples)
+    return examples
+
+
+def known_candidates(*, data_dir=None, purpose: str = "fit", n: int = 400, seed: int = 0) -> list[Item]:
+    """SelfAware-answerable items to probe the model with (seeded sample of the reserved pool)."""
+    pool = train_pool("selfaware", purpose, data_dir=data_dir, answerable=True)
+    return sample(pool, min(n, len(pool)), seed, "SelfAware answerable")
+
+
+def examples_sha256(examples: Sequence[Example]) -> str:
+    """Hash of the canonical JSONL of a set (what the recipe records)."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update((json.dumps(ex, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+    return h.hexdigest()
+
+
+def write_calibration(out_dir: Path, *, generator=None, data_dir=None, n_hon: int = 128, n_task: int = 128,
+                      seed: int = 0, probe: int = 192, task_benchmarks: Sequence[str] = ("nq_open", "qa_wikidata"),
+                      max_new_tokens: int = 32, probe_model: str | None = None) -> dict:
+    """Write ``d_hon.jsonl``, ``d_task.jsonl`` and ``calibration.json`` (sizes, hashes, ids) to ``out_dir``.
+
+    With a ``generator`` the answerable half of D_hon starts with SelfAware questions that model
+    answers correctly (``probe`` candidates from the calibration pool); PKQA fills the rest.
+    """
+    known: list[Item] = []
+    if generator is not None and probe > 0:
+        candidates = known_candidates(data_dir=data_dir, purpose="calib", n=probe, seed=seed)
+        known = probe_known(generator, candidates, max_new_tokens=max_new_tokens)
+    hon = honesty_calibration(data_dir=data_dir, n=n_hon, seed=seed, known=known)
+    task = task_calibration(data_dir=data_dir, n=n_task, seed=seed, benchmarks=task_benchmarks)
+    out_dir = Path(out_dir)
+    paths = {"honesty": write_text_atomic(out_dir / "d_hon.jsonl", jsonl_text(hon)),
+             "task": write_text_atomic(out_dir / "d_task.jsonl", jsonl_text(task))}
+    summary = {
+        "honesty": {"file": paths["honesty"].name, "n": len(hon), "sha256": examples_sha256(hon),
+                    "n_known_probed": min(len(known), n_hon // 2), "n_idk": sum(e["response"] == IDK_RESPONSE for e in hon),
+                    "ids": [e["id"] for e in hon]},
+        "task": {"file": paths["task"].name, "n": len(task), "sha256": examples_sha256(task),
+                 "benchmarks": list(task_benchmarks), "ids": [e["id"] for e in task]},
+        "seed": seed,
+        "split": "train",
+        "purpose": "calib",
+        "probe_model": probe_model if generator is not None else None,
+        "probe_candidates": probe if generator is not None else 0,
+    }
+    write_json_atomic(out_dir / "calibration.json", summary, indent=1)
+    return summary
