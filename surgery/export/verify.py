@@ -11,19 +11,20 @@ the two generations agree, since after a divergence they see different contexts.
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
-from surgery.errors import SurgeryError
-from surgery.modelio import load_model, load_tokenizer, locate
-from surgery.progress import progress
-from surgery.prompting import encode_prompt
+from ..atomic import write_json_atomic
+from ..errors import CalibrationDataError, SurgeryError
+from ..jsonl import iter_jsonl
+from ..modelio import load_model, load_tokenizer, locate
+from ..progress import progress
+from ..prompting import encode_prompt
+from .onnx import load_ort_model
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ FP32 = VerifyThresholds()
 INT8 = VerifyThresholds(max_abs_diff=None, mean_abs_diff=None, min_top1_agreement=0.6, require_same_greedy=False)
 
 
-def thresholds_for(quantize: str | None, **overrides) -> VerifyThresholds:
+def thresholds_for(quantize: str | None, **overrides: Any) -> VerifyThresholds:
     """Defaults for the artefact's precision, with the user's explicit options (non-None) on top."""
     base = INT8 if quantize == "int8" else FP32
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
@@ -72,7 +73,7 @@ def thresholds_for(quantize: str | None, **overrides) -> VerifyThresholds:
 class VerificationError(SurgeryError):
     """The artefact disagrees with PyTorch; the message names what disagreed."""
 
-    def __init__(self, report: dict, where: Path | None = None):
+    def __init__(self, report: dict, where: Path | None = None) -> None:
         self.report = report
         text = "; ".join(report["failures"]) or "unknown failure"
         tail = f" The rejected export and its {VERIFY_FILE} are in {where}." if where else ""
@@ -89,7 +90,9 @@ class Outputs:
 
 
 @torch.no_grad()
-def run_prompts(model, prompt_ids: Sequence[list[int]], n_tokens: int, pad_token_id: int | None, desc: str) -> list[Outputs]:
+def run_prompts(
+    model: Any, prompt_ids: Sequence[list[int]], n_tokens: int, pad_token_id: int | None, desc: str
+) -> list[Outputs]:
     """Prefill logits and N greedy tokens per prompt, batch 1 (no padding to disagree about)."""
     outs = []
     for ids in progress(prompt_ids, desc=desc, unit="prompt"):
@@ -165,19 +168,13 @@ def load_prompts(path: Path | None) -> list:
     if path is None:
         return list(DEFAULT_PROMPTS)
     prompts = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise SurgeryError(f"{path} line {n} is not JSON.") from None
-        value = row.get("messages") or row.get("prompt") or row.get("question") if isinstance(row, dict) else None
+    for n, row in iter_jsonl(path, what="verification prompts file", error=CalibrationDataError):
+        value = row.get("messages") or row.get("prompt") or row.get("question")
         if not value:
-            raise SurgeryError(f"{path} line {n} has none of 'messages', 'prompt', 'question'.")
+            raise CalibrationDataError(f"{path} line {n} has none of 'messages', 'prompt', 'question'.")
         prompts.append(value)
     if not prompts:
-        raise SurgeryError(f"{path} holds no prompts.")
+        raise CalibrationDataError(f"{path} holds no prompts.")
     return prompts
 
 
@@ -192,8 +189,6 @@ def verify_folder(
     allow_pickle: bool = False,
 ) -> dict:
     """Compare the ONNX folder with the PyTorch model it came from; returns the comparison (not written)."""
-    from .onnx_export import load_ort_model
-
     source = locate(str(model_dir))
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     prompts = list(DEFAULT_PROMPTS if prompts is None else prompts)
@@ -226,8 +221,5 @@ def combine(checks: dict[str, dict], *, artefact: str, source: str) -> dict:
 
 
 def write_report(folder: Path, report: dict) -> Path:
-    path = Path(folder) / VERIFY_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    """``verify.json`` beside the graph, so the artefact carries its own evidence."""
+    return write_json_atomic(Path(folder) / VERIFY_FILE, report, default=str)
