@@ -8,8 +8,9 @@ tensor shapes; :func:`require_same_shapes` then compares the checkpoints' tensor
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 
 from .errors import ArchitectureMismatch, ModelFolderError
 from .modelio import ModelSource

@@ -30,7 +30,9 @@ class CheckReport:
         return self.__dict__.copy()
 
 
-def check_pair(base: ModelSource, sft: ModelSource, *, allow_pickle: bool = False, threshold: float = 0.0) -> CheckReport:
+def check_pair(
+    base: ModelSource, sft: ModelSource, *, allow_pickle: bool = False, threshold: float = 0.0
+) -> CheckReport:
     """Same architecture, same tensors, and how far SFT moved each block linear (relative Frobenius norm)."""
     model_type = require_same_architecture(base, sft).model_type
     bc = open_checkpoint(base, allow_pickle=allow_pickle)

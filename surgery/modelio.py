@@ -12,9 +12,9 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -115,7 +115,7 @@ class LazyCheckpoint:
                     self._where[k] = f
 
     @classmethod
-    def from_dir(cls, path: Path, allow_pickle: bool = False) -> "LazyCheckpoint":
+    def from_dir(cls, path: Path, allow_pickle: bool = False) -> LazyCheckpoint:
         return cls(safetensors_files(path, allow_pickle))
 
     def keys(self) -> list[str]:

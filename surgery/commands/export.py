@@ -8,8 +8,9 @@ commands themselves report a missing extra as one sentence.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 

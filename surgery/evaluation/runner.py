@@ -10,7 +10,8 @@ commands that offer it), so this module never depends on onnxruntime or on the e
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -102,7 +103,7 @@ class HFGenerator:
         starts = range(0, len(order), self.batch_size)
         for start in progress(starts, desc=f"generate ({self.name})", total=len(starts), unit="batch"):
             idx = order[start:start + self.batch_size]
-            for i, text in zip(idx, self._generate_batch([encoded[i] for i in idx], max_new_tokens)):
+            for i, text in zip(idx, self._generate_batch([encoded[i] for i in idx], max_new_tokens), strict=True):
                 results[i] = text
         return results
 

@@ -14,8 +14,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..apply import apply_patch
 from ..atomic import atomic_folder, write_json_atomic

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -116,7 +117,7 @@ def compare(reference: Sequence[Outputs], candidate: Sequence[Outputs], threshol
     max_abs = abs_sum = 0.0
     n_values = n_positions = n_agree = n_equal = 0
     for i, (ref, cand) in enumerate(zip(reference, candidate, strict=True)):
-        diverged = next((k for k, (a, b) in enumerate(zip(ref.tokens, cand.tokens)) if a != b), None)
+        diverged = next((k for k, (a, b) in enumerate(zip(ref.tokens, cand.tokens, strict=False)) if a != b), None)
         if diverged is None and len(ref.tokens) != len(cand.tokens):
             diverged = min(len(ref.tokens), len(cand.tokens))
         n_steps = min(len(ref.step_logits), len(cand.step_logits))
@@ -203,7 +204,7 @@ def verify_folder(
     candidate = run_prompts(ort_model, ids, n, pad, "verify: onnxruntime")
     del ort_model
     result = compare(reference, candidate, thresholds)
-    for rec, p, ref, cand in zip(result["per_prompt"], prompts, reference, candidate):
+    for rec, p, ref, cand in zip(result["per_prompt"], prompts, reference, candidate, strict=True):
         rec["prompt"] = p
         rec["torch_text"] = tokenizer.decode(ref.tokens)
         rec["onnx_text"] = tokenizer.decode(cand.tokens)

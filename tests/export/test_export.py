@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 from surgery.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytest.importorskip("optimum.onnxruntime", reason="needs the [onnx] extra")
 pytestmark = [
@@ -154,13 +159,14 @@ def test_missing_extra_is_one_clear_sentence(monkeypatch, tiny_models, tmp_path)
     # simulate an install without optimum: importing it (or anything under it) fails
     for name in ("optimum", "optimum.onnxruntime", "optimum.exporters", "optimum.exporters.onnx"):
         monkeypatch.setitem(sys.modules, name, None)
-    import importlib
-
-    # the command module and the whole export package must import without the extra
-    for module in ("surgery.commands.export", "surgery.export.onnx", "surgery.export.quantize",
-                   "surgery.export.verify", "surgery.export.pipeline", "surgery.export.ort_backend"):
-        monkeypatch.delitem(sys.modules, module, raising=False)
-        importlib.import_module(module)
+    # the command module and the whole export package must import without the extra (fresh interpreter,
+    # so this process keeps one copy of each module)
+    blocked = "import sys\nfor n in ('optimum', 'optimum.onnxruntime', 'optimum.exporters', 'onnx', 'onnxruntime'):\n" \
+              "    sys.modules[n] = None\n"
+    modules = ("surgery.commands.export", "surgery.export.onnx", "surgery.export.quantize", "surgery.export.verify",
+               "surgery.export.pipeline", "surgery.export.ort_backend")
+    code = blocked + "".join(f"import {m}\n" for m in modules)
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     for args in (["export", str(tiny_models("llama")), "-o", str(tmp_path / "o")],
                  ["deploy", str(tiny_models("llama")), str(tiny_models("llama") / "config.json"), "-o",
                   str(tmp_path / "o")]):
