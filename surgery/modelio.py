@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -224,7 +225,7 @@ def load_model(
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
-):
+) -> Any:
     """A causal LM (adapter merged) in eval mode; ``dtype=None`` keeps the checkpoint's dtype."""
     from transformers import AutoModelForCausalLM
 
@@ -232,7 +233,7 @@ def load_model(
         source = locate(source)
     root = source.config_dir
     safetensors_files(root, allow_pickle)  # refuses pickle-only folders up front
-    kwargs = dict(trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle or None)
+    kwargs: dict[str, Any] = dict(trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle or None)
     if dtype is not None:
         kwargs["dtype"] = dtype
     else:
@@ -249,7 +250,8 @@ def load_model(
     return model
 
 
-def load_tokenizer(source: ModelSource | str, *, trust_remote_code: bool = False):
+def load_tokenizer(source: ModelSource | str, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer (an adapter's own first), with a pad token so batches can be padded."""
     from transformers import AutoTokenizer
 
     if isinstance(source, str):
@@ -263,7 +265,9 @@ def load_tokenizer(source: ModelSource | str, *, trust_remote_code: bool = False
     raise ModelFolderError(f"No tokenizer files in {source.config_dir}.")
 
 
-def open_checkpoint(source: ModelSource, *, allow_pickle: bool = False, dtype: torch.dtype | None = None):
+def open_checkpoint(
+    source: ModelSource, *, allow_pickle: bool = False, dtype: torch.dtype | None = None
+) -> LazyCheckpoint | StateDictCheckpoint:
     """Tensor-by-tensor access to a model's weights (merged in memory for adapters)."""
     if source.adapter_base is None:
         return LazyCheckpoint.from_dir(source.path, allow_pickle)

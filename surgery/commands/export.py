@@ -25,11 +25,15 @@ def _help(name: str) -> str:
 
 def _export_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The ExportOptions knobs, the tri-state greedy flag pair, and the model-loading flags."""
-    for option in reversed([
-        click.option("--same-greedy/--any-greedy", "same_greedy", default=None, help=_help("same_greedy")),
-        click.option("--trust-remote-code", is_flag=True, help="Allow custom modelling code from the model folder."),
-        click.option("--allow-pickle", is_flag=True, help="Accept pickle weight files (can run arbitrary code)."),
-    ]):
+    for option in reversed(
+        [
+            click.option("--same-greedy/--any-greedy", "same_greedy", default=None, help=_help("same_greedy")),
+            click.option(
+                "--trust-remote-code", is_flag=True, help="Allow custom modelling code from the model folder."
+            ),
+            click.option("--allow-pickle", is_flag=True, help="Accept pickle weight files (can run arbitrary code)."),
+        ]
+    ):
         fn = option(fn)
     return add_options(ExportOptions)(fn)
 
@@ -44,22 +48,39 @@ def _print_record(out: Path, record: dict) -> None:
 
 def _print_verify(report: dict, folder: Path) -> None:
     for name, c in report["checks"].items():
-        click.echo(f"{name}: max |Δlogit| {c['max_abs_diff']:.3g}, mean {c['mean_abs_diff']:.3g}, "
-                   f"top-1 {c['top1_agreement']:.1%}, greedy equal {c['greedy_equal_prompts']}/{c['prompts']} "
-                   f"({c['greedy_tokens']} tokens) -> {'pass' if c['passed'] else 'FAIL'}")
+        click.echo(
+            f"{name}: max |Δlogit| {c['max_abs_diff']:.3g}, mean {c['mean_abs_diff']:.3g}, "
+            f"top-1 {c['top1_agreement']:.1%}, greedy equal {c['greedy_equal_prompts']}/{c['prompts']} "
+            f"({c['greedy_tokens']} tokens) -> {'pass' if c['passed'] else 'FAIL'}"
+        )
     click.echo(f"verification {'passed' if report['passed'] else 'FAILED'}: {folder / 'verify.json'}")
 
 
 @click.command("export")
 @click.argument("model")
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (must not exist or be empty; written atomically).")
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (must not exist or be empty; written atomically).",
+)
 @click.option("--base", default=None, help="Base model when MODEL is a PEFT adapter (default: the adapter's own).")
-@click.option("--verify-only", is_flag=True,
-              help="Do not export: re-verify the existing folder OUT against MODEL and rewrite its verify.json.")
+@click.option(
+    "--verify-only",
+    is_flag=True,
+    help="Do not export: re-verify the existing folder OUT against MODEL and rewrite its verify.json.",
+)
 @_export_options
-def export(model: str, out: Path, base: str | None, verify_only: bool, trust_remote_code: bool, allow_pickle: bool,
-           **kwargs: Any) -> None:
+def export(
+    model: str,
+    out: Path,
+    base: str | None,
+    verify_only: bool,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+    **kwargs: Any,
+) -> None:
     """Export MODEL (a Hugging Face folder) to an ONNX folder for onnxruntime, verified against PyTorch.
 
     \b
@@ -78,20 +99,27 @@ def export(model: str, out: Path, base: str | None, verify_only: bool, trust_rem
             raise
         _print_verify(report, out)
         return
-    record = export_model(model, out, options, base=base, trust_remote_code=trust_remote_code,
-                          allow_pickle=allow_pickle)
+    record = export_model(
+        model, out, options, base=base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
     _print_record(out, record)
 
 
 @click.command("deploy")
 @click.argument("sft")
 @click.argument("patch", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output ONNX folder (must not exist or be empty; written atomically).")
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output ONNX folder (must not exist or be empty; written atomically).",
+)
 @click.option("--base", default=None, help="Base model when SFT is a PEFT adapter (default: the adapter's own).")
 @_export_options
-def deploy(sft: str, patch: Path, out: Path, base: str | None, trust_remote_code: bool, allow_pickle: bool,
-           **kwargs: Any) -> None:
+def deploy(
+    sft: str, patch: Path, out: Path, base: str | None, trust_remote_code: bool, allow_pickle: bool, **kwargs: Any
+) -> None:
     """Apply PATCH to SFT, export the repaired model to ONNX and verify it: one step to a device artefact.
 
     \b
@@ -100,7 +128,8 @@ def deploy(sft: str, patch: Path, out: Path, base: str | None, trust_remote_code
     from ..export.pipeline import deploy_patch
 
     options = options_from(ExportOptions, kwargs)
-    record = deploy_patch(sft, patch, out, options, base=base, trust_remote_code=trust_remote_code,
-                          allow_pickle=allow_pickle)
+    record = deploy_patch(
+        sft, patch, out, options, base=base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
     click.echo(f"applied {patch} to {sft}")
     _print_record(out, record)

@@ -150,8 +150,9 @@ def export_model(
         "command": command_line(),
         "versions": versions(*ONNX_DISTRIBUTIONS),
     }
-    check = functools.partial(verify_folder, prompts=prompts, threads=threads, trust_remote_code=trust_remote_code,
-                              allow_pickle=allow_pickle)
+    check = functools.partial(
+        verify_folder, prompts=prompts, threads=threads, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
     with _scratch(out, "tmp") as scratch, atomic_folder(out) as folder:
         with timer.stage("materialize"):
             src_dir = _materialize(source, scratch, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
@@ -190,10 +191,13 @@ def deploy_patch(
     require_empty_output(out)
     with _scratch(out, "patched") as scratch:
         patched = scratch / "model"
-        apply_patch(sft, patch, patched, base=base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        apply_patch(
+            sft, Path(patch), patched, base=base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        )
         log.info("applied %s to %s", patch, sft)
-        return export_model(str(patched), out, options, trust_remote_code=trust_remote_code,
-                            source_label=f"{sft} + {patch}")
+        return export_model(
+            str(patched), out, options, trust_remote_code=trust_remote_code, source_label=f"{sft} + {patch}"
+        )
 
 
 def verify_export(
@@ -216,8 +220,14 @@ def verify_export(
     if not (out / ONNX_NAME).is_file():
         raise SurgeryError(f"--verify-only needs an existing export in {out} (no model.onnx there).")
     precision = options.quantize or export_precision(out)
-    check = verify_folder(model, out, verify_thresholds(options, precision), prompts=prompts,
-                          trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    check = verify_folder(
+        model,
+        out,
+        verify_thresholds(options, precision),
+        prompts=prompts,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
     report = combine({f"onnx-{precision or 'fp32'}": check}, artefact=precision or "fp32", source=str(model))
     write_report(out, report)
     if not report["passed"]:

@@ -113,7 +113,7 @@ def run_prompts(
 
 def compare(reference: Sequence[Outputs], candidate: Sequence[Outputs], thresholds: VerifyThresholds) -> dict:
     """Per-prompt and overall agreement, and the list of failed criteria (empty when it passes)."""
-    per_prompt = []
+    per_prompt: list[dict[str, Any]] = []
     max_abs = abs_sum = 0.0
     n_values = n_positions = n_agree = n_equal = 0
     for i, (ref, cand) in enumerate(zip(reference, candidate, strict=True)):

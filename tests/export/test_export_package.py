@@ -40,8 +40,11 @@ def test_modules_import_each_other_as_a_dag():
     graph = {}
     for name in MODULES:
         tree = ast.parse((PACKAGE / f"{name}.py").read_text())
-        graph[name] = {n.module.split(".")[0] for n, _ in _internal_imports(tree)
-                       if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
+        graph[name] = {
+            n.module.split(".")[0]
+            for n, _ in _internal_imports(tree)
+            if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module
+        }
         assert graph[name] <= set(MODULES), (name, graph[name])
     done: list[str] = []
     while len(done) < len(graph):
@@ -64,8 +67,14 @@ def test_importing_the_package_loads_no_onnx_runtime():
         "    importlib.import_module(m)\n"
         "print(json.dumps(sorted(m for m in ('onnx', 'onnxruntime', 'optimum') if m in sys.modules)))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
@@ -106,9 +115,22 @@ def _flags(command) -> set[str]:
     return {o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")}
 
 
-VERIFY_FLAGS = {"--verify", "--no-verify", "--max-abs-diff", "--mean-abs-diff", "--min-top1", "--greedy-tokens",
-                "--same-greedy", "--any-greedy", "--prompts", "--quantize", "--int8-keep-fp32", "--opset",
-                "--trust-remote-code", "--allow-pickle"}
+VERIFY_FLAGS = {
+    "--verify",
+    "--no-verify",
+    "--max-abs-diff",
+    "--mean-abs-diff",
+    "--min-top1",
+    "--greedy-tokens",
+    "--same-greedy",
+    "--any-greedy",
+    "--prompts",
+    "--quantize",
+    "--int8-keep-fp32",
+    "--opset",
+    "--trust-remote-code",
+    "--allow-pickle",
+}
 
 
 def test_cli_keeps_its_option_names_and_parses_into_export_options(monkeypatch, tmp_path):
@@ -126,9 +148,25 @@ def test_cli_keeps_its_option_names_and_parses_into_export_options(monkeypatch, 
         return {"bytes": 2e6, "quantize": options.quantize, "verify": None}
 
     monkeypatch.setattr(pipeline, "export_model", fake_export)
-    res = CliRunner().invoke(cmd.export, ["m", "-o", str(tmp_path / "o"), "--quantize", "int8", "--int8-keep-fp32",
-                                          "a", "--int8-keep-fp32", "b", "--any-greedy", "--min-top1", "0.5",
-                                          "--no-verify", "--trust-remote-code"])
+    res = CliRunner().invoke(
+        cmd.export,
+        [
+            "m",
+            "-o",
+            str(tmp_path / "o"),
+            "--quantize",
+            "int8",
+            "--int8-keep-fp32",
+            "a",
+            "--int8-keep-fp32",
+            "b",
+            "--any-greedy",
+            "--min-top1",
+            "0.5",
+            "--no-verify",
+            "--trust-remote-code",
+        ],
+    )
     assert res.exit_code == 0, res.output
     o = seen["options"]
     assert (o.quantize, o.int8_keep, o.same_greedy, o.min_top1, o.verify) == ("int8", ("a", "b"), False, 0.5, False)

@@ -33,8 +33,11 @@ def test_same_architecture_passes_and_reports_the_sft(tiny_models):
     arch = require_same_architecture(llama, llama)
     cfg = json.loads((llama.path / "config.json").read_text())
     assert arch.model_type == "llama"
-    assert arch.summary() == {"model_type": "llama", "num_hidden_layers": cfg["num_hidden_layers"],
-                              "hidden_size": cfg["hidden_size"]}
+    assert arch.summary() == {
+        "model_type": "llama",
+        "num_hidden_layers": cfg["num_hidden_layers"],
+        "hidden_size": cfg["hidden_size"],
+    }
 
 
 def test_different_model_type_raises(tiny_models):
@@ -44,8 +47,9 @@ def test_different_model_type_raises(tiny_models):
 
 def test_different_hidden_size_raises_with_the_callers_reason(tiny_models, tmp_path):
     llama = tiny_models("llama")
-    wider = _edited_copy(llama, tmp_path / "wider", hidden_size=2 * json.loads(
-        (llama / "config.json").read_text())["hidden_size"])
+    wider = _edited_copy(
+        llama, tmp_path / "wider", hidden_size=2 * json.loads((llama / "config.json").read_text())["hidden_size"]
+    )
     with pytest.raises(ArchitectureMismatch, match=r"hidden_size .* cannot be probed\.$"):
         require_same_architecture(locate(str(llama)), locate(str(wider)), why="So they cannot be probed.")
 

@@ -27,8 +27,9 @@ def test_written_folder_has_normal_modes_and_same_tensors(tiny_models, tmp_path,
     src = tiny_models("llama")
     ckpt = LazyCheckpoint.from_dir(src)
     out = tmp_path / "copy"
-    write_safetensors_folder(((k, ckpt.get(k)) for k in ckpt.keys()), out, [src], max_shard_bytes=10_000,
-                             extra_files={"note.txt": "hi"})
+    write_safetensors_folder(
+        ((k, ckpt.get(k)) for k in ckpt.keys()), out, [src], max_shard_bytes=10_000, extra_files={"note.txt": "hi"}
+    )
     assert _mode(out) == 0o755
     files = sorted(p for p in out.iterdir())
     assert files and all(_mode(p) == 0o644 for p in files)
