@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-
-from .errors import SurgeryError
+from .architecture import require_same_architecture, require_same_shapes
+from .errors import ArchitectureMismatch, SurgeryError
 from .linear_layers import block_of, is_block_linear_weight
 from .modelio import ModelSource, open_checkpoint
 from .progress import progress
 
-#: config fields that must agree for a patch to make sense
-ARCH_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
-               "num_key_value_heads", "vocab_size", "n_embd", "n_layer", "n_head")
-
 
 @dataclass
 class CheckReport:
+    """What `surgery check` found: the pair's architecture and where SFT moved the weights."""
+
     model_type: str
     tensors: int
     linear_matrices: int
@@ -29,30 +26,15 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """The report as ``--json`` writes it."""
         return self.__dict__.copy()
 
 
-def _config(src: ModelSource) -> dict:
-    path = src.config_dir / "config.json"
-    cfg = json.loads(path.read_text())
-    text = cfg.get("text_config") or {}
-    return {**text, **{k: v for k, v in cfg.items() if k != "text_config"}}
-
-
-def compare_architectures(base: ModelSource, sft: ModelSource) -> str:
-    a, b = _config(base), _config(sft)
-    for key in ARCH_FIELDS:
-        if key in a or key in b:
-            if a.get(key) != b.get(key):
-                raise SurgeryError(
-                    f"Base and SFT are not the same architecture: {key} is {a.get(key)!r} in the base "
-                    f"and {b.get(key)!r} in the SFT model."
-                )
-    return str(b.get("model_type", "unknown"))
-
-
-def check_pair(base: ModelSource, sft: ModelSource, *, allow_pickle: bool = False, threshold: float = 0.0) -> CheckReport:
-    model_type = compare_architectures(base, sft)
+def check_pair(
+    base: ModelSource, sft: ModelSource, *, allow_pickle: bool = False, threshold: float = 0.0
+) -> CheckReport:
+    """Same architecture, same tensors, and how far SFT moved each block linear (relative Frobenius norm)."""
+    model_type = require_same_architecture(base, sft).model_type
     bc = open_checkpoint(base, allow_pickle=allow_pickle)
     sc = open_checkpoint(sft, allow_pickle=allow_pickle)
     bk, sk = set(bc.keys()), set(sc.keys())
@@ -61,17 +43,16 @@ def check_pair(base: ModelSource, sft: ModelSource, *, allow_pickle: bool = Fals
     # a tied lm_head may be stored in one checkpoint and not the other
     for name in only_sft + only_base:
         if "lm_head" not in name:
-            raise SurgeryError(f"Base and SFT checkpoints differ: tensor {name} is only in one of them.")
+            raise ArchitectureMismatch(f"Base and SFT checkpoints differ: tensor {name} is only in one of them.")
         warnings.append(f"{name} is stored in only one checkpoint (tied embeddings); ignored.")
     changed = total = 0
     matrix_change: dict[str, float] = {}
     block_num: dict[str, float] = {}
     block_den: dict[str, float] = {}
     other: list[str] = []
+    require_same_shapes(sorted(bk & sk), bc, sc)
     for name in progress(sorted(bk & sk), desc="check", unit="tensor"):
         w0, w1 = bc.get(name), sc.get(name)
-        if tuple(w0.shape) != tuple(w1.shape):
-            raise SurgeryError(f"{name} has shape {tuple(w0.shape)} in the base and {tuple(w1.shape)} in the SFT.")
         d = w1.double() - w0.double()
         changed += int((d != 0).sum())
         total += d.numel()

@@ -34,6 +34,7 @@ class LinearLayer:
 
 
 def block_of(name: str) -> str | None:
+    """The numbered block a tensor or module lives in (``model.layers.3``), None outside the blocks."""
     m = _BLOCK.match(name)
     return m.group(1) if m else None
 
@@ -79,7 +80,3 @@ def canonical(weight: torch.Tensor, layer: LinearLayer) -> torch.Tensor:
     """The (out x in) view of a stored weight."""
     return weight.t() if layer.transposed else weight
 
-
-def stored(weight: torch.Tensor, layer: LinearLayer) -> torch.Tensor:
-    """Back from (out x in) to the stored orientation."""
-    return weight.t() if layer.transposed else weight

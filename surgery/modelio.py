@@ -12,14 +12,15 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import torch
 
-from .errors import SurgeryError
+from .atomic import atomic_folder
+from .errors import ModelFolderError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     if p.is_dir():
         return p
     if p.exists():
-        raise SurgeryError(f"{p} is a file, but a model folder (config.json + weights) was expected.")
+        raise ModelFolderError(f"{p} is a file, but a model folder (config.json + weights) was expected.")
     text = str(name_or_path)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         try:
@@ -56,7 +57,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
             return Path(snapshot_download(text, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE")))
         except Exception:  # noqa: BLE001 - any failure means "not in the cache"
             pass
-    raise SurgeryError(
+    raise ModelFolderError(
         f"Model '{name_or_path}' is neither a local folder nor a hub id in the local cache "
         "(nothing is downloaded: run with the model already on disk)."
     )
@@ -78,7 +79,7 @@ def safetensors_files(path: Path, allow_pickle: bool = False) -> list[Path]:
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         missing = [n for n in names if not (path / n).is_file()]
         if missing:
-            raise SurgeryError(f"{path} is missing shard {missing[0]} named in its safetensors index.")
+            raise ModelFolderError(f"{path} is missing shard {missing[0]} named in its safetensors index.")
         return [path / n for n in names]
     files = sorted(p for p in path.glob("*.safetensors") if not p.name.startswith("adapter_"))
     if files:
@@ -86,12 +87,12 @@ def safetensors_files(path: Path, allow_pickle: bool = False) -> list[Path]:
     pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         if not allow_pickle:
-            raise SurgeryError(
+            raise ModelFolderError(
                 f"{path} only has pickle weights ({pickles[0].name}); pickle can run arbitrary code, so it is "
                 "refused. Convert it to safetensors, or pass --allow-pickle if you trust the file."
             )
         return pickles
-    raise SurgeryError(f"{path} has no weight files (*.safetensors).")
+    raise ModelFolderError(f"{path} has no weight files (*.safetensors).")
 
 
 class LazyCheckpoint:
@@ -115,7 +116,7 @@ class LazyCheckpoint:
                     self._where[k] = f
 
     @classmethod
-    def from_dir(cls, path: Path, allow_pickle: bool = False) -> "LazyCheckpoint":
+    def from_dir(cls, path: Path, allow_pickle: bool = False) -> LazyCheckpoint:
         return cls(safetensors_files(path, allow_pickle))
 
     def keys(self) -> list[str]:
@@ -132,7 +133,7 @@ class LazyCheckpoint:
         try:
             f = self._where[name]
         except KeyError:
-            raise SurgeryError(f"Tensor '{name}' is not in the checkpoint ({self.files[0].parent}).") from None
+            raise ModelFolderError(f"Tensor '{name}' is not in the checkpoint ({self.files[0].parent}).") from None
         with safe_open(str(f), framework="pt") as h:
             return h.get_tensor(name)
 
@@ -161,7 +162,7 @@ class StateDictCheckpoint:
         try:
             return self._state[name]
         except KeyError:
-            raise SurgeryError(f"Tensor '{name}' is not in the merged model.") from None
+            raise ModelFolderError(f"Tensor '{name}' is not in the merged model.") from None
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._state[name].shape)
@@ -207,14 +208,14 @@ def locate(spec: str | os.PathLike, base_hint: str | os.PathLike | None = None) 
     path = resolve_model_dir(spec)
     if not is_adapter_dir(path):
         if not (path / "config.json").is_file():
-            raise SurgeryError(f"{path} has no config.json: it is not a Hugging Face model folder.")
+            raise ModelFolderError(f"{path} has no config.json: it is not a Hugging Face model folder.")
         return ModelSource(str(spec), path)
     base_spec = base_hint or adapter_base_name(path)
     if not base_spec:
-        raise SurgeryError(f"{path} is a PEFT adapter without base_model_name_or_path; pass --base.")
+        raise ModelFolderError(f"{path} is a PEFT adapter without base_model_name_or_path; pass --base.")
     base = resolve_model_dir(base_spec)
     if is_adapter_dir(base):
-        raise SurgeryError(f"The base of adapter {path} ({base}) is itself an adapter; merge it first.")
+        raise ModelFolderError(f"The base of adapter {path} ({base}) is itself an adapter; merge it first.")
     return ModelSource(str(spec), path, adapter_base=base)
 
 
@@ -224,7 +225,7 @@ def load_model(
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
-):
+) -> Any:
     """A causal LM (adapter merged) in eval mode; ``dtype=None`` keeps the checkpoint's dtype."""
     from transformers import AutoModelForCausalLM
 
@@ -232,7 +233,7 @@ def load_model(
         source = locate(source)
     root = source.config_dir
     safetensors_files(root, allow_pickle)  # refuses pickle-only folders up front
-    kwargs = dict(trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle or None)
+    kwargs: dict[str, Any] = dict(trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle or None)
     if dtype is not None:
         kwargs["dtype"] = dtype
     else:
@@ -240,7 +241,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(str(root), **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        raise SurgeryError(f"Could not load a causal LM from {root}: {str(exc).splitlines()[0]}") from None
+        raise ModelFolderError(f"Could not load a causal LM from {root}: {str(exc).splitlines()[0]}") from None
     if source.adapter_base is not None:
         from peft import PeftModel
 
@@ -249,7 +250,8 @@ def load_model(
     return model
 
 
-def load_tokenizer(source: ModelSource | str, *, trust_remote_code: bool = False):
+def load_tokenizer(source: ModelSource | str, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer (an adapter's own first), with a pad token so batches can be padded."""
     from transformers import AutoTokenizer
 
     if isinstance(source, str):
@@ -260,10 +262,12 @@ def load_tokenizer(source: ModelSource | str, *, trust_remote_code: bool = False
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
             return tok
-    raise SurgeryError(f"No tokenizer files in {source.config_dir}.")
+    raise ModelFolderError(f"No tokenizer files in {source.config_dir}.")
 
 
-def open_checkpoint(source: ModelSource, *, allow_pickle: bool = False, dtype: torch.dtype | None = None):
+def open_checkpoint(
+    source: ModelSource, *, allow_pickle: bool = False, dtype: torch.dtype | None = None
+) -> LazyCheckpoint | StateDictCheckpoint:
     """Tensor-by-tensor access to a model's weights (merged in memory for adapters)."""
     if source.adapter_base is None:
         return LazyCheckpoint.from_dir(source.path, allow_pickle)
@@ -287,6 +291,43 @@ def copy_side_files(src_dirs: list[Path], dst: Path) -> None:
                 break
 
 
+def _write_shards(tensors: Iterator[tuple[str, torch.Tensor]], folder: Path, max_shard_bytes: int) -> None:
+    """Weights as HF-named safetensors shards (plus the index when there are several) in ``folder``.
+
+    Shards are flushed as they fill, so memory holds one shard, not the whole model.
+    """
+    from safetensors.torch import save_file
+
+    written: list[tuple[Path, list[str]]] = []
+    shard: dict[str, torch.Tensor] = {}
+    size = total = 0
+
+    def flush() -> None:
+        part = folder / f"part-{len(written):05d}.safetensors"
+        save_file(shard, str(part), metadata={"format": "pt"})
+        written.append((part, list(shard)))
+
+    for name, t in tensors:
+        nbytes = t.numel() * t.element_size()
+        if shard and size + nbytes > max_shard_bytes:
+            flush()
+            shard, size = {}, 0
+        shard[name] = t.contiguous()
+        size += nbytes
+        total += nbytes
+    if shard or not written:
+        flush()
+    n = len(written)
+    weight_map = {}
+    for i, (part, names) in enumerate(written):
+        fname = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        os.replace(part, folder / fname)
+        weight_map.update({k: fname for k in names})
+    if n > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
 def write_safetensors_folder(
     tensors: Iterator[tuple[str, torch.Tensor]],
     out_dir: Path,
@@ -294,50 +335,12 @@ def write_safetensors_folder(
     max_shard_bytes: int = 2 * 1024**3,
     extra_files: dict[str, str] | None = None,
 ) -> None:
-    """Write a standard HF folder atomically: a temp folder beside ``out_dir``, renamed at the end."""
-    from safetensors.torch import save_file
-
+    """Write a standard HF folder atomically (:func:`surgery.atomic.atomic_folder`), never over existing files."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise SurgeryError(f"Output folder {out_dir} exists and is not empty; choose another or remove it.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        # Shards are flushed as they fill, so memory holds one shard, not the whole model.
-        written: list[tuple[Path, list[str]]] = []
-        shard: dict[str, torch.Tensor] = {}
-        size = total = 0
-
-        def flush() -> None:
-            part = tmp / f"part-{len(written):05d}.safetensors"
-            save_file(shard, str(part), metadata={"format": "pt"})
-            written.append((part, list(shard)))
-
-        for name, t in tensors:
-            nbytes = t.numel() * t.element_size()
-            if shard and size + nbytes > max_shard_bytes:
-                flush()
-                shard, size = {}, 0
-            shard[name] = t.contiguous()
-            size += nbytes
-            total += nbytes
-        if shard or not written:
-            flush()
-        n = len(written)
-        weight_map = {}
-        for i, (part, names) in enumerate(written):
-            fname = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            os.replace(part, tmp / fname)
-            weight_map.update({k: fname for k in names})
-        if n > 1:
-            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        raise ModelFolderError(f"Output folder {out_dir} exists and is not empty; choose another or remove it.")
+    with atomic_folder(out_dir) as tmp:
+        _write_shards(tensors, tmp, max_shard_bytes)
         copy_side_files(side_dirs, tmp)
         for fname, text in (extra_files or {}).items():
             (tmp / fname).write_text(text)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

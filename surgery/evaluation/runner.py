@@ -2,19 +2,21 @@
 
 Metrics never see a model, only a :class:`Generator`. :class:`HFGenerator` drives any object with
 an HF-style ``.generate`` (a transformers model, or optimum's ``ORTModelForCausalLM``), batched with
-left padding. Back-ends are named: "torch" is built in; "onnx" is registered by
-``exporters.ort_backend`` when it is imported, so this module never depends on onnxruntime.
+left padding. Back-ends are named: "torch" is built in; others are registered explicitly with
+:func:`register_backend` ("onnx" by :func:`surgery.export.ort_backend.register`, called by the
+commands that offer it), so this module never depends on onnxruntime or on the export package.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 
 from ..errors import SurgeryError
+from ..modelio import load_model, load_tokenizer, locate
 from ..progress import progress
 from ..prompting import Message, prompt_text
 
@@ -31,7 +33,7 @@ class Generator(Protocol):
     def generate(self, prompts: list[Prompt], max_new_tokens: int) -> list[str]: ...
 
 
-def stop_token_ids(model, tokenizer) -> set[int]:
+def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
     """Token ids that end an answer: the tokenizer's EOS and the generation config's EOS list."""
     ids: set[int] = set()
     if tokenizer.eos_token_id is not None:
@@ -53,7 +55,7 @@ class HFGenerator:
     from it) makes each row's greedy output the same as decoding it alone.
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, name: str = "torch"):
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, name: str = "torch") -> None:
         if batch_size < 1:
             raise SurgeryError(f"--batch-size must be at least 1 (got {batch_size}).")
         self.model = model
@@ -101,15 +103,13 @@ class HFGenerator:
         starts = range(0, len(order), self.batch_size)
         for start in progress(starts, desc=f"generate ({self.name})", total=len(starts), unit="batch"):
             idx = order[start:start + self.batch_size]
-            for i, text in zip(idx, self._generate_batch([encoded[i] for i in idx], max_new_tokens)):
+            for i, text in zip(idx, self._generate_batch([encoded[i] for i in idx], max_new_tokens), strict=True):
                 results[i] = text
         return results
 
 
 GeneratorFactory = Callable[..., Generator]
 _BACKENDS: dict[str, GeneratorFactory] = {}
-#: back-ends that live outside this package: name -> module that registers it on import
-_PLUGINS = {"onnx": "exporters.ort_backend"}
 
 
 def register_backend(name: str, factory: GeneratorFactory) -> None:
@@ -120,8 +120,6 @@ def register_backend(name: str, factory: GeneratorFactory) -> None:
 def torch_generator(model: str, *, batch_size: int = 16, trust_remote_code: bool = False,
                     dtype: torch.dtype | None = torch.float32, allow_pickle: bool = False) -> HFGenerator:
     """A transformers model (folder, cached hub id or PEFT adapter); float32 by default on CPU."""
-    from ..modelio import load_model, load_tokenizer, locate
-
     source = locate(model)
     lm = load_model(source, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     tok = load_tokenizer(source, trust_remote_code=trust_remote_code)
@@ -131,15 +129,11 @@ def torch_generator(model: str, *, batch_size: int = 16, trust_remote_code: bool
 register_backend("torch", torch_generator)
 
 
-def make_generator(backend: str, model: str, **kw) -> Generator:
-    """The generator for ``model`` on the named back-end ("torch", or a registered plug-in)."""
-    if backend not in _BACKENDS and backend in _PLUGINS:
-        try:
-            importlib.import_module(_PLUGINS[backend])
-        except ModuleNotFoundError as exc:
-            raise SurgeryError(
-                f"The '{backend}' back-end needs {exc.name}: install it with  pip install 'surgery[{backend}]'."
-            ) from None
+def make_generator(backend: str, model: str, **kw: Any) -> Generator:
+    """The generator for ``model`` on the named back-end ("torch", or one registered with :func:`register_backend`)."""
     if backend not in _BACKENDS:
-        raise SurgeryError(f"Unknown back-end '{backend}'; use one of {', '.join(sorted(_BACKENDS | _PLUGINS))}.")
+        raise SurgeryError(
+            f"Unknown back-end '{backend}'; registered back-ends: {', '.join(sorted(_BACKENDS))} (a plug-in such as "
+            "'onnx' is available once its register() has run, e.g. surgery.export.ort_backend.register())."
+        )
     return _BACKENDS[backend](model, **kw)

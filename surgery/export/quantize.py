@@ -16,6 +16,8 @@ import os
 import time
 from pathlib import Path
 
+from .onnx import ONNX_NAME, onnx_files, weights_size_bytes
+
 log = logging.getLogger(__name__)
 
 #: node-name substrings kept in fp32 unless the user says otherwise
@@ -26,6 +28,7 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 def matmul_nodes(model_path: Path) -> list[str]:
+    """Names of the nodes the quantizer may touch (the keep-fp32 patterns are matched against them)."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
@@ -33,6 +36,7 @@ def matmul_nodes(model_path: Path) -> list[str]:
 
 
 def integer_matmuls(model_path: Path) -> int:
+    """How many MatMuls really became int8 (the quantizer silently skips some)."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
@@ -42,8 +46,6 @@ def integer_matmuls(model_path: Path) -> int:
 def quantize_int8(folder: Path, *, exclude: tuple[str, ...] | None = None, per_channel: bool = False) -> dict:
     """Replace ``folder/model.onnx`` by its dynamic-int8 version; returns what was done (for export.json)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from .onnx_export import ONNX_NAME, onnx_files, weights_size_bytes
 
     folder = Path(folder)
     src = folder / ONNX_NAME

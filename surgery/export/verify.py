@@ -11,19 +11,21 @@ the two generations agree, since after a divergence they see different contexts.
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import torch
 
-from surgery.errors import SurgeryError
-from surgery.modelio import load_model, load_tokenizer, locate
-from surgery.progress import progress
-from surgery.prompting import encode_prompt
+from ..atomic import write_json_atomic
+from ..errors import CalibrationDataError, SurgeryError
+from ..jsonl import iter_jsonl
+from ..modelio import load_model, load_tokenizer, locate
+from ..progress import progress
+from ..prompting import encode_prompt
+from .onnx import load_ort_model
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ FP32 = VerifyThresholds()
 INT8 = VerifyThresholds(max_abs_diff=None, mean_abs_diff=None, min_top1_agreement=0.6, require_same_greedy=False)
 
 
-def thresholds_for(quantize: str | None, **overrides) -> VerifyThresholds:
+def thresholds_for(quantize: str | None, **overrides: Any) -> VerifyThresholds:
     """Defaults for the artefact's precision, with the user's explicit options (non-None) on top."""
     base = INT8 if quantize == "int8" else FP32
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
@@ -72,7 +74,7 @@ def thresholds_for(quantize: str | None, **overrides) -> VerifyThresholds:
 class VerificationError(SurgeryError):
     """The artefact disagrees with PyTorch; the message names what disagreed."""
 
-    def __init__(self, report: dict, where: Path | None = None):
+    def __init__(self, report: dict, where: Path | None = None) -> None:
         self.report = report
         text = "; ".join(report["failures"]) or "unknown failure"
         tail = f" The rejected export and its {VERIFY_FILE} are in {where}." if where else ""
@@ -89,7 +91,9 @@ class Outputs:
 
 
 @torch.no_grad()
-def run_prompts(model, prompt_ids: Sequence[list[int]], n_tokens: int, pad_token_id: int | None, desc: str) -> list[Outputs]:
+def run_prompts(
+    model: Any, prompt_ids: Sequence[list[int]], n_tokens: int, pad_token_id: int | None, desc: str
+) -> list[Outputs]:
     """Prefill logits and N greedy tokens per prompt, batch 1 (no padding to disagree about)."""
     outs = []
     for ids in progress(prompt_ids, desc=desc, unit="prompt"):
@@ -109,11 +113,11 @@ def run_prompts(model, prompt_ids: Sequence[list[int]], n_tokens: int, pad_token
 
 def compare(reference: Sequence[Outputs], candidate: Sequence[Outputs], thresholds: VerifyThresholds) -> dict:
     """Per-prompt and overall agreement, and the list of failed criteria (empty when it passes)."""
-    per_prompt = []
+    per_prompt: list[dict[str, Any]] = []
     max_abs = abs_sum = 0.0
     n_values = n_positions = n_agree = n_equal = 0
     for i, (ref, cand) in enumerate(zip(reference, candidate, strict=True)):
-        diverged = next((k for k, (a, b) in enumerate(zip(ref.tokens, cand.tokens)) if a != b), None)
+        diverged = next((k for k, (a, b) in enumerate(zip(ref.tokens, cand.tokens, strict=False)) if a != b), None)
         if diverged is None and len(ref.tokens) != len(cand.tokens):
             diverged = min(len(ref.tokens), len(cand.tokens))
         n_steps = min(len(ref.step_logits), len(cand.step_logits))
@@ -165,19 +169,13 @@ def load_prompts(path: Path | None) -> list:
     if path is None:
         return list(DEFAULT_PROMPTS)
     prompts = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise SurgeryError(f"{path} line {n} is not JSON.") from None
-        value = row.get("messages") or row.get("prompt") or row.get("question") if isinstance(row, dict) else None
+    for n, row in iter_jsonl(path, what="verification prompts file", error=CalibrationDataError):
+        value = row.get("messages") or row.get("prompt") or row.get("question")
         if not value:
-            raise SurgeryError(f"{path} line {n} has none of 'messages', 'prompt', 'question'.")
+            raise CalibrationDataError(f"{path} line {n} has none of 'messages', 'prompt', 'question'.")
         prompts.append(value)
     if not prompts:
-        raise SurgeryError(f"{path} holds no prompts.")
+        raise CalibrationDataError(f"{path} holds no prompts.")
     return prompts
 
 
@@ -192,8 +190,6 @@ def verify_folder(
     allow_pickle: bool = False,
 ) -> dict:
     """Compare the ONNX folder with the PyTorch model it came from; returns the comparison (not written)."""
-    from .onnx_export import load_ort_model
-
     source = locate(str(model_dir))
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     prompts = list(DEFAULT_PROMPTS if prompts is None else prompts)
@@ -208,7 +204,7 @@ def verify_folder(
     candidate = run_prompts(ort_model, ids, n, pad, "verify: onnxruntime")
     del ort_model
     result = compare(reference, candidate, thresholds)
-    for rec, p, ref, cand in zip(result["per_prompt"], prompts, reference, candidate):
+    for rec, p, ref, cand in zip(result["per_prompt"], prompts, reference, candidate, strict=True):
         rec["prompt"] = p
         rec["torch_text"] = tokenizer.decode(ref.tokens)
         rec["onnx_text"] = tokenizer.decode(cand.tokens)
@@ -226,8 +222,5 @@ def combine(checks: dict[str, dict], *, artefact: str, source: str) -> dict:
 
 
 def write_report(folder: Path, report: dict) -> Path:
-    path = Path(folder) / VERIFY_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    """``verify.json`` beside the graph, so the artefact carries its own evidence."""
+    return write_json_atomic(Path(folder) / VERIFY_FILE, report, default=str)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 from surgery.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytest.importorskip("optimum.onnxruntime", reason="needs the [onnx] extra")
 pytestmark = [
@@ -132,7 +137,9 @@ def test_export_refuses_non_empty_output(exported_llama, tiny_models):
 
 def test_onnx_eval_backend_matches_torch(exported_llama, tiny_models, tmp_path):
     from surgery.evaluation.runner import make_generator
+    from surgery.export.ort_backend import register
 
+    register()
     # batch 2 over 3 prompts of different lengths: left padding goes through the ONNX KV-cache path too
     onnx_gen = make_generator("onnx", str(exported_llama), batch_size=2)
     torch_gen = make_generator("torch", str(tiny_models("llama")), batch_size=2)
@@ -152,20 +159,26 @@ def test_missing_extra_is_one_clear_sentence(monkeypatch, tiny_models, tmp_path)
     # simulate an install without optimum: importing it (or anything under it) fails
     for name in ("optimum", "optimum.onnxruntime", "optimum.exporters", "optimum.exporters.onnx"):
         monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.delitem(sys.modules, "exporters.command", raising=False)
-    import importlib
-
-    importlib.import_module("exporters.command")  # the command module itself must import without the extra
+    # the command module and the whole export package must import without the extra (fresh interpreter,
+    # so this process keeps one copy of each module)
+    blocked = "import sys\nfor n in ('optimum', 'optimum.onnxruntime', 'optimum.exporters', 'onnx', 'onnxruntime'):\n" \
+              "    sys.modules[n] = None\n"
+    modules = ("surgery.commands.export", "surgery.export.onnx", "surgery.export.quantize", "surgery.export.verify",
+               "surgery.export.pipeline", "surgery.export.ort_backend")
+    code = blocked + "".join(f"import {m}\n" for m in modules)
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     for args in (["export", str(tiny_models("llama")), "-o", str(tmp_path / "o")],
                  ["deploy", str(tiny_models("llama")), str(tiny_models("llama") / "config.json"), "-o",
                   str(tmp_path / "o")]):
         res = _run(args)
         assert res.exit_code == 2, res.output
         assert "pip install 'surgery[onnx]'" in res.output and "Traceback" not in res.output
-    from surgery.errors import SurgeryError
+    from surgery.errors import MissingExtraError
     from surgery.evaluation.runner import make_generator
+    from surgery.export.ort_backend import register
 
-    with pytest.raises(SurgeryError, match=r"surgery\[onnx\]"):
+    register()
+    with pytest.raises(MissingExtraError, match=r"surgery\[onnx\]"):
         make_generator("onnx", str(tmp_path))
     assert not (tmp_path / "o").exists()
 

@@ -1,0 +1,135 @@
+"""``surgery export`` and ``surgery deploy``: ONNX artefacts a device can run, verified against PyTorch.
+
+Only option parsing and printing live here; the work is :mod:`surgery.export.pipeline`. Nothing from
+the ``[onnx]`` extra is imported when this module loads, so ``surgery --help`` works without it and the
+commands themselves report a missing extra as one sentence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..export.options import ExportOptions
+from .options import add_options, options_from
+
+
+def _help(name: str) -> str:
+    """A field's help text, for the options the command declares itself."""
+    return next(f.metadata["help"] for f in dataclasses.fields(ExportOptions) if f.name == name)
+
+
+def _export_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The ExportOptions knobs, the tri-state greedy flag pair, and the model-loading flags."""
+    for option in reversed(
+        [
+            click.option("--same-greedy/--any-greedy", "same_greedy", default=None, help=_help("same_greedy")),
+            click.option(
+                "--trust-remote-code", is_flag=True, help="Allow custom modelling code from the model folder."
+            ),
+            click.option("--allow-pickle", is_flag=True, help="Accept pickle weight files (can run arbitrary code)."),
+        ]
+    ):
+        fn = option(fn)
+    return add_options(ExportOptions)(fn)
+
+
+def _print_record(out: Path, record: dict) -> None:
+    size = record["bytes"] / 1e6
+    click.echo(f"wrote {out} ({size:.1f} MB of ONNX weights{', int8' if record.get('quantize') else ', fp32'})")
+    report = record.get("verify")
+    if report:
+        _print_verify(report, out)
+
+
+def _print_verify(report: dict, folder: Path) -> None:
+    for name, c in report["checks"].items():
+        click.echo(
+            f"{name}: max |Δlogit| {c['max_abs_diff']:.3g}, mean {c['mean_abs_diff']:.3g}, "
+            f"top-1 {c['top1_agreement']:.1%}, greedy equal {c['greedy_equal_prompts']}/{c['prompts']} "
+            f"({c['greedy_tokens']} tokens) -> {'pass' if c['passed'] else 'FAIL'}"
+        )
+    click.echo(f"verification {'passed' if report['passed'] else 'FAILED'}: {folder / 'verify.json'}")
+
+
+@click.command("export")
+@click.argument("model")
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (must not exist or be empty; written atomically).",
+)
+@click.option("--base", default=None, help="Base model when MODEL is a PEFT adapter (default: the adapter's own).")
+@click.option(
+    "--verify-only",
+    is_flag=True,
+    help="Do not export: re-verify the existing folder OUT against MODEL and rewrite its verify.json.",
+)
+@_export_options
+def export(
+    model: str,
+    out: Path,
+    base: str | None,
+    verify_only: bool,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+    **kwargs: Any,
+) -> None:
+    """Export MODEL (a Hugging Face folder) to an ONNX folder for onnxruntime, verified against PyTorch.
+
+    \b
+    surgery export repaired/ -o repaired-onnx/ [--quantize int8]
+    surgery eval repaired-onnx/ --backend onnx --benchmark selfaware
+    """
+    from ..export.pipeline import export_model, verify_export
+    from ..export.verify import VerificationError
+
+    options = options_from(ExportOptions, kwargs)
+    if verify_only:
+        try:
+            report = verify_export(model, out, options, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        except VerificationError as exc:
+            _print_verify(exc.report, out)
+            raise
+        _print_verify(report, out)
+        return
+    record = export_model(
+        model, out, options, base=base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
+    _print_record(out, record)
+
+
+@click.command("deploy")
+@click.argument("sft")
+@click.argument("patch", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output ONNX folder (must not exist or be empty; written atomically).",
+)
+@click.option("--base", default=None, help="Base model when SFT is a PEFT adapter (default: the adapter's own).")
+@_export_options
+def deploy(
+    sft: str, patch: Path, out: Path, base: str | None, trust_remote_code: bool, allow_pickle: bool, **kwargs: Any
+) -> None:
+    """Apply PATCH to SFT, export the repaired model to ONNX and verify it: one step to a device artefact.
+
+    \b
+    surgery deploy sft-model/ honesty.patch.safetensors -o repaired-onnx/ [--quantize int8]
+    """
+    from ..export.pipeline import deploy_patch
+
+    options = options_from(ExportOptions, kwargs)
+    record = deploy_patch(
+        sft, patch, out, options, base=base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
+    click.echo(f"applied {patch} to {sft}")
+    _print_record(out, record)

@@ -1,0 +1,235 @@
+"""Export orchestration: a model (or SFT + patch) to a verified ONNX folder a device can run as it is.
+
+:func:`export_model` is the whole pipeline: export into a temporary folder, optionally quantize,
+verify against PyTorch, and only then rename the folder into place, so a half-written or unverified
+artefact never appears at the requested path. :func:`deploy_patch` applies a patch first;
+:func:`verify_export` re-judges an existing export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..apply import apply_patch
+from ..atomic import atomic_folder, write_json_atomic
+from ..errors import SurgeryError
+from ..modelio import ModelSource, copy_side_files, load_model, load_tokenizer, locate, safetensors_files
+from ..progress import StageTimer
+from ..provenance import command_line, versions
+from .onnx import EXPORT_RECORD, ONNX_NAME, TASK, export_onnx, export_precision, require_onnx, weights_size_bytes
+from .options import ExportOptions
+from .quantize import quantize_int8
+from .verify import (
+    VerificationError,
+    VerifyThresholds,
+    combine,
+    load_prompts,
+    thresholds_for,
+    verify_folder,
+    write_report,
+)
+
+log = logging.getLogger(__name__)
+
+#: distributions whose versions an export records beside torch and transformers
+ONNX_DISTRIBUTIONS = ("optimum-onnx", "onnx", "onnxruntime")
+#: a verification: (PyTorch model folder, ONNX folder, thresholds) -> comparison
+Check = Callable[[Path, Path, VerifyThresholds], dict]
+
+
+def verify_thresholds(options: ExportOptions, precision: str | None) -> VerifyThresholds:
+    """The precision's defaults with the user's explicit thresholds on top."""
+    return thresholds_for(
+        precision,
+        max_abs_diff=options.max_abs_diff,
+        mean_abs_diff=options.mean_abs_diff,
+        min_top1_agreement=options.min_top1,
+        greedy_tokens=options.greedy_tokens,
+        require_same_greedy=options.same_greedy,
+    )
+
+
+def require_empty_output(out: Path) -> None:
+    """Refuse to write over anything: an export replaces nothing the user had."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SurgeryError(f"Output folder {out} exists and is not empty; choose another or remove it.")
+
+
+@contextlib.contextmanager
+def _scratch(out: Path, tag: str) -> Iterator[Path]:
+    """A temporary folder beside ``out`` (same file system, so large files never cross devices)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.{tag}-", dir=out.parent, ignore_cleanup_errors=True) as d:
+        yield Path(d)
+
+
+def _materialize(source: ModelSource, scratch: Path, *, trust_remote_code: bool, allow_pickle: bool) -> Path:
+    """A full model folder the exporter can read: the source itself, or a PEFT adapter merged into scratch."""
+    if source.adapter_base is None:
+        safetensors_files(source.path, allow_pickle)  # refuses pickle-only folders up front
+        return source.path
+    log.info("merging adapter %s into %s before export", source.path, source.adapter_base)
+    model = load_model(source, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    merged = scratch / "merged"
+    model.save_pretrained(str(merged), safe_serialization=True)
+    load_tokenizer(source, trust_remote_code=trust_remote_code).save_pretrained(str(merged))
+    copy_side_files([source.path, source.adapter_base], merged)
+    del model
+    return merged
+
+
+def _quantize_and_verify(
+    src_dir: Path, folder: Path, options: ExportOptions, record: dict, timer: StageTimer, check: Check
+) -> dict[str, dict]:
+    """Quantize if asked and run the checks; fills the sizes into ``record``, returns the checks."""
+    quantize = options.quantize
+    checks: dict[str, dict] = {}
+    if options.verify and quantize:
+        # judge the exporter and the quantizer separately: fp32 must match tightly before int8 is judged loosely
+        with timer.stage("verify fp32"):
+            checks["onnx-fp32"] = check(src_dir, folder, thresholds_for(None))
+    if quantize == "int8":
+        with timer.stage("quantize"):
+            record["int8"] = quantize_int8(folder, exclude=options.int8_keep or None)
+    record["bytes"] = weights_size_bytes(folder)
+    if options.verify and not (checks and not checks["onnx-fp32"]["passed"]):
+        with timer.stage(f"verify {quantize or 'fp32'}"):
+            checks[f"onnx-{quantize or 'fp32'}"] = check(src_dir, folder, verify_thresholds(options, quantize))
+    return checks
+
+
+def _judge(folder: Path, out: Path, checks: dict[str, dict], *, artefact: str, source: str) -> dict:
+    """Write verify.json; a failing folder is moved to ``<out>.rejected`` and :class:`VerificationError` raised."""
+    report = combine(checks, artefact=artefact, source=source)
+    write_report(folder, report)
+    if not report["passed"]:
+        rejected = out.with_name(out.name + ".rejected")
+        shutil.rmtree(rejected, ignore_errors=True)
+        os.replace(folder, rejected)
+        raise VerificationError(report, where=rejected)
+    return report
+
+
+def export_model(
+    model: str,
+    out: str | os.PathLike[str],
+    options: ExportOptions | None = None,
+    *,
+    base: str | None = None,
+    threads: int | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    source_label: str | None = None,
+) -> dict[str, Any]:
+    """Export (and quantize, and verify) ``model`` into ``out`` atomically; returns the export record.
+
+    With verification on and failing, nothing appears at ``out``: the rejected folder is moved to
+    ``<out>.rejected`` (with its verify.json) and :class:`~surgery.export.verify.VerificationError` is raised.
+    ``source_label`` names the source in export.json/verify.json when ``model`` is a temporary folder.
+    """
+    require_onnx("surgery export")
+    options = options or ExportOptions()
+    prompts = load_prompts(options.prompts_file)
+    out = Path(out)
+    require_empty_output(out)
+    source = locate(model, base)
+    timer = StageTimer()
+    record: dict[str, Any] = {
+        "source": source_label or source.identifier,
+        "task": TASK,
+        "quantize": options.quantize,
+        "opset": options.opset,
+        "command": command_line(),
+        "versions": versions(*ONNX_DISTRIBUTIONS),
+    }
+    check = functools.partial(
+        verify_folder, prompts=prompts, threads=threads, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
+    with _scratch(out, "tmp") as scratch, atomic_folder(out) as folder:
+        with timer.stage("materialize"):
+            src_dir = _materialize(source, scratch, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        with timer.stage("export"):
+            export_onnx(src_dir, folder, opset=options.opset, trust_remote_code=trust_remote_code)
+        record["fp32_bytes"] = weights_size_bytes(folder)
+        checks = _quantize_and_verify(src_dir, folder, options, record, timer, check)
+        record["seconds"] = {k: round(v, 2) for k, v in timer.seconds.items()}
+        write_json_atomic(folder / EXPORT_RECORD, record, default=str)
+        report = None
+        if options.verify:
+            report = _judge(folder, out, checks, artefact=options.quantize or "fp32", source=record["source"])
+    record["verify"] = report
+    return record
+
+
+def deploy_patch(
+    sft: str,
+    patch: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: ExportOptions | None = None,
+    *,
+    base: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> dict[str, Any]:
+    """Apply ``patch`` to ``sft`` in a scratch folder and export the repaired model: one step to a device artefact.
+
+    Everything is checked before the patch is applied (extra, prompts, output folder), so a mistake costs
+    nothing; the patched model never leaves the scratch folder. Returns the export record.
+    """
+    require_onnx("surgery deploy")
+    options = options or ExportOptions()
+    load_prompts(options.prompts_file)
+    out = Path(out)
+    require_empty_output(out)
+    with _scratch(out, "patched") as scratch:
+        patched = scratch / "model"
+        apply_patch(
+            sft, Path(patch), patched, base=base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        )
+        log.info("applied %s to %s", patch, sft)
+        return export_model(
+            str(patched), out, options, trust_remote_code=trust_remote_code, source_label=f"{sft} + {patch}"
+        )
+
+
+def verify_export(
+    model: str,
+    out: str | os.PathLike[str],
+    options: ExportOptions | None = None,
+    *,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> dict[str, Any]:
+    """Re-verify the existing export ``out`` against ``model`` and rewrite its verify.json; returns the report.
+
+    The precision is ``options.quantize`` or the export's own; a failing report is written and then
+    raised as :class:`~surgery.export.verify.VerificationError` (which carries it).
+    """
+    require_onnx("surgery export")
+    options = options or ExportOptions()
+    prompts = load_prompts(options.prompts_file)
+    out = Path(out)
+    if not (out / ONNX_NAME).is_file():
+        raise SurgeryError(f"--verify-only needs an existing export in {out} (no model.onnx there).")
+    precision = options.quantize or export_precision(out)
+    check = verify_folder(
+        model,
+        out,
+        verify_thresholds(options, precision),
+        prompts=prompts,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
+    report = combine({f"onnx-{precision or 'fp32'}": check}, artefact=precision or "fp32", source=str(model))
+    write_report(out, report)
+    if not report["passed"]:
+        raise VerificationError(report)
+    return report
