@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from exporters.onnx_export import load_ort_model, weights_size_bytes
+from surgery.export.onnx import load_ort_model, weights_size_bytes
 from surgery.modelio import load_model, load_tokenizer, locate, safetensors_files
 from surgery.prompting import encode_prompt
 
