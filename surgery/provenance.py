@@ -11,6 +11,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from . import __version__
+
 #: program names under which ``sys.argv`` is a ``surgery`` invocation
 _ENTRY_POINTS = ("surgery", "cli.py", "__main__.py")
 
@@ -31,8 +33,6 @@ def versions(*packages: str) -> dict[str, str | None]:
     """Versions of python, surgery and the named distributions (None when one is not installed)."""
     names = ("torch", "transformers", "safetensors", *packages)
     out: dict[str, str | None] = {"python": platform.python_version()}
-    from . import __version__
-
     out["surgery"] = __version__
     for name in names:
         try:
