@@ -56,30 +56,6 @@ def test_cli_patch_apply_is_bit_exact_and_generates(tiny_pair, calib, tmp_path):
     assert torch.isfinite(model(**ids).logits).all()
 
 
-def test_patch_values_are_the_compensated_weights(tiny_pair, calib, tmp_path):
-    """The stored values equal an independent recomputation of stage 2 on the selected columns."""
-    from surgery.hcnr.calibration import make_batches, read_calibration_jsonl, tokenize_examples
-    from surgery.hcnr.compensation import compensate_exact
-    from surgery.hcnr.hessian import collect_hessians
-    from surgery.linear_layers import find_linear_layers
-    from surgery.modelio import load_model, load_tokenizer, locate
-
-    base, sft, _ = tiny_pair
-    hon, task = calib
-    patch = tmp_path / "p.safetensors"
-    make_patch(str(sft), str(base), hon, task, patch, PatchOptions(hessian_data="hon"))
-    _, entries = read_patch(patch)
-    model = load_model(locate(str(sft)), dtype=torch.float32)
-    tok = load_tokenizer(locate(str(sft)))
-    batches = make_batches(tokenize_examples(tok, read_calibration_jsonl(hon), 256), 8, tok.pad_token_id)
-    layers = {l.weight: l for l in find_linear_layers(model)}
-    hs = collect_hessians(model, [layers[e.weight] for e in entries], batches)
-    w0s, w1s = load_file(str(base / "model.safetensors")), load_file(str(sft / "model.safetensors"))
-    for e in entries:
-        w, _ = compensate_exact(w0s[e.weight], w1s[e.weight], hs.by_layer[e.weight], e.index.long(), 0.01)
-        assert torch.allclose(e.values.double(), w[:, e.index.long()], atol=1e-5)
-
-
 def test_determinism_same_bytes(tiny_pair, calib, tmp_path):
     base, sft, _ = tiny_pair
     hon, task = calib
@@ -164,7 +140,7 @@ def test_every_family_round_trips(family, tiny_models, calib, tmp_path):
     hon, task = calib
     patch = tmp_path / "p.safetensors"
     report = make_patch(str(sft), str(base), hon, task, patch, PatchOptions(max_samples=8))
-    assert report["matrices_touched"] >= 1 and not report["fallbacks"]
+    assert report.matrices_touched >= 1 and not report.fallbacks
     apply_patch(str(sft), patch, tmp_path / "out")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert torch.isfinite(model(input_ids=torch.tensor([[1, 5, 9]])).logits).all()

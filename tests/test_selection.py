@@ -2,7 +2,7 @@
 
 import torch
 
-from surgery.hcnr.fisher import fisher_scores, per_example_column_scores, per_example_row_scores, per_example_losses
+from surgery.hcnr.fisher import fisher_sums, per_example_column_scores, per_example_losses, per_example_row_scores
 from surgery.hcnr.selection import honesty_priority, relative_perturbation, select_units, top_share
 
 
@@ -28,7 +28,7 @@ def test_fisher_matches_naive_per_example_gradients(tiny_models):
            CalibExample("How many legs does a spider have?", "eight")]
     enc = tokenize_examples(tok, exs, 64)
     layers = find_linear_layers(model)
-    got = fisher_scores(model, layers, make_batches(enc, 2, tok.pad_token_id))  # padded batches
+    got = fisher_sums(model, layers, make_batches(enc, 2, tok.pad_token_id))  # padded batches
     assert got.n_examples == 3
     modules = dict(model.named_modules())
     for ids, labels in enc:  # naive: one example at a time, real weight gradients
