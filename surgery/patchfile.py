@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from .atomic import atomic_file
 from .errors import ArchitectureMismatch, FingerprintMismatch, PatchFormatError, SurgeryError
@@ -24,6 +25,9 @@ from .modelio import tensor_sha256
 
 FORMAT = "surgery-patch"
 FORMAT_VERSION = "1"
+
+#: what reading a damaged or truncated safetensors file raises
+_UNREADABLE = (SafetensorError, OSError, RuntimeError, ValueError)
 
 
 @dataclass
@@ -285,15 +289,13 @@ def write_patch(path: str | Path, entries: list[PatchEntry], manifest: PatchMani
 
 def read_manifest(path: str | Path) -> PatchManifest:
     """The manifest of a patch; any corruption or foreign file is one clear error."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise PatchFormatError(f"Patch file {path} does not exist.")
     try:
         with safe_open(str(path), framework="pt") as h:
             meta = h.metadata() or {}
-    except Exception:  # safetensors raises several types for damaged files
+    except _UNREADABLE:
         raise PatchFormatError(f"{path} is not a readable safetensors file (corrupt or truncated patch).") from None
     if meta.get("format") != FORMAT:
         raise PatchFormatError(
@@ -312,8 +314,6 @@ def read_manifest(path: str | Path) -> PatchManifest:
 
 def read_patch(path: str | Path) -> tuple[PatchManifest, list[PatchEntry]]:
     """The manifest and every entry, with each entry's tensors checked against its manifest record."""
-    from safetensors import safe_open
-
     manifest = read_manifest(path)
     entries = []
     try:
@@ -330,7 +330,7 @@ def read_patch(path: str | Path) -> tuple[PatchManifest, list[PatchEntry]]:
                                           info.sft_sha256, info.patched_sha256, tuple(info.shape)))
     except SurgeryError:
         raise
-    except Exception:  # safetensors raises several types for damaged files
+    except _UNREADABLE:
         raise PatchFormatError(f"{path} could not be read completely (corrupt or truncated patch).") from None
     return manifest, entries
 

@@ -7,8 +7,9 @@ and share one accumulator, so no family-specific wiring is needed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DEFAULT_OPTIONS = PatchOptions()  # frozen: one shared default is safe
+
 
 def pick_device(device: str = "auto") -> torch.device:
     """``auto`` is the first GPU when there is one, else the CPU."""
@@ -78,7 +80,7 @@ def make_patch(
     honesty_data: str | Path,
     task_data: str | Path,
     out: str | Path,
-    options: PatchOptions = PatchOptions(),
+    options: PatchOptions = DEFAULT_OPTIONS,
     *,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
@@ -136,9 +138,8 @@ class _Models:
     def load(self, which: str) -> PreTrainedModel:
         """The ``sft`` or ``base`` model in float32 on the device."""
         src = self.sft if which == "sft" else self.base
-        model: PreTrainedModel = load_model(src, dtype=torch.float32, trust_remote_code=self.trust_remote_code,
-                                      allow_pickle=self.allow_pickle)
-        return model.to(self.device)
+        return load_model(src, dtype=torch.float32, trust_remote_code=self.trust_remote_code,
+                          allow_pickle=self.allow_pickle).to(self.device)
 
     def reload_as_sft(self, model: PreTrainedModel, loaded: str) -> PreTrainedModel:
         """The SFT model for the Hessians: ``model`` itself if it is the SFT one, else freed and replaced."""

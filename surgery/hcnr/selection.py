@@ -32,14 +32,14 @@ def honesty_priority(s_hon: torch.Tensor, s_task: torch.Tensor, eps: float = 1e-
 
 def top_share(scores: torch.Tensor, share: float) -> torch.Tensor:
     """Sorted indices of the top ``share`` of entries (at least one); ties broken by lower index."""
-    k = max(1, int(round(share * scores.numel())))
+    k = max(1, round(share * scores.numel()))
     order = torch.sort(scores.double(), descending=True, stable=True).indices
     return torch.sort(order[:k]).values
 
 
 def random_share(n: int, share: float, generator: torch.Generator) -> torch.Tensor:
     """Sorted indices of a random ``share`` of ``n`` neurons (at least one): the ablation's selection."""
-    k = max(1, int(round(share * n)))
+    k = max(1, round(share * n))
     return torch.sort(torch.randperm(n, generator=generator)[:k]).values
 
 
@@ -57,7 +57,7 @@ def select_units(perturbation: dict[str, tuple[float, float]], share: float) -> 
     """
     d = {k: math.sqrt(num) / math.sqrt(den) if den > 0 else (math.inf if num > 0 else 0.0)
          for k, (num, den) in perturbation.items()}
-    k = max(1, int(round(share * len(d))))
+    k = max(1, round(share * len(d)))
     ranked = sorted((u for u in d if d[u] > 0), key=lambda u: (-d[u], u))
     return sorted(ranked[:k])
 
@@ -80,7 +80,8 @@ class WeightPair:
 
     def model_parameters(self) -> int:
         """Every parameter of the SFT checkpoint, for the share-of-model statistic."""
-        return sum(math.prod(self.sft.shape(k)) for k in self.sft.keys())
+        names = self.sft.keys()  # checkpoints have keys() but are not iterable
+        return sum(math.prod(self.sft.shape(k)) for k in names)
 
     def check_same_tensors(self, layers: list[LinearLayer]) -> None:
         """Every layer exists with the same shape in both models, or the pair is not one architecture."""
