@@ -272,4 +272,7 @@ def compensate_selection(selection: Selection, hessians: Hessians | None, weight
         out.entries.append(make_entry(layer.weight, stored_sft, res.weight, idx, unit, layer.transposed))
         count = int(idx.numel()) * (layer.out_features if options.neuron == "column" else layer.in_features)
         out.per_matrix[layer.weight] = MatrixStats(int(idx.numel()), count, res.method, res.drift())
+    if out.fallbacks:
+        log.warning("%d matrices fell back to restore-only (Cholesky failed): %s", len(out.fallbacks),
+                    ", ".join(out.fallbacks))
     return out

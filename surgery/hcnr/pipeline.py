@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from .. import __version__
 from ..atomic import write_json_atomic
@@ -33,7 +33,6 @@ from .selection import Selection, WeightPair, select_neurons
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-log = logging.getLogger(__name__)
 
 DEFAULT_OPTIONS = PatchOptions()  # frozen: one shared default is safe
 
@@ -93,13 +92,8 @@ def make_patch(
     with timer.stage("load"):
         sets = load_calibration_sets(models.tokenizer(), honesty_data, task_data, options)
         model = models.load(options.fisher_at)
-        layers = find_linear_layers(model)
-        if not layers:
-            raise SurgeryError(f"No linear layers inside numbered blocks were found in {sft}.")
-    scores = FisherScores()
-    if options.selection == "fisher":
-        with timer.stage("fisher"):
-            scores = score_neurons(model, layers, sets, options.neuron)
+        layers = models.linear_layers(model)
+    scores = _fisher_stage(timer, model, layers, sets, options)
     with timer.stage("selection"):
         weights = models.weights(layers)
         selection = select_neurons(layers, scores, weights, options)
@@ -117,10 +111,16 @@ def make_patch(
         manifest = write_patch(out, patched.entries, models.manifest(options, stats, honesty_data, task_data))
     report = _report(out, timer, models.device, sets, manifest, stats)
     write_json_atomic(out.with_name(out.name + ".report.json"), report.to_dict(), sort_keys=True)
-    if patched.fallbacks:
-        log.warning("%d matrices fell back to restore-only (Cholesky failed): %s", len(patched.fallbacks),
-                    ", ".join(patched.fallbacks))
     return report
+
+
+def _fisher_stage(timer: StageTimer, model: PreTrainedModel, layers: list[LinearLayer], sets: CalibrationSets,
+                  options: PatchOptions) -> FisherScores:
+    """Stage 1a, timed as "fisher"; random selection needs no scores (and gets no such stage)."""
+    if options.selection != "fisher":
+        return FisherScores()
+    with timer.stage("fisher"):
+        return score_neurons(model, layers, sets, options.neuron)
 
 
 class _Models:
@@ -140,6 +140,13 @@ class _Models:
         src = self.sft if which == "sft" else self.base
         return load_model(src, dtype=torch.float32, trust_remote_code=self.trust_remote_code,
                           allow_pickle=self.allow_pickle).to(self.device)
+
+    def linear_layers(self, model: nn.Module) -> list[LinearLayer]:
+        """The linear layers HCNR may touch; a model without any is not one this method can patch."""
+        layers = find_linear_layers(model)
+        if not layers:
+            raise SurgeryError(f"No linear layers inside numbered blocks were found in {self.sft.spec}.")
+        return layers
 
     def reload_as_sft(self, model: PreTrainedModel, loaded: str) -> PreTrainedModel:
         """The SFT model for the Hessians: ``model`` itself if it is the SFT one, else freed and replaced."""
