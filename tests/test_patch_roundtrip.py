@@ -7,10 +7,12 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from surgery.apply import apply_patch
 from surgery.cli import main
 from surgery.hcnr.options import PatchOptions
 from surgery.hcnr.pipeline import make_patch
 from surgery.patchfile import read_patch, splice
+from tests.support.tiny import perturb_columns
 
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gemma", "gemma3", "phi3", "gpt2"]
 
@@ -35,7 +37,7 @@ def test_cli_patch_apply_is_bit_exact_and_generates(tiny_pair, calib, tmp_path):
     out = tmp_path / "repaired"
     res = _run(["apply", str(sft), str(patch), "-o", str(out)])
     assert res.exit_code == 0, res.output
-    manifest, entries = read_patch(patch)
+    _, entries = read_patch(patch)
     got = load_file(str(out / "model.safetensors"))
     want = load_file(str(sft / "model.safetensors"))
     touched = {e.weight: e for e in entries}
@@ -66,8 +68,6 @@ def test_determinism_same_bytes(tiny_pair, calib, tmp_path):
 
 
 def test_selection_finds_the_matrices_sft_moved(tiny_models, calib, tmp_path):
-    from tests.support.tiny import perturb_columns
-
     base = tiny_models("llama")
     hot = {"model.layers.1.mlp.down_proj.weight": list(range(96)), "model.layers.0.self_attn.o_proj.weight": list(range(48))}
     sft = tmp_path / "sft"
@@ -131,9 +131,6 @@ def test_inspect_shows_manifest(tiny_pair, calib, tmp_path):
 def test_every_family_round_trips(family, tiny_models, calib, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from surgery.apply import apply_patch
-    from tests.support.tiny import perturb_columns
-
     base = tiny_models(family)
     sft = tmp_path / "sft"
     perturb_columns(base, sft)
@@ -151,7 +148,7 @@ def test_row_neurons_and_block_units(tiny_pair, calib, tmp_path):
     hon, task = calib
     patch = tmp_path / "p.safetensors"
     make_patch(str(sft), str(base), hon, task, patch, PatchOptions(neuron="row", layer_unit="block", r_cw=0.5))
-    manifest, entries = read_patch(patch)
+    _, entries = read_patch(patch)
     assert {e.unit for e in entries} == {"rows"}
     blocks = {e.weight.split(".")[2] for e in entries}
     assert len(blocks) == 1  # one of the two blocks, whole

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from surgery.hcnr.calibration import CalibExample, make_batches, tokenize_examples
+from surgery.hcnr.calibration import CalibExample, load_calibration_sets, make_batches, tokenize_examples
+from surgery.hcnr.compensation import Problem, compensate_exact
 from surgery.hcnr.hessian import collect_hessians
+from surgery.hcnr.options import PatchOptions
+from surgery.hcnr.pipeline import make_patch
 from surgery.linear_layers import find_linear_layers
 from surgery.modelio import load_model, load_tokenizer, locate
+from surgery.patchfile import read_patch
 
 EXAMPLES = [
     CalibExample("What is the capital of France?", "Paris."),
@@ -96,14 +101,6 @@ def test_layers_reading_one_input_share_one_hessian(family, tiny_models):
 
 def test_patch_values_are_compensated_with_the_explicit_hessian(tiny_pair, calib, tmp_path):
     """End to end: the stored values equal the exact solver run on H from captured inputs (not collect_hessians)."""
-    from safetensors.torch import load_file
-
-    from surgery.hcnr.calibration import load_calibration_sets
-    from surgery.hcnr.compensation import Problem, compensate_exact
-    from surgery.hcnr.options import PatchOptions
-    from surgery.hcnr.pipeline import make_patch
-    from surgery.patchfile import read_patch
-
     base, sft, _ = tiny_pair
     hon, task = calib
     options = PatchOptions(hessian_data="hon")

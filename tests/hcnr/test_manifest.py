@@ -26,8 +26,8 @@ def patch(tiny_pair, calib, tmp_path):
 
 def _stored(path):
     with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        return meta, {k: f.get_tensor(k) for k in f.keys()}
+        meta, names = f.metadata(), f.keys()
+        return meta, {k: f.get_tensor(k) for k in names}
 
 
 def test_manifest_attributes_and_exact_round_trip(patch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -26,8 +27,6 @@ def test_out_of_range_values_are_option_errors(changes):
 
 
 def test_fields_carry_help_and_choices():
-    import dataclasses
-
     fields = {f.name: f for f in dataclasses.fields(PatchOptions)}
     assert fields["compensation"].metadata["choices"] == ("exact", "summed", "none", "protect")
     assert all(f.metadata["help"] for f in fields.values())
