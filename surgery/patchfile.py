@@ -6,6 +6,10 @@ Layout, for every touched weight N (canonical out x in orientation, even for GPT
 ``__metadata__`` holds ``format=surgery-patch``, ``format_version`` and ``manifest`` (JSON): tool,
 models, the sha256 of every SFT tensor the patch expects and of every tensor it produces, every
 option, calibration fingerprints and statistics. No timestamps, so equal inputs give equal bytes.
+
+The manifest is the typed :class:`PatchManifest` (with :class:`PatchStats` and one :class:`TensorRecord`
+per weight), written only by :func:`write_patch` and read only by :func:`read_manifest` /
+:func:`read_patch`, which check every field's type (a wrong one is one :class:`PatchFormatError`).
 """
 
 from __future__ import annotations
@@ -111,11 +115,13 @@ class TensorRecord:
 
     @classmethod
     def of(cls, e: PatchEntry) -> TensorRecord:
+        """The record of an entry about to be written."""
         return cls(e.unit, int(e.index.numel()), e.transposed, list(e.shape),
                    str(e.values.dtype).replace("torch.", ""), e.sft_sha256, e.patched_sha256)
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> TensorRecord:
+        """One ``tensors`` entry parsed from the manifest, every field type-checked."""
         d = _object(data, where)
         unit = _get(d, "unit", str, where)
         if unit not in ("cols", "rows"):
@@ -188,6 +194,7 @@ class PatchStats:
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> PatchStats:
+        """The stats parsed from the manifest, every field type-checked."""
         d = _object(data, where)
         ints = {k: _get(d, k, int, where) for k in ("parameters_changed", "linear_parameters", "model_parameters",
                                                     "matrices_total", "matrices_touched", "hessian_tokens",
@@ -228,6 +235,7 @@ class PatchManifest:
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> PatchManifest:
+        """The manifest parsed from its JSON object, every field type-checked (``where`` names it in errors)."""
         d = _object(data, where)
         strings = {k: _get(d, k, str, where) for k in ("tool", "tool_version", "method", "base", "sft")}
         stats = d.get("stats")

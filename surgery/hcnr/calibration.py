@@ -33,6 +33,7 @@ def read_calibration_jsonl(path: str | Path, what: str = "calibration file") -> 
 
 
 def _example_from_row(row: dict[str, Any], where: str) -> CalibExample:
+    """One line of either accepted format; anything else is one error naming ``where`` (file:line)."""
     if "messages" in row:
         msgs = row["messages"]
         if (not isinstance(msgs, list) or len(msgs) < 2
@@ -62,6 +63,7 @@ def dataset_fingerprint(path: str | Path) -> dict[str, Any]:
 
 
 def _as_prompt(p: Prompt) -> str | list[Message]:
+    """The prompt as :func:`encode_example` takes it (messages back as dicts)."""
     return p if isinstance(p, str) else [{"role": r, "content": c} for r, c in p]
 
 

@@ -73,6 +73,7 @@ Solver = Callable[[Problem], Solved | None]  # None: Cholesky failed after every
 
 
 def _split(in_features: int, hc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(restored columns hc, every other column T)."""
     mask = torch.zeros(in_features, dtype=torch.bool)
     mask[hc] = True
     return hc, torch.nonzero(~mask).flatten()

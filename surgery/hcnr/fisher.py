@@ -89,6 +89,7 @@ class _Accumulator:
         self.live: torch.Tensor | None = None  # attention mask of the current batch
 
     def forward_hook(self, layer: LinearLayer) -> Callable[[nn.Module, tuple[Any, ...], torch.Tensor], None]:
+        """Keep the layer input and fold it in when the output gradient arrives."""
         def fwd(_mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
             self.inputs[layer.weight] = args[0].detach()
             if out.requires_grad:

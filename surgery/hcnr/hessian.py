@@ -59,11 +59,13 @@ class _GroupedAccumulator:
         self.live: torch.Tensor | None = None  # attention mask of the current batch
 
     def start_pass(self, attention_mask: torch.Tensor) -> None:
+        """A new forward pass: input tensors of the last one no longer identify a group."""
         self.seen_this_pass.clear()
         self.alive.clear()
         self.live = attention_mask.bool()
 
     def hook(self, layer: LinearLayer) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        """The forward hook that feeds ``layer``'s input into its group."""
         def on_forward(_mod: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
             self.add(layer, args[0].detach())
 
@@ -88,6 +90,7 @@ class _GroupedAccumulator:
         self.counts[g] += accumulate_hessian(x[self.live], self.accs[g])
 
     def result(self) -> HessianSet:
+        """The finished Hessians H = (2/N) Σ x xᵀ per layer (siblings share one tensor), in float64 on the CPU."""
         finals = [finalize_hessian(a.double(), c).cpu() for a, c in zip(self.accs, self.counts)]
         members: dict[int, list[str]] = {}
         for name, g in self.group_of.items():

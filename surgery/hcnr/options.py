@@ -64,7 +64,9 @@ class PatchOptions:
                 raise OptionError(f"{flag_of(f)} must be one of {', '.join(choices)}.")
 
     def to_dict(self) -> dict[str, Any]:
+        """Every option by field name, as the manifest and the report record them."""
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> PatchOptions:
+        """A copy with ``changes`` applied (and validated again)."""
         return dataclasses.replace(self, **changes)

@@ -70,6 +70,7 @@ class PatchReport:
     options: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as ``<patch>.report.json`` stores it."""
         return dataclasses.asdict(self)
 
 
@@ -174,6 +175,7 @@ class _Models:
 
 
 def _resolve_base(sft_src: ModelSource, base: str | None) -> ModelSource:
+    """``--base``, else the base an adapter names; a full SFT model without ``--base`` has none."""
     if base is not None:
         return locate(base)
     if sft_src.adapter_base is not None:
@@ -206,6 +208,7 @@ def patch_stats(layers: list[LinearLayer], selection: Selection, hessians: Hessi
 
 def _report(out: Path, timer: StageTimer, device: torch.device, sets: CalibrationSets, manifest: PatchManifest,
             stats: PatchStats) -> PatchReport:
+    """The run summary: the patch statistics without the per-matrix detail, plus time, memory and device."""
     summary = {k: v for k, v in stats.to_dict().items() if k not in ("per_matrix", "unit_scores")}
     return PatchReport(
         patch=str(out),
