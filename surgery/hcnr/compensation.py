@@ -31,7 +31,9 @@ DAMP_RETRIES = (1.0, 10.0, 100.0)
 
 @dataclass
 class CompensationResult:
-    weight: torch.Tensor  # (out x in) float64
+    """One matrix after restoration and compensation, with the output drifts that judge it."""
+
+    weight: torch.Tensor  # (out x in): float64 when solved, W1's dtype when only restored
     method: str  # "exact" | "summed" | "protect" | "none" | "fallback-none" | "rows-restore" | "rows-protect"
     damp_used: float | None  # the relative damping that succeeded
     drift_sft: float  # tr(Δ H Δᵀ): SFT's output drift from base on calibration inputs

@@ -92,19 +92,16 @@ def make_patch(
     torch.manual_seed(options.seed)
     with timer.stage("load"):
         sets = load_calibration_sets(models.tokenizer(), honesty_data, task_data, options)
-        model = models.load(options.fisher_at)
-        layers = models.linear_layers(model)
-    scores = _fisher_stage(timer, model, layers, sets, options)
+        layers = models.linear_layers(models.model(options.fisher_at))
+    scores = _fisher_stage(timer, models.model(options.fisher_at), layers, sets, options)
     with timer.stage("selection"):
         weights = models.weights(layers)
         selection = select_neurons(layers, scores, weights, options)
     hessians = None
     if needs_hessians(options):
         with timer.stage("hessians"):
-            model = models.reload_as_sft(model, options.fisher_at)
-            hessians = hessians_for(model, selection.layers, sets, options)
-    del model
-    gc.collect()
+            hessians = hessians_for(models.model("sft"), selection.layers, sets, options)
+    models.release()
     with timer.stage("compensation"):
         patched = compensate_selection(selection, hessians, weights, options)
     with timer.stage("write"):
@@ -125,22 +122,35 @@ def _fisher_stage(timer: StageTimer, model: PreTrainedModel, layers: list[Linear
 
 
 class _Models:
-    """The SFT model and its base: where they are, and loading them as each stage needs them."""
+    """The SFT model and its base: where they are, and loading them as each stage needs them.
+
+    At most one model is in memory: asking for the other one frees the first before loading.
+    """
 
     def __init__(self, sft: str, base: str | None, trust_remote_code: bool, allow_pickle: bool,
                  device: torch.device) -> None:
         self.sft = locate(sft, base)
         self.base = _resolve_base(self.sft, base)
         self.trust_remote_code, self.allow_pickle, self.device = trust_remote_code, allow_pickle, device
+        self._loaded: tuple[str, PreTrainedModel] | None = None
 
     def tokenizer(self) -> Any:
         return load_tokenizer(self.sft, trust_remote_code=self.trust_remote_code)
 
-    def load(self, which: str) -> PreTrainedModel:
-        """The ``sft`` or ``base`` model in float32 on the device."""
-        src = self.sft if which == "sft" else self.base
-        return load_model(src, dtype=torch.float32, trust_remote_code=self.trust_remote_code,
-                          allow_pickle=self.allow_pickle).to(self.device)
+    def model(self, which: str) -> PreTrainedModel:
+        """The ``sft`` or ``base`` model in float32 on the device (loaded once, kept until another is asked for)."""
+        if self._loaded is None or self._loaded[0] != which:
+            self.release()
+            src = self.sft if which == "sft" else self.base
+            model = load_model(src, dtype=torch.float32, trust_remote_code=self.trust_remote_code,
+                               allow_pickle=self.allow_pickle).to(self.device)
+            self._loaded = (which, model)
+        return self._loaded[1]
+
+    def release(self) -> None:
+        """Free the loaded model (the compensation reads stored weights, not a model)."""
+        self._loaded = None
+        gc.collect()
 
     def linear_layers(self, model: nn.Module) -> list[LinearLayer]:
         """The linear layers HCNR may touch; a model without any is not one this method can patch."""
@@ -148,14 +158,6 @@ class _Models:
         if not layers:
             raise SurgeryError(f"No linear layers inside numbered blocks were found in {self.sft.spec}.")
         return layers
-
-    def reload_as_sft(self, model: PreTrainedModel, loaded: str) -> PreTrainedModel:
-        """The SFT model for the Hessians: ``model`` itself if it is the SFT one, else freed and replaced."""
-        if loaded == "sft":
-            return model
-        del model
-        gc.collect()
-        return self.load("sft")
 
     def weights(self, layers: list[LinearLayer]) -> WeightPair:
         """Stored base and SFT weights, checked to hold every layer with the same shape."""
