@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import torch
 
-from .errors import SurgeryError
+from .errors import ArchitectureMismatch
 from .modelio import locate, open_checkpoint, write_safetensors_folder
 from .patchfile import apply_entry, read_patch
 from .progress import progress
@@ -30,14 +31,14 @@ def apply_patch(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     max_shard_bytes: int = 2 * 1024**3,
-) -> dict:
-    """Write ``out_dir`` = SFT with the patch applied; returns a small summary."""
+) -> dict[str, Any]:
+    """Write ``out_dir`` = SFT with the patch applied; returns the provenance record written beside it."""
     manifest, entries = read_patch(patch)
     src = locate(sft, base)
     ckpt = open_checkpoint(src, allow_pickle=allow_pickle)
     missing = [e.weight for e in entries if e.weight not in ckpt]
     if missing:
-        raise SurgeryError(f"The model has no tensor {missing[0]}: this patch was made for another architecture.")
+        raise ArchitectureMismatch(f"The model has no tensor {missing[0]}: this patch was made for another architecture.")
     by_name = {e.weight: e for e in entries}
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:
@@ -48,13 +49,13 @@ def apply_patch(
             yield name, t
 
     side = [src.path, src.config_dir] if src.adapter_base is not None else [src.path]
-    provenance = {
+    provenance: dict[str, Any] = {
         "patched_by": "surgery apply",
         "sft": src.identifier,
         "patch": str(patch),
-        "patch_base": manifest.get("base"),
+        "patch_base": manifest.base,
         "tensors_patched": len(entries),
-        "parameters_changed": manifest.get("stats", {}).get("parameters_changed"),
+        "parameters_changed": manifest.stats.parameters_changed if manifest.stats is not None else None,
     }
     write_safetensors_folder(tensors(), Path(out_dir), side, max_shard_bytes,
                              extra_files={"surgery_provenance.json": json.dumps(provenance, indent=2)})

@@ -6,22 +6,32 @@ Layout, for every touched weight N (canonical out x in orientation, even for GPT
 ``__metadata__`` holds ``format=surgery-patch``, ``format_version`` and ``manifest`` (JSON): tool,
 models, the sha256 of every SFT tensor the patch expects and of every tensor it produces, every
 option, calibration fingerprints and statistics. No timestamps, so equal inputs give equal bytes.
+
+The manifest is the typed :class:`PatchManifest` (with :class:`PatchStats` and one :class:`TensorRecord`
+per weight), written only by :func:`write_patch` and read only by :func:`read_manifest` /
+:func:`read_patch`, which check every field's type (a wrong one is one :class:`PatchFormatError`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from .atomic import atomic_file
-from .errors import SurgeryError
+from .errors import ArchitectureMismatch, FingerprintMismatch, PatchFormatError, SurgeryError
 from .modelio import tensor_sha256
 
 FORMAT = "surgery-patch"
 FORMAT_VERSION = "1"
+
+#: what reading a damaged or truncated safetensors file raises
+_UNREADABLE = (SafetensorError, OSError, RuntimeError, ValueError)
 
 
 @dataclass
@@ -91,94 +101,260 @@ def _serialize_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str,
     return len(head).to_bytes(8, "little") + head + b"".join(blobs)
 
 
-def write_patch(path: str | Path, entries: list[PatchEntry], manifest: dict) -> None:
-    """Write atomically (temp file in the same folder, then rename)."""
+@dataclass(frozen=True)
+class TensorRecord:
+    """What the manifest says about one touched weight (the tensors themselves are beside it)."""
+
+    unit: str  # "cols" | "rows"
+    count: int
+    transposed: bool
+    shape: list[int]  # stored shape
+    dtype: str  # e.g. "float32"
+    sft_sha256: str
+    patched_sha256: str
+
+    @classmethod
+    def of(cls, e: PatchEntry) -> TensorRecord:
+        """The record of an entry about to be written."""
+        return cls(e.unit, int(e.index.numel()), e.transposed, list(e.shape),
+                   str(e.values.dtype).replace("torch.", ""), e.sft_sha256, e.patched_sha256)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> TensorRecord:
+        """One ``tensors`` entry parsed from the manifest, every field type-checked."""
+        d = _object(data, where)
+        unit = _get(d, "unit", str, where)
+        if unit not in ("cols", "rows"):
+            raise PatchFormatError(f"{where}: unit must be 'cols' or 'rows', not {unit!r}.")
+        shape = _get(d, "shape", list, where)
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
+            raise PatchFormatError(f"{where}: shape must be a list of integers.")
+        return cls(unit, _get(d, "count", int, where), _get(d, "transposed", bool, where), shape,
+                   _get(d, "dtype", str, where), _get(d, "sft_sha256", str, where),
+                   _get(d, "patched_sha256", str, where))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MatrixDrift:
+    """Output drift tr(D H Dᵀ) on calibration inputs of one matrix: SFT, restored, patched; None if not finite."""
+
+    drift_sft: float | None
+    drift_restored: float | None
+    drift_patched: float | None
+    damp: float | None  # the relative damping that succeeded
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str) -> MatrixDrift:
+        return cls(*(_get(d, k, _OPT_NUMBER, where) for k in ("drift_sft", "drift_restored", "drift_patched", "damp")))
+
+
+@dataclass(frozen=True)
+class MatrixStats:
+    """How one matrix was patched. ``drift`` is None where nothing was measured (rows restored plainly)."""
+
+    neurons: int
+    parameters: int
+    method: str
+    drift: MatrixDrift | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> MatrixStats:
+        d = _object(data, where)
+        drift = MatrixDrift.from_dict(d, where) if "drift_sft" in d else None
+        return cls(_get(d, "neurons", int, where), _get(d, "parameters", int, where), _get(d, "method", str, where),
+                   drift)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"neurons": self.neurons, "parameters": self.parameters, "method": self.method}
+        if self.drift is not None:
+            out.update(dataclasses.asdict(self.drift))
+        return out
+
+
+@dataclass(frozen=True)
+class PatchStats:
+    """How much a patch changes and how well the compensation did, as recorded in its manifest."""
+
+    parameters_changed: int
+    share_of_linear: float
+    share_of_model: float
+    linear_parameters: int
+    model_parameters: int
+    matrices_total: int
+    matrices_touched: int
+    fallbacks: list[str]
+    hessian_tokens: int
+    hessian_groups: int
+    residual_ratio: float | None
+    per_matrix: dict[str, MatrixStats]
+    unit_scores: dict[str, float]
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> PatchStats:
+        """The stats parsed from the manifest, every field type-checked."""
+        d = _object(data, where)
+        ints = {k: _get(d, k, int, where) for k in ("parameters_changed", "linear_parameters", "model_parameters",
+                                                    "matrices_total", "matrices_touched", "hessian_tokens",
+                                                    "hessian_groups")}
+        fallbacks = _get(d, "fallbacks", list, where)
+        if not all(isinstance(f, str) for f in fallbacks):
+            raise PatchFormatError(f"{where}: fallbacks must be a list of weight names.")
+        per_matrix = {k: MatrixStats.from_dict(v, f"{where}.per_matrix.{k}")
+                      for k, v in _get(d, "per_matrix", dict, where).items()}
+        scores = _get(d, "unit_scores", dict, where)
+        unit_scores = {k: _get(scores, k, _NUMBER, f"{where}.unit_scores") for k in scores}
+        return cls(**ints, share_of_linear=_get(d, "share_of_linear", _NUMBER, where),
+                   share_of_model=_get(d, "share_of_model", _NUMBER, where), fallbacks=fallbacks,
+                   residual_ratio=_get(d, "residual_ratio", _OPT_NUMBER, where), per_matrix=per_matrix,
+                   unit_scores=unit_scores)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["fallbacks"] = list(self.fallbacks)
+        out["per_matrix"] = {k: m.to_dict() for k, m in self.per_matrix.items()}
+        out["unit_scores"] = dict(self.unit_scores)
+        return out
+
+
+@dataclass(frozen=True)
+class PatchManifest:
+    """The ``manifest`` of a patch file: who made it, from what, with which options, and what it touches."""
+
+    tool: str
+    tool_version: str
+    method: str
+    base: str
+    sft: str
+    options: dict[str, Any]
+    calibration: dict[str, Any]  # role -> {"file", "sha256", "bytes"}
+    stats: PatchStats | None = None
+    tensors: dict[str, TensorRecord] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> PatchManifest:
+        """The manifest parsed from its JSON object, every field type-checked (``where`` names it in errors)."""
+        d = _object(data, where)
+        strings = {k: _get(d, k, str, where) for k in ("tool", "tool_version", "method", "base", "sft")}
+        stats = d.get("stats")
+        tensors = {k: TensorRecord.from_dict(v, f"{where}.tensors.{k}") for k, v in _get(d, "tensors", dict, where).items()}
+        return cls(**strings, options=_get(d, "options", dict, where), calibration=_get(d, "calibration", dict, where),
+                   stats=None if stats is None else PatchStats.from_dict(stats, f"{where}.stats"), tensors=tensors)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as the JSON object stored in the file (no ``stats`` key when there are none)."""
+        out: dict[str, Any] = {"tool": self.tool, "tool_version": self.tool_version, "method": self.method,
+                               "base": self.base, "sft": self.sft, "options": dict(self.options),
+                               "calibration": dict(self.calibration)}
+        if self.stats is not None:
+            out["stats"] = self.stats.to_dict()
+        out["tensors"] = {k: t.to_dict() for k, t in self.tensors.items()}
+        return out
+
+
+_MISSING = object()
+_NUMBER: tuple[type, ...] = (int, float)
+_OPT_NUMBER: tuple[type, ...] = (int, float, type(None))
+
+
+def _object(data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise PatchFormatError(f"{where} must be a JSON object (damaged patch manifest).")
+    return data
+
+
+def _get(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """``d[key]`` if present with type ``kind`` (a bool never passes for a number), else one clear error."""
+    value = d.get(key, _MISSING)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if value is _MISSING or not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise PatchFormatError(f"{where}: field '{key}' is missing or not {names} (damaged patch manifest).")
+    return value
+
+
+def write_patch(path: str | Path, entries: list[PatchEntry], manifest: PatchManifest) -> PatchManifest:
+    """Write atomically; the manifest's ``tensors`` are taken from ``entries``. Returns what was written."""
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
-    manifest = dict(manifest)
-    manifest["tensors"] = {}
+    records: dict[str, TensorRecord] = {}
     for e in sorted(entries, key=lambda e: e.weight):
         tensors[f"{e.weight}::{e.unit}"] = e.index.to(torch.int32).contiguous()
         tensors[f"{e.weight}::values"] = e.values.contiguous()
-        manifest["tensors"][e.weight] = {
-            "unit": e.unit,
-            "count": int(e.index.numel()),
-            "transposed": e.transposed,
-            "shape": list(e.shape),
-            "dtype": str(e.values.dtype).replace("torch.", ""),
-            "sft_sha256": e.sft_sha256,
-            "patched_sha256": e.patched_sha256,
-        }
+        records[e.weight] = TensorRecord.of(e)
+    written = dataclasses.replace(manifest, tensors=records)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "manifest": json.dumps(manifest, sort_keys=True, separators=(",", ":")),
+        "manifest": json.dumps(written.to_dict(), sort_keys=True, separators=(",", ":")),
     }
     with atomic_file(path) as tmp:
         tmp.write_bytes(_serialize_safetensors(tensors, meta))
+    return written
 
 
-def read_manifest(path: str | Path) -> dict:
+def read_manifest(path: str | Path) -> PatchManifest:
     """The manifest of a patch; any corruption or foreign file is one clear error."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
-        raise SurgeryError(f"Patch file {path} does not exist.")
+        raise PatchFormatError(f"Patch file {path} does not exist.")
     try:
         with safe_open(str(path), framework="pt") as h:
             meta = h.metadata() or {}
-    except Exception:  # noqa: BLE001 - safetensors raises several types for damaged files
-        raise SurgeryError(f"{path} is not a readable safetensors file (corrupt or truncated patch).") from None
+    except _UNREADABLE:
+        raise PatchFormatError(f"{path} is not a readable safetensors file (corrupt or truncated patch).") from None
     if meta.get("format") != FORMAT:
-        raise SurgeryError(f"{path} is a safetensors file but not a surgery patch (format={meta.get('format')!r}).")
+        raise PatchFormatError(
+            f"{path} is a safetensors file but not a surgery patch (format={meta.get('format')!r})."
+        )
     if meta.get("format_version") != FORMAT_VERSION:
-        raise SurgeryError(
+        raise PatchFormatError(
             f"{path} has patch format version {meta.get('format_version')}; this surgery reads version {FORMAT_VERSION}."
         )
     try:
-        return json.loads(meta["manifest"])
+        data = json.loads(meta["manifest"])
     except (KeyError, json.JSONDecodeError):
-        raise SurgeryError(f"{path} has a damaged manifest.") from None
+        raise PatchFormatError(f"{path} has a damaged manifest.") from None
+    return PatchManifest.from_dict(data, f"{path}: manifest")
 
 
-def read_patch(path: str | Path) -> tuple[dict, list[PatchEntry]]:
-    from safetensors import safe_open
-
+def read_patch(path: str | Path) -> tuple[PatchManifest, list[PatchEntry]]:
+    """The manifest and every entry, with each entry's tensors checked against its manifest record."""
     manifest = read_manifest(path)
     entries = []
     try:
         with safe_open(str(path), framework="pt") as h:
             keys = set(h.keys())
-            for weight, info in sorted(manifest["tensors"].items()):
-                unit = info["unit"]
-                ik, vk = f"{weight}::{unit}", f"{weight}::values"
+            for weight, info in sorted(manifest.tensors.items()):
+                ik, vk = f"{weight}::{info.unit}", f"{weight}::values"
                 if ik not in keys or vk not in keys:
-                    raise SurgeryError(f"{path} lacks the tensors for {weight} named in its manifest (damaged patch).")
+                    raise PatchFormatError(f"{path} lacks the tensors for {weight} named in its manifest (damaged patch).")
                 index, values = h.get_tensor(ik), h.get_tensor(vk)
-                if index.numel() != info["count"]:
-                    raise SurgeryError(f"{path}: {weight} has {index.numel()} indices, manifest says {info['count']}.")
-                entries.append(PatchEntry(weight, unit, index, values, bool(info["transposed"]),
-                                          info["sft_sha256"], info["patched_sha256"], tuple(info["shape"])))
+                if index.numel() != info.count:
+                    raise PatchFormatError(f"{path}: {weight} has {index.numel()} indices, manifest says {info.count}.")
+                entries.append(PatchEntry(weight, info.unit, index, values, info.transposed,
+                                          info.sft_sha256, info.patched_sha256, tuple(info.shape)))
     except SurgeryError:
         raise
-    except Exception:  # noqa: BLE001
-        raise SurgeryError(f"{path} could not be read completely (corrupt or truncated patch).") from None
+    except _UNREADABLE:
+        raise PatchFormatError(f"{path} could not be read completely (corrupt or truncated patch).") from None
     return manifest, entries
 
 
 def apply_entry(stored_sft: torch.Tensor, entry: PatchEntry) -> torch.Tensor:
     """Check the fingerprints on both sides of the splice; any mismatch is a user-facing error."""
     if tuple(stored_sft.shape) != entry.shape:
-        raise SurgeryError(
+        raise ArchitectureMismatch(
             f"Shape mismatch for {entry.weight}: the model has {tuple(stored_sft.shape)}, the patch expects {entry.shape}."
         )
     if tensor_sha256(stored_sft) != entry.sft_sha256:
-        raise SurgeryError(
+        raise FingerprintMismatch(
             f"{entry.weight} differs from the tensor this patch was made for: the patch belongs to another model "
             "(or the model was changed since)."
         )
     out = splice(stored_sft, entry)
     if tensor_sha256(out) != entry.patched_sha256:
-        raise SurgeryError(f"Patched {entry.weight} does not match the patch's fingerprint: the patch file is damaged.")
+        raise PatchFormatError(f"Patched {entry.weight} does not match the patch's fingerprint: the patch file is damaged.")
     return out

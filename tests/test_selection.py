@@ -2,8 +2,11 @@
 
 import torch
 
-from surgery.hcnr.fisher import fisher_scores, per_example_column_scores, per_example_row_scores, per_example_losses
+from surgery.hcnr.calibration import CalibExample, make_batches, tokenize_examples
+from surgery.hcnr.fisher import fisher_sums, per_example_column_scores, per_example_losses, per_example_row_scores
 from surgery.hcnr.selection import honesty_priority, relative_perturbation, select_units, top_share
+from surgery.linear_layers import find_linear_layers
+from surgery.modelio import load_tokenizer, locate
 
 
 def test_column_and_row_score_identities():
@@ -17,10 +20,6 @@ def test_column_and_row_score_identities():
 def test_fisher_matches_naive_per_example_gradients(tiny_models):
     from transformers import AutoModelForCausalLM
 
-    from surgery.hcnr.calibration import CalibExample, make_batches, tokenize_examples
-    from surgery.linear_layers import find_linear_layers
-    from surgery.modelio import load_tokenizer, locate
-
     path = tiny_models("llama")
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tok = load_tokenizer(locate(str(path)))
@@ -28,7 +27,7 @@ def test_fisher_matches_naive_per_example_gradients(tiny_models):
            CalibExample("How many legs does a spider have?", "eight")]
     enc = tokenize_examples(tok, exs, 64)
     layers = find_linear_layers(model)
-    got = fisher_scores(model, layers, make_batches(enc, 2, tok.pad_token_id))  # padded batches
+    got = fisher_sums(model, layers, make_batches(enc, 2, tok.pad_token_id))  # padded batches
     assert got.n_examples == 3
     modules = dict(model.named_modules())
     for ids, labels in enc:  # naive: one example at a time, real weight gradients
@@ -67,7 +66,7 @@ def test_cross_layer_keeps_most_moved_units():
     moved[:, 1] += 1.0
     num, den = relative_perturbation(w0, moved, torch.tensor([1]))
     assert (num, den) == (4.0, 4.0)
-    num2, den2 = relative_perturbation(w0, moved, torch.tensor([0]))
+    num2, _ = relative_perturbation(w0, moved, torch.tensor([0]))
     assert num2 == 0.0
     kept = select_units({"a": (4.0, 4.0), "b": (0.0, 4.0), "c": (1.0, 4.0)}, 0.5)
     assert kept == ["a", "c"]

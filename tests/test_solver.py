@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from surgery.hcnr.compensation import (
+    Problem,
     compensate_exact,
+    compensate_protect,
     compensate_summed,
     output_drift,
     restore_and_compensate,
@@ -28,7 +30,7 @@ def test_exact_equals_least_squares_on_layer_outputs():
     x, w0, w1, h = _problem()
     hc = torch.tensor([1, 4, 6])
     t = torch.tensor([i for i in range(8) if i not in (1, 4, 6)])
-    w, _ = compensate_exact(w0, w1, h, hc, damp=1e-12)
+    w, _ = compensate_exact(Problem(w0, w1, hc, h, damp=1e-12))
     # independent: min_E ‖(W1[:,T]−W0[:,T]) X_T + E X_hc‖ over E = W[:,hc] − W0[:,hc]
     target = -(x[:, t] @ (w1 - w0)[:, t].T)  # tokens x out
     e = torch.linalg.lstsq(x[:, hc], target).solution.T
@@ -48,7 +50,7 @@ def test_summed_equals_sum_of_single_column_obs_updates():
     x, w0, w1, h = _problem(inp=7, seed=1)
     hc = torch.tensor([2, 5])
     damp = 1e-10
-    w, _ = compensate_summed(w0, w1, h, hc, damp=damp)
+    w, _ = compensate_summed(Problem(w0, w1, hc, h, damp=damp))
     delta = w1 - w0
     total = torch.zeros(w0.shape[0], len(hc), dtype=torch.float64)
     for k in [i for i in range(7) if i not in (2, 5)]:
@@ -84,7 +86,7 @@ def test_damping_retry_is_reported():
     x, w0, w1, _ = _problem()
     h = 2.0 / 64 * x.T @ x
     h[3, 3] = -1.0  # indefinite: 1x damping fails, a larger one succeeds
-    out = compensate_exact(w0, w1, h, torch.tensor([3, 5]), damp=0.5)
+    out = compensate_exact(Problem(w0, w1, torch.tensor([3, 5]), h, damp=0.5))
     assert out is not None and out[1] > 0.5
 
 
@@ -95,8 +97,6 @@ def test_output_drift_is_the_layer_output_error():
 
 
 def test_protect_equals_least_squares_on_both_objectives():
-    from surgery.hcnr.compensation import compensate_protect
-
     xh, w0, w1, hh = _problem(seed=4)
     g = torch.Generator().manual_seed(9)
     xt = torch.randn(40, 8, generator=g, dtype=torch.float64) + 0.3
@@ -104,7 +104,7 @@ def test_protect_equals_least_squares_on_both_objectives():
     hc = torch.tensor([0, 2, 5])
     t = torch.tensor([1, 3, 4, 6, 7])
     lam = 0.7
-    w, _ = compensate_protect(w0, w1, hh, ht, hc, damp=1e-12, task_weight=lam)
+    w, _ = compensate_protect(Problem(w0, w1, hc, hh, ht, damp=1e-12, task_weight=lam))
     # independent: stack both residuals, weighted as the Hessians weight them, and solve for W[:, hc]
     sh, st = (2.0 / 64) ** 0.5, (lam * 2.0 / 40) ** 0.5
     a = torch.cat([sh * xh[:, hc], st * xt[:, hc]])
@@ -113,6 +113,6 @@ def test_protect_equals_least_squares_on_both_objectives():
     assert torch.allclose(w[:, hc], sol, atol=1e-8)
     assert torch.equal(w[:, t], w1[:, t])
     # with no task weight it is the exact form
-    w_exact, _ = compensate_exact(w0, w1, hh, hc, damp=1e-12)
-    w_zero, _ = compensate_protect(w0, w1, hh, ht, hc, damp=1e-12, task_weight=0.0)
+    w_exact, _ = compensate_exact(Problem(w0, w1, hc, hh, damp=1e-12))
+    w_zero, _ = compensate_protect(Problem(w0, w1, hc, hh, ht, damp=1e-12, task_weight=0.0))
     assert torch.allclose(w_zero, w_exact, atol=1e-9)

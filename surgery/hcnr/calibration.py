@@ -3,59 +3,49 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ..errors import SurgeryError
-from ..prompting import encode_example
+from ..errors import CalibrationDataError
+from ..jsonl import iter_jsonl
+from ..prompting import Message, encode_example
+from .options import PatchOptions
+
+Prompt = str | tuple[tuple[Any, Any], ...]  # a question, or the (role, content) messages before the answer
 
 
 @dataclass(frozen=True)
 class CalibExample:
-    prompt: str | tuple  # a question, or a tuple of messages before the answer
+    prompt: Prompt
     response: str
 
 
-def read_calibration_jsonl(path: str | Path) -> list[CalibExample]:
+def read_calibration_jsonl(path: str | Path, what: str = "calibration file") -> list[CalibExample]:
     """Parse ``{"prompt","response"}`` or ``{"messages":[...]}`` lines; bad lines name file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise SurgeryError(f"Calibration file {path} does not exist.")
-    out: list[CalibExample] = []
-    with open(path, encoding="utf-8") as f:
-        for no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SurgeryError(f"{path}:{no}: not valid JSON ({exc.msg}).") from None
-            out.append(_example_from_row(row, path, no))
+    out = [_example_from_row(row, f"{path}:{no}") for no, row in iter_jsonl(path, what=what)]
     if not out:
-        raise SurgeryError(f"Calibration file {path} has no examples.")
+        raise CalibrationDataError(f"The {what} {path} has no examples.")
     return out
 
 
-def _example_from_row(row, path: Path, no: int) -> CalibExample:
-    where = f"{path}:{no}"
-    if not isinstance(row, dict):
-        raise SurgeryError(f"{where}: expected a JSON object with prompt/response or messages.")
+def _example_from_row(row: dict[str, Any], where: str) -> CalibExample:
+    """One line of either accepted format; anything else is one error naming ``where`` (file:line)."""
     if "messages" in row:
         msgs = row["messages"]
         if (not isinstance(msgs, list) or len(msgs) < 2
                 or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)):
-            raise SurgeryError(f"{where}: 'messages' must be a list of at least two {{role, content}} objects.")
+            raise CalibrationDataError(f"{where}: 'messages' must be a list of at least two {{role, content}} objects.")
         if msgs[-1]["role"] != "assistant":
-            raise SurgeryError(f"{where}: the last message must be the assistant's response.")
+            raise CalibrationDataError(f"{where}: the last message must be the assistant's response.")
         prompt = tuple((m["role"], m["content"]) for m in msgs[:-1])
         return CalibExample(prompt, str(msgs[-1]["content"]))
     if isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
         return CalibExample(row["prompt"], row["response"])
-    raise SurgeryError(f"{where}: needs string fields 'prompt' and 'response', or 'messages'.")
+    raise CalibrationDataError(f"{where}: needs string fields 'prompt' and 'response', or 'messages'.")
 
 
 def sample_examples(examples: list[CalibExample], max_samples: int, seed: int) -> list[CalibExample]:
@@ -66,12 +56,14 @@ def sample_examples(examples: list[CalibExample], max_samples: int, seed: int) -
     return [examples[i] for i in keep]
 
 
-def dataset_fingerprint(path: str | Path) -> dict:
+def dataset_fingerprint(path: str | Path) -> dict[str, Any]:
+    """Name, sha256 and size of a calibration file, so a manifest says exactly which data made the patch."""
     data = Path(path).read_bytes()
     return {"file": Path(path).name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def _as_prompt(p: str | tuple):
+def _as_prompt(p: Prompt) -> str | list[Message]:
+    """The prompt as :func:`encode_example` takes it (messages back as dicts)."""
     return p if isinstance(p, str) else [{"role": r, "content": c} for r, c in p]
 
 
@@ -82,13 +74,14 @@ class Batch:
     labels: torch.Tensor  # -100 on prompt and padding
 
 
-def tokenize_examples(tokenizer, examples: list[CalibExample], max_length: int) -> list[tuple[list[int], list[int]]]:
+def tokenize_examples(tokenizer: Any, examples: list[CalibExample], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """Token ids and labels (-100 outside the response) of each example, cut to ``max_length``."""
     out = []
     for ex in examples:
         ids, labels = encode_example(tokenizer, _as_prompt(ex.prompt), ex.response)
         ids, labels = ids[:max_length], labels[:max_length]
         if all(l == -100 for l in labels):
-            raise SurgeryError(
+            raise CalibrationDataError(
                 f"A calibration prompt is longer than --max-length {max_length}, so no response token is left."
             )
         out.append((ids, labels))
@@ -96,6 +89,7 @@ def tokenize_examples(tokenizer, examples: list[CalibExample], max_length: int) 
 
 
 def make_batches(encoded: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int) -> list[Batch]:
+    """Right-padded batches in file order, the loss masked on padding."""
     batches = []
     for i in range(0, len(encoded), batch_size):
         chunk = encoded[i : i + batch_size]
@@ -109,3 +103,32 @@ def make_batches(encoded: list[tuple[list[int], list[int]]], batch_size: int, pa
             lab[j, : len(y)] = torch.tensor(y)
         batches.append(Batch(ids, att, lab))
     return batches
+
+
+@dataclass
+class CalibrationSets:
+    """D_hon and D_task as token batches: what every later stage of the method reads."""
+
+    hon: list[Batch]
+    task: list[Batch]
+
+    def examples(self) -> dict[str, int]:
+        """Examples used from each set (for the report)."""
+        return {"honesty": sum(b.input_ids.shape[0] for b in self.hon),
+                "task": sum(b.input_ids.shape[0] for b in self.task)}
+
+    def for_hessians(self, which: str) -> list[Batch]:
+        """The batches ``--hessian-data`` names: hon, task or both."""
+        return {"hon": self.hon, "task": self.task, "both": self.hon + self.task}[which]
+
+
+def load_calibration_sets(
+    tokenizer: Any, honesty_data: str | Path, task_data: str | Path, options: PatchOptions
+) -> CalibrationSets:
+    """Stage 0: read, sample, tokenize and batch both calibration files."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sets = []
+    for path, what in ((honesty_data, "honesty calibration file"), (task_data, "task calibration file")):
+        examples = sample_examples(read_calibration_jsonl(path, what), options.max_samples, options.seed)
+        sets.append(make_batches(tokenize_examples(tokenizer, examples, options.max_length), options.batch_size, pad))
+    return CalibrationSets(*sets)

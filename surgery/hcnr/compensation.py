@@ -1,18 +1,28 @@
-"""Stages 1c + 2: restore honesty-critical columns to base values and compensate them (OBS).
+"""Stages 1c + 2: restore honesty-critical neurons to base values and compensate them (OBS).
 
-All functions are pure: ``(W0, W1, H, cols) -> W`` in canonical (out x in) orientation, computed in
-float64 and returned in float64 (the caller casts to the checkpoint dtype). Task columns T (every
-column not restored) always keep W1; only the restored columns hc change, so the patch stays
-column-sparse. The objective is the layer output on calibration inputs, ‖(W − W0) X‖², i.e.
-tr((W − W0) H (W − W0)ᵀ) with H = (2/N) X Xᵀ.
+The solvers are pure: a :class:`Problem` ``(W0, W1, H, neurons)`` in canonical (out x in) orientation
+-> W, computed in float64 and returned in float64 (the caller casts to the checkpoint dtype). Neurons
+not restored always keep W1; only the restored columns (or rows) change, so the patch stays sparse.
+The objective is the layer output on calibration inputs, ‖(W − W0) X‖², i.e. tr((W − W0) H (W − W0)ᵀ)
+with H = (2/N) X Xᵀ. Solvers are registered by name in :data:`COLUMN_SOLVERS` and :data:`ROW_SOLVERS`;
+:func:`compensate_selection` is the stage that runs them over every selected matrix.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
+
+from ..linear_layers import canonical
+from ..patchfile import MatrixDrift, MatrixStats, PatchEntry, make_entry
+from ..progress import progress
+from .hessian import Hessians
+from .options import PatchOptions
+from .selection import Selection, WeightPair
 
 log = logging.getLogger(__name__)
 
@@ -21,15 +31,51 @@ DAMP_RETRIES = (1.0, 10.0, 100.0)
 
 @dataclass
 class CompensationResult:
-    weight: torch.Tensor  # (out x in) float64
-    method: str  # "exact" | "summed" | "none" | "fallback-none"
+    """One matrix after restoration and compensation, with the output drifts that judge it."""
+
+    weight: torch.Tensor  # (out x in): float64 when solved, W1's dtype when only restored
+    method: str  # "exact" | "summed" | "protect" | "none" | "fallback-none" | "rows-restore" | "rows-protect"
     damp_used: float | None  # the relative damping that succeeded
     drift_sft: float  # tr(Δ H Δᵀ): SFT's output drift from base on calibration inputs
     drift_restored: float  # the same after plain restoration
     drift_patched: float  # the same for the returned weight
 
+    def drift(self) -> MatrixDrift | None:
+        """The drifts for the manifest (non-finite ones as None); None where none were measured."""
+        if self.method == "rows-restore":
+            return None
+        return MatrixDrift(_finite(self.drift_sft), _finite(self.drift_restored), _finite(self.drift_patched),
+                           self.damp_used)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One matrix's compensation problem: weights (out x in), restored neuron indices, Hessians, damping."""
+
+    w0: torch.Tensor
+    w1: torch.Tensor
+    idx: torch.Tensor  # restored columns (column solvers) or rows (row solvers)
+    h: torch.Tensor  # objective Hessian (in x in): honesty data for protect
+    h_task: torch.Tensor | None = None  # protect only
+    damp: float = 0.01
+    task_weight: float = 1.0
+
+    def task_hessian(self) -> torch.Tensor:
+        if self.h_task is None:
+            raise ValueError("protect needs the task Hessian")
+        return self.h_task
+
+
+Solved = tuple[torch.Tensor, float | None]  # (weight, relative damping used; None when no solve was needed)
+Solver = Callable[[Problem], Solved | None]  # None: Cholesky failed after every retry
+
 
 def _split(in_features: int, hc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(restored columns hc, every other column T)."""
     mask = torch.zeros(in_features, dtype=torch.bool)
     mask[hc] = True
     return hc, torch.nonzero(~mask).flatten()
@@ -39,6 +85,13 @@ def restore_columns(w0: torch.Tensor, w1: torch.Tensor, hc: torch.Tensor) -> tor
     """W1 with columns hc put back to W0 (bit-exact copies, in W1's dtype)."""
     w = w1.clone()
     w[:, hc] = w0[:, hc].to(w1.dtype)
+    return w
+
+
+def restore_rows(w0: torch.Tensor, w1: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """W1 with output rows put back to W0 (bit-exact copies, in W1's dtype)."""
+    w = w1.clone()
+    w[rows, :] = w0[rows, :].to(w1.dtype)
     return w
 
 
@@ -61,12 +114,12 @@ def damped_cholesky(h: torch.Tensor, damp: float, scale: float) -> tuple[torch.T
     return None
 
 
-def compensate_exact(w0: torch.Tensor, w1: torch.Tensor, h: torch.Tensor, hc: torch.Tensor, damp: float = 0.01):
+def compensate_exact(p: Problem) -> Solved | None:
     """W[:, hc] = W0[:, hc] − Δ[:, T] H[T, hc] H[hc, hc]⁻¹ — the joint least-squares optimum."""
-    w0, w1, h = w0.double(), w1.double(), h.double()
-    hc, t = _split(w0.shape[1], hc)
+    w0, w1, h = p.w0.double(), p.w1.double(), p.h.double()
+    hc, t = _split(w0.shape[1], p.idx)
     delta = w1 - w0
-    factor = damped_cholesky(h[hc][:, hc], damp, float(torch.diagonal(h).mean()))
+    factor = damped_cholesky(h[hc][:, hc], p.damp, float(torch.diagonal(h).mean()))
     if factor is None:
         return None
     chol, rel = factor
@@ -77,15 +130,15 @@ def compensate_exact(w0: torch.Tensor, w1: torch.Tensor, h: torch.Tensor, hc: to
     return w, rel
 
 
-def compensate_summed(w0: torch.Tensor, w1: torch.Tensor, h: torch.Tensor, hc: torch.Tensor, damp: float = 0.01):
+def compensate_summed(p: Problem) -> Solved | None:
     """The paper's form: W[:, hc] = W0[:, hc] + Σ_{k∈T} (Δ[:, k] / [H⁻¹]_kk) · H⁻¹[k, hc].
 
     A sum of independent single-column OBS updates; unlike the exact form it can overshoot, which
     the caller sees in ``drift_patched``.
     """
-    w0, w1, h = w0.double(), w1.double(), h.double()
-    hc, t = _split(w0.shape[1], hc)
-    factor = damped_cholesky(h, damp, float(torch.diagonal(h).mean()))
+    w0, w1, h = p.w0.double(), p.w1.double(), p.h.double()
+    hc, t = _split(w0.shape[1], p.idx)
+    factor = damped_cholesky(h, p.damp, float(torch.diagonal(h).mean()))
     if factor is None:
         return None
     chol, rel = factor
@@ -97,10 +150,7 @@ def compensate_summed(w0: torch.Tensor, w1: torch.Tensor, h: torch.Tensor, hc: t
     return w, rel
 
 
-def compensate_protect(
-    w0: torch.Tensor, w1: torch.Tensor, h_hon: torch.Tensor, h_task: torch.Tensor, hc: torch.Tensor,
-    damp: float = 0.01, task_weight: float = 1.0,
-):
+def compensate_protect(p: Problem) -> Solved | None:
     """Match the base layer on honesty inputs *and* the SFT layer on task inputs (our extension).
 
     Minimises ‖(W − W0) X_hon‖² + λ‖(W − W1) X_task‖² over W[:, hc] (task columns keep W1):
@@ -108,44 +158,124 @@ def compensate_protect(
     The exact form pulls every calibration output back towards the base, the task's included; this
     one only does so where the honesty data lives, and holds the task outputs where SFT put them.
     """
-    w0, w1, hh, ht = w0.double(), w1.double(), h_hon.double(), h_task.double()
-    hc, t = _split(w0.shape[1], hc)
-    a = hh[hc][:, hc] + task_weight * ht[hc][:, hc]
-    factor = damped_cholesky(a, damp, float(torch.diagonal(hh).mean() + task_weight * torch.diagonal(ht).mean()))
+    lam = p.task_weight
+    w0, w1, hh, ht = p.w0.double(), p.w1.double(), p.h.double(), p.task_hessian().double()
+    hc, t = _split(w0.shape[1], p.idx)
+    a = hh[hc][:, hc] + lam * ht[hc][:, hc]
+    factor = damped_cholesky(a, p.damp, float(torch.diagonal(hh).mean() + lam * torch.diagonal(ht).mean()))
     if factor is None:
         return None
     chol, rel = factor
     delta = w1 - w0
-    b = w0[:, hc] @ hh[hc][:, hc] - delta[:, t] @ hh[t][:, hc] + task_weight * (w1[:, hc] @ ht[hc][:, hc])
+    b = w0[:, hc] @ hh[hc][:, hc] - delta[:, t] @ hh[t][:, hc] + lam * (w1[:, hc] @ ht[hc][:, hc])
     w = w1.clone()
     w[:, hc] = torch.cholesky_solve(b.T, chol).T
     return w, rel
 
 
+def restore_only(p: Problem) -> Solved | None:
+    """No compensation: the restored columns keep W0's values exactly."""
+    return restore_columns(p.w0, p.w1, p.idx), None
+
+
+def protect_rows(p: Problem) -> Solved | None:
+    """protect for output rows: each restored row i solves its own two-sided least squares.
+
+    w_i = argmin ‖(w − W0_i) X_hon‖² + λ‖(w − W1_i) X_task‖² = (W0_i H_h + λ W1_i H_t)(H_h + λ H_t)⁻¹,
+    solved as the correction W0_i + λ Δ_i H_t (H_h + λ H_t)⁻¹ to plain restoration, so the damping
+    (same policy as the column form) shrinks the correction rather than the weights. Other rows keep W1.
+    """
+    lam = p.task_weight
+    w0, w1, hh, ht = p.w0.double(), p.w1.double(), p.h.double(), p.task_hessian().double()
+    rows = p.idx
+    factor = damped_cholesky(hh + lam * ht, p.damp, float(torch.diagonal(hh).mean() + lam * torch.diagonal(ht).mean()))
+    if factor is None:
+        return None
+    chol, rel = factor
+    delta = (w1 - w0)[rows]  # (k x in)
+    e = torch.cholesky_solve(lam * (ht @ delta.T), chol).T  # (k x in): e (H_h + λ H_t) = λ Δ H_t
+    w = w1.clone()
+    w[rows] = w0[rows] + e
+    return w, rel
+
+
+#: Column solvers by ``--compensation`` name.
+COLUMN_SOLVERS: dict[str, Solver] = {
+    "exact": compensate_exact,
+    "summed": compensate_summed,
+    "none": restore_only,
+    "protect": compensate_protect,
+}
+
+#: Row solvers. Under exact, summed and none each restored row's objective ‖(w − W0_i) X‖² decouples
+#: from every other row and is minimised by W0_i, so plain restoration is the patch ("rows-restore");
+#: protect's task term couples a row to W1, so it has a solver.
+ROW_SOLVERS: dict[str, Solver] = {"protect": protect_rows}
+
+
 def restore_and_compensate(
-    w0: torch.Tensor, w1: torch.Tensor, h: torch.Tensor | None, hc: torch.Tensor, method: str = "exact",
-    damp: float = 0.01, h_task: torch.Tensor | None = None, task_weight: float = 1.0,
+    w0: torch.Tensor, w1: torch.Tensor, h: torch.Tensor | None, idx: torch.Tensor, method: str = "exact",
+    damp: float = 0.01, h_task: torch.Tensor | None = None, task_weight: float = 1.0, neuron: str = "column",
 ) -> CompensationResult:
-    """Dispatch on ``method``; a Cholesky failure after all retries falls back to restore-only.
+    """Restore neurons ``idx`` and run the registered solver; a Cholesky failure after all retries falls
+    back to restore-only.
 
     ``h`` is the Hessian the drift is measured on (for ``protect``: the honesty Hessian, with the
-    task Hessian in ``h_task``).
+    task Hessian in ``h_task``); None means no Hessians were collected, so nothing is compensated.
     """
-    restored = restore_columns(w0, w1, hc)
+    nan = float("nan")
+    if neuron == "row" and method not in ROW_SOLVERS:
+        return CompensationResult(restore_rows(w0, w1, idx), "rows-restore", None, nan, nan, nan)
+    restored = (restore_columns if neuron == "column" else restore_rows)(w0, w1, idx)
     if h is None:
-        return CompensationResult(restored, "none", None, float("nan"), float("nan"), float("nan"))
+        return CompensationResult(restored, "none", None, nan, nan, nan)
     h64 = h.double()
     d_sft = output_drift(w1.double() - w0.double(), h64)
     d_rest = output_drift(restored.double() - w0.double(), h64)
-    if method == "none":
-        return CompensationResult(restored, "none", None, d_sft, d_rest, d_rest)
-    if method == "protect":
-        out = compensate_protect(w0, w1, h64, h_task, hc, damp, task_weight)
-    else:
-        solver = {"exact": compensate_exact, "summed": compensate_summed}[method]
-        out = solver(w0, w1, h64, hc, damp)
+    solver = (COLUMN_SOLVERS if neuron == "column" else ROW_SOLVERS)[method]
+    out = solver(Problem(w0, w1, idx, h64, h_task, damp, task_weight))
     if out is None:
         log.warning("Cholesky failed even with %gx damping: restore-only for this matrix", DAMP_RETRIES[-1])
         return CompensationResult(restored, "fallback-none", None, d_sft, d_rest, d_rest)
     w, rel = out
-    return CompensationResult(w, method, rel, d_sft, d_rest, output_drift(w - w0.double(), h64))
+    name = method if neuron == "column" else f"rows-{method}"
+    return CompensationResult(w, name, rel, d_sft, d_rest, output_drift(w - w0.double(), h64))
+
+
+@dataclass
+class CompensatedPatch:
+    """Stage 2 output: the patch entries and, per matrix, how each was patched."""
+
+    entries: list[PatchEntry] = field(default_factory=list)
+    per_matrix: dict[str, MatrixStats] = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)  # matrices that fell back to restore-only
+
+    def residual_ratio(self) -> float | None:
+        """Σ patched output drift / Σ SFT output drift over touched matrices (calibration inputs)."""
+        drifts = [m.drift for m in self.per_matrix.values() if m.drift is not None]
+        num = sum(d.drift_patched or 0.0 for d in drifts)
+        den = sum(d.drift_sft or 0.0 for d in drifts)
+        return num / den if den else None
+
+
+def compensate_selection(selection: Selection, hessians: Hessians | None, weights: WeightPair,
+                         options: PatchOptions) -> CompensatedPatch:
+    """Stage 2b: restore and compensate the selected neurons of every selected matrix."""
+    out = CompensatedPatch()
+    unit = "cols" if options.neuron == "column" else "rows"
+    for layer in progress(selection.layers, desc="compensation", unit="matrix"):
+        idx = selection.neurons[layer.weight]
+        stored_sft = weights.sft.get(layer.weight)
+        w0, w1 = canonical(weights.base.get(layer.weight), layer), canonical(stored_sft, layer)
+        h, h_task = hessians.of(layer.weight) if hessians is not None else (None, None)
+        res = restore_and_compensate(w0, w1, h, idx, options.compensation, options.damp, h_task,
+                                     options.task_weight, options.neuron)
+        if res.method == "fallback-none":
+            out.fallbacks.append(layer.weight)
+        out.entries.append(make_entry(layer.weight, stored_sft, res.weight, idx, unit, layer.transposed))
+        count = int(idx.numel()) * (layer.out_features if options.neuron == "column" else layer.in_features)
+        out.per_matrix[layer.weight] = MatrixStats(int(idx.numel()), count, res.method, res.drift())
+    if out.fallbacks:
+        log.warning("%d matrices fell back to restore-only (Cholesky failed): %s", len(out.fallbacks),
+                    ", ".join(out.fallbacks))
+    return out

@@ -10,7 +10,9 @@ vector per matrix. Examples are batched (their losses are summed, so gradients s
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,10 @@ from torch import nn
 
 from ..linear_layers import LinearLayer
 from ..progress import progress
-from .calibration import Batch
+from .calibration import Batch, CalibrationSets
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -46,72 +51,99 @@ def per_example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 
 @dataclass
-class FisherScores:
-    """Accumulated squared-gradient sums per layer (weight name -> vector), and the example count."""
+class FisherSums:
+    """Accumulated squared-gradient sums on one calibration set, per layer (weight name -> vector)."""
 
     columns: dict[str, torch.Tensor]
     rows: dict[str, torch.Tensor]
     n_examples: int
 
 
-def fisher_scores(model: nn.Module, layers: list[LinearLayer], batches: list[Batch], desc: str = "fisher") -> FisherScores:
-    """Per-neuron empirical Fisher on a calibration set, for every layer in ``layers``."""
-    device = next(model.parameters()).device
-    modules = dict(model.named_modules())
-    cols = {l.weight: torch.zeros(l.in_features, dtype=torch.float64) for l in layers}
-    rows = {l.weight: torch.zeros(l.out_features, dtype=torch.float64) for l in layers}
-    inputs: dict[str, torch.Tensor] = {}
-    live_mask: list[torch.Tensor] = []
-    handles = []
-    requires = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
+@dataclass
+class FisherScores:
+    """Stage 1a output: per-neuron Fisher scores on D_hon and D_task for the chosen neuron kind.
 
-    def make_hooks(layer: LinearLayer):
-        def fwd(_mod, args, out):
-            inputs[layer.weight] = args[0].detach()
+    Both are empty for random selection, which needs no scores.
+    """
 
-            def on_grad(grad: torch.Tensor) -> None:
-                x = inputs.pop(layer.weight).float()
-                d = grad.detach().float()
-                c = torch.zeros(layer.in_features, dtype=torch.float64, device=x.device)
-                r = torch.zeros(layer.out_features, dtype=torch.float64, device=x.device)
-                for b in range(x.shape[0]):
-                    keep = live_mask[0][b]
-                    xb, db = x[b, keep], d[b, keep]
-                    c += per_example_column_scores(xb, db).double()
-                    r += per_example_row_scores(xb, db).double()
-                cols[layer.weight] += c.cpu()
-                rows[layer.weight] += r.cpu()
+    hon: dict[str, torch.Tensor] = field(default_factory=dict)
+    task: dict[str, torch.Tensor] = field(default_factory=dict)
 
+
+def score_neurons(model: PreTrainedModel, layers: list[LinearLayer], sets: CalibrationSets, neuron: str) -> FisherScores:
+    """Stage 1a: Fisher scores of every neuron (``neuron`` = "column" or "row") on both calibration sets."""
+    hon = fisher_sums(model, layers, sets.hon, desc="fisher (honesty)")
+    task = fisher_sums(model, layers, sets.task, desc="fisher (task)")
+    if neuron == "column":
+        return FisherScores(hon.columns, task.columns)
+    return FisherScores(hon.rows, task.rows)
+
+
+class _Accumulator:
+    """Forward hooks that keep each layer's input and backward hooks that fold it into the Fisher sums."""
+
+    def __init__(self, layers: list[LinearLayer]) -> None:
+        self.cols = {l.weight: torch.zeros(l.in_features, dtype=torch.float64) for l in layers}
+        self.rows = {l.weight: torch.zeros(l.out_features, dtype=torch.float64) for l in layers}
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.live: torch.Tensor | None = None  # attention mask of the current batch
+
+    def forward_hook(self, layer: LinearLayer) -> Callable[[nn.Module, tuple[Any, ...], torch.Tensor], None]:
+        """Keep the layer input and fold it in when the output gradient arrives."""
+        def fwd(_mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
+            self.inputs[layer.weight] = args[0].detach()
             if out.requires_grad:
-                out.register_hook(on_grad)
+                out.register_hook(lambda grad: self.on_grad(layer, grad))
 
         return fwd
 
+    def on_grad(self, layer: LinearLayer, grad: torch.Tensor) -> None:
+        """Per-example column and row sums of this layer's weight gradient, from its input and output grad."""
+        assert self.live is not None
+        x = self.inputs.pop(layer.weight).float()
+        d = grad.detach().float()
+        c = torch.zeros(layer.in_features, dtype=torch.float64, device=x.device)
+        r = torch.zeros(layer.out_features, dtype=torch.float64, device=x.device)
+        for b in range(x.shape[0]):
+            keep = self.live[b]
+            xb, db = x[b, keep], d[b, keep]
+            c += per_example_column_scores(xb, db).double()
+            r += per_example_row_scores(xb, db).double()
+        self.cols[layer.weight] += c.cpu()
+        self.rows[layer.weight] += r.cpu()
+
+
+def _make_leaf(_mod: nn.Module, _args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
+    """Embedding output as a grad-requiring leaf, so gradients flow with every parameter frozen."""
+    return out.detach().requires_grad_(True)
+
+
+def fisher_sums(model: PreTrainedModel, layers: list[LinearLayer], batches: list[Batch], desc: str = "fisher") -> FisherSums:
+    """Per-neuron empirical Fisher on one calibration set, for every layer in ``layers``."""
+    device = next(model.parameters()).device
+    modules = dict(model.named_modules())
+    acc = _Accumulator(layers)
+    requires = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
     emb = model.get_input_embeddings()
-
-    def make_leaf(_mod, _args, out):
-        return out.detach().requires_grad_(True)
-
-    handles.append(emb.register_forward_hook(make_leaf))
-    for layer in layers:
-        handles.append(modules[layer.module].register_forward_hook(make_hooks(layer)))
+    handles = [emb.register_forward_hook(_make_leaf)]
+    handles += [modules[layer.module].register_forward_hook(acc.forward_hook(layer)) for layer in layers]
     n = 0
     try:
         for batch in progress(batches, desc=desc, unit="batch"):
             ids = batch.input_ids.to(device)
             att = batch.attention_mask.to(device)
-            live_mask[:] = [att.bool()]
+            acc.live = att.bool()
             with torch.enable_grad():
                 logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits
                 losses = per_example_losses(logits, batch.labels.to(device))
                 losses.sum().backward()
             n += ids.shape[0]
-            inputs.clear()
+            acc.inputs.clear()
     finally:
         for h in handles:
             h.remove()
         for p, r in zip(model.parameters(), requires):
             p.requires_grad_(r)
-    return FisherScores(cols, rows, n)
+    return FisherSums(acc.cols, acc.rows, n)

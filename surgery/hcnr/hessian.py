@@ -7,14 +7,17 @@ and share one accumulator, so no family-specific wiring is needed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..linear_layers import LinearLayer
 from ..progress import progress
-from .calibration import Batch
+from .calibration import Batch, CalibrationSets
+from .options import PatchOptions
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,65 @@ class HessianSet:
     groups: list[list[str]] = field(default_factory=list)
 
 
+_InputKey = tuple[int, tuple[int, ...], tuple[int, ...]]
+
+
+class _GroupedAccumulator:
+    """Σ x xᵀ per input group; a layer joins the group of the first layer seen reading the same tensor."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype, self.device = dtype, device
+        self.group_of: dict[str, int] = {}
+        self.accs: list[torch.Tensor] = []
+        self.counts: list[int] = []
+        self.seen_this_pass: dict[_InputKey, int] = {}
+        self.alive: list[torch.Tensor] = []  # inputs held so their addresses cannot be reused within a pass
+        self.live: torch.Tensor | None = None  # attention mask of the current batch
+
+    def start_pass(self, attention_mask: torch.Tensor) -> None:
+        """A new forward pass: input tensors of the last one no longer identify a group."""
+        self.seen_this_pass.clear()
+        self.alive.clear()
+        self.live = attention_mask.bool()
+
+    def hook(self, layer: LinearLayer) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        """The forward hook that feeds ``layer``'s input into its group."""
+        def on_forward(_mod: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
+            self.add(layer, args[0].detach())
+
+        return on_forward
+
+    def add(self, layer: LinearLayer, x: torch.Tensor) -> None:
+        """Fold this layer's input (non-padding tokens only) into its group, once per input tensor."""
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
+        self.alive.append(x)
+        if layer.weight not in self.group_of:
+            if key in self.seen_this_pass:
+                self.group_of[layer.weight] = self.seen_this_pass[key]
+                return
+            self.accs.append(torch.zeros(layer.in_features, layer.in_features, dtype=self.dtype, device=self.device))
+            self.counts.append(0)
+            self.group_of[layer.weight] = len(self.accs) - 1
+        g = self.group_of[layer.weight]
+        if self.seen_this_pass.get(key) == g:
+            return  # a sibling already added this input
+        self.seen_this_pass[key] = g
+        assert self.live is not None
+        self.counts[g] += accumulate_hessian(x[self.live], self.accs[g])
+
+    def result(self) -> HessianSet:
+        """The finished Hessians H = (2/N) Σ x xᵀ per layer (siblings share one tensor), in float64 on the CPU."""
+        finals = [finalize_hessian(a.double(), c).cpu() for a, c in zip(self.accs, self.counts)]
+        members: dict[int, list[str]] = {}
+        for name, g in self.group_of.items():
+            members.setdefault(g, []).append(name)
+        return HessianSet(
+            by_layer={name: finals[g] for name, g in self.group_of.items()},
+            tokens=max(self.counts) if self.counts else 0,
+            groups=[sorted(v) for _, v in sorted(members.items())],
+        )
+
+
 def collect_hessians(
     model: nn.Module,
     layers: list[LinearLayer],
@@ -49,56 +111,48 @@ def collect_hessians(
 ) -> HessianSet:
     """Accumulate Σ x xᵀ per input group (float32 by default: half the cost of float64, and the
     relative rounding error of a sum of PSD outer products stays far below the 1% damping); the
-    finished Hessians are returned in float64 for the solver."""
+    finished Hessians are returned in float64 for the solver.
+
+    N counts the tokens the attention mask keeps (prompt and response alike; padding never)."""
     device = next(model.parameters()).device
     modules = dict(model.named_modules())
-    group_of: dict[str, int] = {}
-    accs: list[torch.Tensor] = []
-    counts: list[int] = []
-    seen_this_pass: dict[tuple, int] = {}
-    mask_holder: list[torch.Tensor] = []
-    alive: list[torch.Tensor] = []
-
-    def make_hook(layer: LinearLayer):
-        def hook(_mod, args, _out):
-            x = args[0].detach()
-            key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
-            alive.append(x)  # hold it so its address cannot be reused by another tensor in this pass
-            if layer.weight not in group_of:
-                if key in seen_this_pass:
-                    group_of[layer.weight] = seen_this_pass[key]
-                    return
-                accs.append(torch.zeros(layer.in_features, layer.in_features, dtype=dtype, device=device))
-                counts.append(0)
-                group_of[layer.weight] = len(accs) - 1
-            g = group_of[layer.weight]
-            if seen_this_pass.get(key) == g:
-                return  # a sibling already added this input
-            seen_this_pass[key] = g
-            live = x[mask_holder[0]]
-            counts[g] += accumulate_hessian(live, accs[g])
-
-        return hook
-
-    handles = [modules[l.module].register_forward_hook(make_hook(l)) for l in layers]
+    acc = _GroupedAccumulator(dtype, device)
+    handles = [modules[l.module].register_forward_hook(acc.hook(l)) for l in layers]
     try:
         with torch.no_grad():
             for batch in progress(batches, desc=desc, unit="batch"):
-                seen_this_pass.clear()
-                alive.clear()
                 att = batch.attention_mask.to(device)
-                mask_holder[:] = [att.bool()]
+                acc.start_pass(att)
                 model(input_ids=batch.input_ids.to(device), attention_mask=att, use_cache=False)
-        alive.clear()
+        acc.alive.clear()
     finally:
         for h in handles:
             h.remove()
-    finals = [finalize_hessian(a.double(), c).cpu() for a, c in zip(accs, counts)]
-    members: dict[int, list[str]] = {}
-    for name, g in group_of.items():
-        members.setdefault(g, []).append(name)
-    return HessianSet(
-        by_layer={name: finals[g] for name, g in group_of.items()},
-        tokens=max(counts) if counts else 0,
-        groups=[sorted(v) for _, v in sorted(members.items())],
-    )
+    return acc.result()
+
+
+@dataclass
+class Hessians:
+    """Stage 2 input: the Hessian the compensation objective is measured on and, for protect, the task one."""
+
+    objective: HessianSet  # D_hon for protect, else --hessian-data's set
+    task: HessianSet | None = None  # protect only
+
+    def of(self, weight: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(H, H_task) of one weight."""
+        return self.objective.by_layer[weight], None if self.task is None else self.task.by_layer[weight]
+
+
+def needs_hessians(options: PatchOptions) -> bool:
+    """Columns need them for every compensation but none; rows only for protect (else restoring is the patch)."""
+    if options.compensation == "none":
+        return False
+    return options.neuron == "column" or options.compensation == "protect"
+
+
+def hessians_for(model: nn.Module, layers: list[LinearLayer], sets: CalibrationSets, options: PatchOptions) -> Hessians:
+    """Stage 2a: the Hessians the chosen compensation needs, on the selected layers only."""
+    if options.compensation == "protect":
+        return Hessians(collect_hessians(model, layers, sets.hon, desc="hessians (honesty)"),
+                        collect_hessians(model, layers, sets.task, desc="hessians (task)"))
+    return Hessians(collect_hessians(model, layers, sets.for_hessians(options.hessian_data)))

@@ -1,90 +1,77 @@
 """`surgery patch` as a library call: calibration -> Fisher -> selection -> Hessians -> compensation -> file.
 
-Each stage lives in its own module; this one only moves data between them, times them and writes
-the patch plus ``<patch>.report.json``.
+Each stage is a typed function in its own module
+(``CalibrationSets -> FisherScores -> Selection -> Hessians -> CompensatedPatch -> PatchManifest``);
+this one only moves data between them, times them and writes the patch plus ``<patch>.report.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
-import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from .. import __version__
 from ..atomic import write_json_atomic
 from ..errors import SurgeryError
-from ..linear_layers import LinearLayer, canonical, find_linear_layers
+from ..linear_layers import LinearLayer, find_linear_layers
 from ..modelio import ModelSource, load_model, load_tokenizer, locate, open_checkpoint
-from ..patchfile import PatchEntry, make_entry, write_patch
-from ..progress import StageTimer, peak_rss_mb, progress
-from .calibration import dataset_fingerprint, make_batches, read_calibration_jsonl, sample_examples, tokenize_examples
-from .compensation import restore_and_compensate
-from .fisher import fisher_scores
-from .hessian import collect_hessians
+from ..patchfile import PatchManifest, PatchStats, write_patch
+from ..progress import StageTimer, peak_rss_mb
+from .calibration import CalibrationSets, dataset_fingerprint, load_calibration_sets
+from .compensation import CompensatedPatch, compensate_selection
+from .fisher import FisherScores, score_neurons
+from .hessian import Hessians, hessians_for, needs_hessians
 from .options import PatchOptions
-from .selection import honesty_priority, random_share, relative_perturbation, select_units, top_share, unit_scores
+from .selection import Selection, WeightPair, select_neurons
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
+DEFAULT_OPTIONS = PatchOptions()  # frozen: one shared default is safe
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` is the first GPU when there is one, else the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
 @dataclass
-class Selection:
-    """Honesty-critical neurons per selected weight, plus what led there (for the report)."""
+class PatchReport:
+    """What ``make_patch`` did: written as ``<patch>.report.json`` and returned to the caller."""
 
-    neurons: dict[str, torch.Tensor]
-    candidates: dict[str, torch.Tensor]
-    unit_score: dict[str, float]
-    kept_units: list[str]
+    patch: str
+    patch_bytes: int
+    seconds: dict[str, float]  # per stage
+    seconds_total: float
+    peak_rss_mb: float
+    device: str
+    threads: int
+    calibration_examples: dict[str, int]  # "honesty", "task"
+    parameters_changed: int
+    share_of_linear: float
+    share_of_model: float
+    linear_parameters: int
+    model_parameters: int
+    matrices_total: int
+    matrices_touched: int
+    fallbacks: list[str]
+    hessian_tokens: int
+    hessian_groups: int
+    residual_ratio: float | None
+    options: dict[str, Any]
 
-
-def select_neurons(
-    layers: list[LinearLayer],
-    s_hon: dict[str, torch.Tensor],
-    s_task: dict[str, torch.Tensor],
-    base_ckpt,
-    sft_ckpt,
-    options: PatchOptions,
-) -> Selection:
-    """Stage 1a (intra-layer top R_IW by priority) and 1b (cross-layer top R_CW by perturbation)."""
-    dim = 1 if options.neuron == "column" else 0
-    gen = torch.Generator().manual_seed(options.seed)
-    candidates: dict[str, torch.Tensor] = {}
-    pert: dict[str, tuple[float, float]] = {}
-    for layer in progress(layers, desc="selection", unit="matrix"):
-        w0 = canonical(base_ckpt.get(layer.weight), layer)
-        w1 = canonical(sft_ckpt.get(layer.weight), layer)
-        n = w1.shape[dim]
-        if options.selection == "random":
-            idx = random_share(n, options.r_iw, gen)
-        else:
-            r = honesty_priority(s_hon[layer.weight], s_task[layer.weight], options.epsilon, options.fisher_normalize)
-            idx = top_share(r, options.r_iw)
-        candidates[layer.weight] = idx
-        unit = layer.weight if options.layer_unit == "matrix" else layer.block
-        num, den = relative_perturbation(w0, w1, idx, dim)
-        a, b = pert.get(unit, (0.0, 0.0))
-        pert[unit] = (a + num, b + den)
-    kept = select_units(pert, options.r_cw)
-    kept_set = set(kept)
-    neurons = {
-        l.weight: candidates[l.weight]
-        for l in layers
-        if (l.weight if options.layer_unit == "matrix" else l.block) in kept_set
-    }
-    return Selection(neurons, candidates, unit_scores(pert), kept)
-
-
-def _hessian_batches(options: PatchOptions, hon, task):
-    return {"hon": hon, "task": task, "both": hon + task}[options.hessian_data]
+    def to_dict(self) -> dict[str, Any]:
+        """The report as ``<patch>.report.json`` stores it."""
+        return dataclasses.asdict(self)
 
 
 def make_patch(
@@ -93,148 +80,104 @@ def make_patch(
     honesty_data: str | Path,
     task_data: str | Path,
     out: str | Path,
-    options: PatchOptions = PatchOptions(),
+    options: PatchOptions = DEFAULT_OPTIONS,
     *,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     device: str = "auto",
-) -> dict:
+) -> PatchReport:
     """Compute an HCNR patch for ``sft`` against ``base``; writes ``out`` and ``out.report.json``."""
-    out = Path(out)
-    timer = StageTimer()
-    dev = pick_device(device)
+    out, timer = Path(out), StageTimer()
+    models = _Models(sft, base, trust_remote_code, allow_pickle, pick_device(device))
     torch.manual_seed(options.seed)
-
     with timer.stage("load"):
-        sft_src = locate(sft, base)
-        base_src = _resolve_base(sft_src, base)
-        tokenizer = load_tokenizer(sft_src, trust_remote_code=trust_remote_code)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        sets = {}
-        for key, path in (("hon", honesty_data), ("task", task_data)):
-            examples = sample_examples(read_calibration_jsonl(path), options.max_samples, options.seed)
-            encoded = tokenize_examples(tokenizer, examples, options.max_length)
-            sets[key] = make_batches(encoded, options.batch_size, pad)
-        fisher_src = sft_src if options.fisher_at == "sft" else base_src
-        model = load_model(fisher_src, dtype=torch.float32, trust_remote_code=trust_remote_code,
-                           allow_pickle=allow_pickle).to(dev)
-        layers = find_linear_layers(model)
-        if not layers:
-            raise SurgeryError(f"No linear layers inside numbered blocks were found in {sft}.")
-
-    s_hon = s_task = {}
-    if options.selection == "fisher":
-        with timer.stage("fisher"):
-            hon_scores = fisher_scores(model, layers, sets["hon"], desc="fisher (honesty)")
-            task_scores = fisher_scores(model, layers, sets["task"], desc="fisher (task)")
-            pick = "columns" if options.neuron == "column" else "rows"
-            s_hon, s_task = getattr(hon_scores, pick), getattr(task_scores, pick)
-
+        sets = load_calibration_sets(models.tokenizer(), honesty_data, task_data, options)
+        layers = models.linear_layers(models.model(options.fisher_at))
+    scores = _fisher_stage(timer, models.model(options.fisher_at), layers, sets, options)
     with timer.stage("selection"):
-        base_ckpt = open_checkpoint(base_src, allow_pickle=allow_pickle)
-        sft_ckpt = open_checkpoint(sft_src, allow_pickle=allow_pickle)
-        _check_same_tensors(layers, base_ckpt, sft_ckpt)
-        selection = select_neurons(layers, s_hon, s_task, base_ckpt, sft_ckpt, options)
-        chosen = [l for l in layers if l.weight in selection.neurons]
-        if not chosen:
-            raise SurgeryError("SFT did not change any linear weight of the base model: there is nothing to patch.")
-
-    hessians = task_hessians = None
-    compensate = options.compensation != "none" and options.neuron == "column"
-    if compensate:
+        weights = models.weights(layers)
+        selection = select_neurons(layers, scores, weights, options)
+    hessians = None
+    if needs_hessians(options):
         with timer.stage("hessians"):
-            if fisher_src is not sft_src:
-                del model
-                gc.collect()
-                model = load_model(sft_src, dtype=torch.float32, trust_remote_code=trust_remote_code,
-                                   allow_pickle=allow_pickle).to(dev)
-            if options.compensation == "protect":
-                hessians = collect_hessians(model, chosen, sets["hon"], desc="hessians (honesty)")
-                task_hessians = collect_hessians(model, chosen, sets["task"], desc="hessians (task)")
-            else:
-                hessians = collect_hessians(model, chosen, _hessian_batches(options, sets["hon"], sets["task"]))
-    del model
-    gc.collect()
-
-    entries: list[PatchEntry] = []
-    per_matrix: dict[str, dict] = {}
-    fallbacks: list[str] = []
+            hessians = hessians_for(models.model("sft"), selection.layers, sets, options)
+    models.release()
     with timer.stage("compensation"):
-        for layer in progress(chosen, desc="compensation", unit="matrix"):
-            idx = selection.neurons[layer.weight]
-            stored_sft = sft_ckpt.get(layer.weight)
-            w0 = canonical(base_ckpt.get(layer.weight), layer)
-            w1 = canonical(stored_sft, layer)
-            if options.neuron == "column":
-                h = hessians.by_layer[layer.weight] if hessians is not None else None
-                h_task = task_hessians.by_layer[layer.weight] if task_hessians is not None else None
-                res = restore_and_compensate(w0, w1, h, idx, options.compensation if compensate else "none",
-                                             options.damp, h_task, options.task_weight)
-                new, method = res.weight, res.method
-                info = {"drift_sft": _finite(res.drift_sft), "drift_restored": _finite(res.drift_restored),
-                        "drift_patched": _finite(res.drift_patched), "damp": res.damp_used}
-                if method == "fallback-none":
-                    fallbacks.append(layer.weight)
-            else:  # rows: each output row's objective decouples, so restoring it is already optimal
-                new = w1.clone()
-                new[idx, :] = w0[idx, :].to(w1.dtype)
-                method, info = "rows-restore", {}
-            entries.append(make_entry(layer.weight, stored_sft, new, idx,
-                                      "cols" if options.neuron == "column" else "rows", layer.transposed))
-            count = int(idx.numel()) * (layer.out_features if options.neuron == "column" else layer.in_features)
-            per_matrix[layer.weight] = {"neurons": int(idx.numel()), "parameters": count, "method": method, **info}
-
+        patched = compensate_selection(selection, hessians, weights, options)
     with timer.stage("write"):
-        linear_params = sum(l.numel for l in layers)
-        total_params = sum(_numel(sft_ckpt.shape(k)) for k in sft_ckpt.keys())
-        changed = sum(m["parameters"] for m in per_matrix.values())
-        stats = {
-            "parameters_changed": changed,
-            "share_of_linear": changed / linear_params,
-            "share_of_model": changed / total_params,
-            "linear_parameters": linear_params,
-            "model_parameters": total_params,
-            "matrices_total": len(layers),
-            "matrices_touched": len(chosen),
-            "fallbacks": fallbacks,
-            "hessian_tokens": hessians.tokens if hessians else 0,
-            "hessian_groups": len(hessians.groups) if hessians else 0,
-            "residual_ratio": _residual_ratio(per_matrix),
-            "per_matrix": per_matrix,
-            "unit_scores": selection.unit_score,
-        }
-        manifest = {
-            "tool": "surgery",
-            "tool_version": __version__,
-            "method": "HCNR",
-            "base": base_src.identifier,
-            "sft": sft_src.identifier,
-            "options": options.to_dict(),
-            "calibration": {"honesty": dataset_fingerprint(honesty_data), "task": dataset_fingerprint(task_data)},
-            "stats": stats,
-        }
-        write_patch(out, entries, manifest)
-
-    report = {
-        "patch": str(out),
-        "patch_bytes": out.stat().st_size,
-        "seconds": {k: round(v, 3) for k, v in timer.seconds.items()},
-        "seconds_total": round(timer.total, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "device": str(dev),
-        "threads": torch.get_num_threads(),
-        "calibration_examples": {"honesty": sum(b.input_ids.shape[0] for b in sets["hon"]),
-                                 "task": sum(b.input_ids.shape[0] for b in sets["task"])},
-        **{k: v for k, v in stats.items() if k not in ("per_matrix", "unit_scores")},
-        "options": options.to_dict(),
-    }
-    _write_json(out.with_name(out.name + ".report.json"), report)
-    if fallbacks:
-        log.warning("%d matrices fell back to restore-only (Cholesky failed): %s", len(fallbacks), ", ".join(fallbacks))
+        stats = patch_stats(layers, selection, hessians, patched, weights)
+        manifest = write_patch(out, patched.entries, models.manifest(options, stats, honesty_data, task_data))
+    report = _report(out, timer, models.device, sets, manifest, stats)
+    write_json_atomic(out.with_name(out.name + ".report.json"), report.to_dict(), sort_keys=True)
     return report
 
 
+def _fisher_stage(timer: StageTimer, model: PreTrainedModel, layers: list[LinearLayer], sets: CalibrationSets,
+                  options: PatchOptions) -> FisherScores:
+    """Stage 1a, timed as "fisher"; random selection needs no scores (and gets no such stage)."""
+    if options.selection != "fisher":
+        return FisherScores()
+    with timer.stage("fisher"):
+        return score_neurons(model, layers, sets, options.neuron)
+
+
+class _Models:
+    """The SFT model and its base: where they are, and loading them as each stage needs them.
+
+    At most one model is in memory: asking for the other one frees the first before loading.
+    """
+
+    def __init__(self, sft: str, base: str | None, trust_remote_code: bool, allow_pickle: bool,
+                 device: torch.device) -> None:
+        self.sft = locate(sft, base)
+        self.base = _resolve_base(self.sft, base)
+        self.trust_remote_code, self.allow_pickle, self.device = trust_remote_code, allow_pickle, device
+        self._loaded: tuple[str, PreTrainedModel] | None = None
+
+    def tokenizer(self) -> Any:
+        return load_tokenizer(self.sft, trust_remote_code=self.trust_remote_code)
+
+    def model(self, which: str) -> PreTrainedModel:
+        """The ``sft`` or ``base`` model in float32 on the device (loaded once, kept until another is asked for)."""
+        if self._loaded is None or self._loaded[0] != which:
+            self.release()
+            src = self.sft if which == "sft" else self.base
+            model = load_model(src, dtype=torch.float32, trust_remote_code=self.trust_remote_code,
+                               allow_pickle=self.allow_pickle).to(self.device)
+            self._loaded = (which, model)
+        return self._loaded[1]
+
+    def release(self) -> None:
+        """Free the loaded model (the compensation reads stored weights, not a model)."""
+        self._loaded = None
+        gc.collect()
+
+    def linear_layers(self, model: nn.Module) -> list[LinearLayer]:
+        """The linear layers HCNR may touch; a model without any is not one this method can patch."""
+        layers = find_linear_layers(model)
+        if not layers:
+            raise SurgeryError(f"No linear layers inside numbered blocks were found in {self.sft.spec}.")
+        return layers
+
+    def weights(self, layers: list[LinearLayer]) -> WeightPair:
+        """Stored base and SFT weights, checked to hold every layer with the same shape."""
+        pair = WeightPair(open_checkpoint(self.base, allow_pickle=self.allow_pickle),
+                          open_checkpoint(self.sft, allow_pickle=self.allow_pickle))
+        pair.check_same_tensors(layers)
+        return pair
+
+    def manifest(self, options: PatchOptions, stats: PatchStats, honesty_data: str | Path,
+                 task_data: str | Path) -> PatchManifest:
+        """Who made the patch, from which models and data, with which options (tensors added on write)."""
+        return PatchManifest(
+            tool="surgery", tool_version=__version__, method="HCNR", base=self.base.identifier,
+            sft=self.sft.identifier, options=options.to_dict(),
+            calibration={"honesty": dataset_fingerprint(honesty_data), "task": dataset_fingerprint(task_data)},
+            stats=stats)
+
+
 def _resolve_base(sft_src: ModelSource, base: str | None) -> ModelSource:
+    """``--base``, else the base an adapter names; a full SFT model without ``--base`` has none."""
     if base is not None:
         return locate(base)
     if sft_src.adapter_base is not None:
@@ -242,33 +185,42 @@ def _resolve_base(sft_src: ModelSource, base: str | None) -> ModelSource:
     raise SurgeryError("No base model: pass --base (the model before fine-tuning).")
 
 
-def _check_same_tensors(layers: list[LinearLayer], base_ckpt, sft_ckpt) -> None:
-    for layer in layers:
-        if layer.weight not in base_ckpt:
-            raise SurgeryError(f"The base model has no tensor {layer.weight}: base and SFT differ in architecture.")
-        if base_ckpt.shape(layer.weight) != sft_ckpt.shape(layer.weight):
-            raise SurgeryError(f"{layer.weight} has different shapes in base and SFT: not the same architecture.")
+def patch_stats(layers: list[LinearLayer], selection: Selection, hessians: Hessians | None,
+                patched: CompensatedPatch, weights: WeightPair) -> PatchStats:
+    """How much the patch changes, of what, and how much output drift it leaves."""
+    linear_params = sum(l.numel for l in layers)
+    total_params = weights.model_parameters()
+    changed = sum(m.parameters for m in patched.per_matrix.values())
+    return PatchStats(
+        parameters_changed=changed,
+        share_of_linear=changed / linear_params,
+        share_of_model=changed / total_params,
+        linear_parameters=linear_params,
+        model_parameters=total_params,
+        matrices_total=len(layers),
+        matrices_touched=len(selection.layers),
+        fallbacks=patched.fallbacks,
+        hessian_tokens=hessians.objective.tokens if hessians else 0,
+        hessian_groups=len(hessians.objective.groups) if hessians else 0,
+        residual_ratio=patched.residual_ratio(),
+        per_matrix=patched.per_matrix,
+        unit_scores=selection.unit_score,
+    )
 
 
-def _residual_ratio(per_matrix: dict[str, dict]) -> float | None:
-    """Σ patched output drift / Σ SFT output drift over touched matrices (calibration inputs)."""
-    num = sum(m.get("drift_patched", 0.0) or 0.0 for m in per_matrix.values())
-    den = sum(m.get("drift_sft", 0.0) or 0.0 for m in per_matrix.values())
-    if not den:
-        return None
-    return num / den
-
-
-def _finite(x: float) -> float | None:
-    return x if x == x and abs(x) != float("inf") else None
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def _write_json(path: Path, data: dict) -> None:
-    write_json_atomic(path, data, sort_keys=True)
+def _report(out: Path, timer: StageTimer, device: torch.device, sets: CalibrationSets, manifest: PatchManifest,
+            stats: PatchStats) -> PatchReport:
+    """The run summary: the patch statistics without the per-matrix detail, plus time, memory and device."""
+    summary = {k: v for k, v in stats.to_dict().items() if k not in ("per_matrix", "unit_scores")}
+    return PatchReport(
+        patch=str(out),
+        patch_bytes=out.stat().st_size,
+        seconds={k: round(v, 3) for k, v in timer.seconds.items()},
+        seconds_total=round(timer.total, 3),
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        device=str(device),
+        threads=torch.get_num_threads(),
+        calibration_examples=sets.examples(),
+        options=dict(manifest.options),
+        **summary,
+    )

@@ -1,13 +1,24 @@
 """Stages 1a-1b: which neurons are honesty-critical.
 
-Pure functions on score vectors and weight matrices; no model in sight.
+Pure functions on score vectors and weight matrices, no model in sight, and the stage
+:func:`select_neurons` that applies them to every linear layer of the base/SFT pair.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+from ..errors import ArchitectureMismatch, SurgeryError
+from ..linear_layers import LinearLayer, canonical
+from ..modelio import LazyCheckpoint, StateDictCheckpoint
+from ..progress import progress
+from .fisher import FisherScores
+from .options import PatchOptions
+
+Checkpoint = LazyCheckpoint | StateDictCheckpoint
 
 
 def honesty_priority(s_hon: torch.Tensor, s_task: torch.Tensor, eps: float = 1e-10, normalize: bool = False) -> torch.Tensor:
@@ -21,13 +32,14 @@ def honesty_priority(s_hon: torch.Tensor, s_task: torch.Tensor, eps: float = 1e-
 
 def top_share(scores: torch.Tensor, share: float) -> torch.Tensor:
     """Sorted indices of the top ``share`` of entries (at least one); ties broken by lower index."""
-    k = max(1, int(round(share * scores.numel())))
+    k = max(1, round(share * scores.numel()))
     order = torch.sort(scores.double(), descending=True, stable=True).indices
     return torch.sort(order[:k]).values
 
 
 def random_share(n: int, share: float, generator: torch.Generator) -> torch.Tensor:
-    k = max(1, int(round(share * n)))
+    """Sorted indices of a random ``share`` of ``n`` neurons (at least one): the ablation's selection."""
+    k = max(1, round(share * n))
     return torch.sort(torch.randperm(n, generator=generator)[:k]).values
 
 
@@ -45,10 +57,78 @@ def select_units(perturbation: dict[str, tuple[float, float]], share: float) -> 
     """
     d = {k: math.sqrt(num) / math.sqrt(den) if den > 0 else (math.inf if num > 0 else 0.0)
          for k, (num, den) in perturbation.items()}
-    k = max(1, int(round(share * len(d))))
+    k = max(1, round(share * len(d)))
     ranked = sorted((u for u in d if d[u] > 0), key=lambda u: (-d[u], u))
     return sorted(ranked[:k])
 
 
 def unit_scores(perturbation: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """The relative perturbation d of every unit (0 where the base weights are zero), for the manifest."""
     return {k: (math.sqrt(n) / math.sqrt(d) if d > 0 else 0.0) for k, (n, d) in perturbation.items()}
+
+
+@dataclass
+class WeightPair:
+    """The stored base and SFT weights, read one tensor at a time by the selection and the compensation."""
+
+    base: Checkpoint
+    sft: Checkpoint
+
+    def canonical(self, layer: LinearLayer) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W0, W1) of ``layer`` in (out x in) orientation."""
+        return canonical(self.base.get(layer.weight), layer), canonical(self.sft.get(layer.weight), layer)
+
+    def model_parameters(self) -> int:
+        """Every parameter of the SFT checkpoint, for the share-of-model statistic."""
+        names = self.sft.keys()  # checkpoints have keys() but are not iterable
+        return sum(math.prod(self.sft.shape(k)) for k in names)
+
+    def check_same_tensors(self, layers: list[LinearLayer]) -> None:
+        """Every layer exists with the same shape in both models, or the pair is not one architecture."""
+        for layer in layers:
+            if layer.weight not in self.base:
+                raise ArchitectureMismatch(
+                    f"The base model has no tensor {layer.weight}: base and SFT differ in architecture.")
+            if self.base.shape(layer.weight) != self.sft.shape(layer.weight):
+                raise ArchitectureMismatch(
+                    f"{layer.weight} has different shapes in base and SFT: not the same architecture.")
+
+
+@dataclass
+class Selection:
+    """Stage 1 output: honesty-critical neurons per selected weight, plus what led there (for the report)."""
+
+    layers: list[LinearLayer]  # the selected layers, in model order
+    neurons: dict[str, torch.Tensor]  # weight name -> sorted neuron indices
+    candidates: dict[str, torch.Tensor]
+    unit_score: dict[str, float]
+    kept_units: list[str]
+
+
+def select_neurons(layers: list[LinearLayer], scores: FisherScores, weights: WeightPair,
+                   options: PatchOptions) -> Selection:
+    """Stage 1a (intra-layer top R_IW by priority) and 1b (cross-layer top R_CW by perturbation)."""
+    dim = 1 if options.neuron == "column" else 0
+    gen = torch.Generator().manual_seed(options.seed)
+    candidates: dict[str, torch.Tensor] = {}
+    pert: dict[str, tuple[float, float]] = {}
+    for layer in progress(layers, desc="selection", unit="matrix"):
+        w0, w1 = weights.canonical(layer)
+        if options.selection == "random":
+            idx = random_share(w1.shape[dim], options.r_iw, gen)
+        else:
+            r = honesty_priority(scores.hon[layer.weight], scores.task[layer.weight], options.epsilon,
+                                 options.fisher_normalize)
+            idx = top_share(r, options.r_iw)
+        candidates[layer.weight] = idx
+        unit = layer.weight if options.layer_unit == "matrix" else layer.block
+        num, den = relative_perturbation(w0, w1, idx, dim)
+        a, b = pert.get(unit, (0.0, 0.0))
+        pert[unit] = (a + num, b + den)
+    kept = select_units(pert, options.r_cw)
+    kept_set = set(kept)
+    chosen = [l for l in layers if (l.weight if options.layer_unit == "matrix" else l.block) in kept_set]
+    if not chosen:
+        raise SurgeryError("SFT did not change any linear weight of the base model: there is nothing to patch.")
+    neurons = {l.weight: candidates[l.weight] for l in chosen}
+    return Selection(chosen, neurons, candidates, unit_scores(pert), kept)
