@@ -217,9 +217,9 @@ def _run_hcnr(method: Method, inputs: Inputs, work: Path, t0: float) -> dict:
     t1 = time.perf_counter()
     apply_patch(inputs.sft, patch, work / "model", base=inputs.base)
     info.update(apply_seconds=round(time.perf_counter() - t1, 3), model=str(work / "model"), model_base=None,
-                examples_used=sum(report["calibration_examples"].values()),
-                artifact_bytes=report["patch_bytes"], artifact="patch", stage_seconds=report["seconds"],
-                fallbacks=report["fallbacks"], residual_ratio=report["residual_ratio"])
+                examples_used=sum(report.calibration_examples.values()),
+                artifact_bytes=report.patch_bytes, artifact="patch", stage_seconds=report.seconds,
+                fallbacks=report.fallbacks, residual_ratio=report.residual_ratio)
     return info
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..atomic import write_json_atomic, write_text_atomic
 from ..errors import SurgeryError
 from ..evaluation.benchmarks import Item, load_items
+from ..evaluation.runner import Generator
 from ..evaluation.scoring import is_correct
 from ..jsonl import jsonl_text
 
@@ -37,7 +38,7 @@ def purpose_of(item_id: str) -> str:
     return "calib" if h / 2**64 < CALIB_SHARE else "fit"
 
 
-def train_pool(benchmark: str, purpose: str, *, data_dir=None, answerable: bool | None = None) -> list[Item]:
+def train_pool(benchmark: str, purpose: str, *, data_dir: str | Path | None = None, answerable: bool | None = None) -> list[Item]:
     """Train-split items of ``benchmark`` reserved for ``purpose`` ("fit" or "calib"), in file order."""
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}")
@@ -54,7 +55,7 @@ def sample(items: Sequence[Item], n: int, seed: int, what: str) -> list[Item]:
     return random.Random(seed).sample(list(items), n)
 
 
-def probe_known(generator, items: Sequence[Item], *, max_new_tokens: int = 32) -> list[Item]:
+def probe_known(generator: Generator, items: Sequence[Item], *, max_new_tokens: int = 32) -> list[Item]:
     """The answerable items the model already answers correctly (greedy; ``is_correct`` on the gold)."""
     responses = generator.generate([it.question for it in items], max_new_tokens)
     return [it for it, r in zip(items, responses) if is_correct(r, it.answers)]
@@ -70,7 +71,7 @@ def idk_example(item: Item) -> Example:
     return {"id": item.id, "prompt": item.question, "response": IDK_RESPONSE}
 
 
-def honesty_calibration(*, data_dir=None, n: int = 128, seed: int = 0, known: Sequence[Item] = ()) -> list[Example]:
+def honesty_calibration(*, data_dir: str | Path | None = None, n: int = 128, seed: int = 0, known: Sequence[Item] = ()) -> list[Example]:
     """D_hon: half answerable with the answer (``known`` first, then PKQA), half unanswerable with IDK."""
     n_ans = n // 2
     known = list(known)[:n_ans]
@@ -84,7 +85,7 @@ def honesty_calibration(*, data_dir=None, n: int = 128, seed: int = 0, known: Se
     return examples
 
 
-def task_calibration(*, data_dir=None, n: int = 128, seed: int = 0,
+def task_calibration(*, data_dir: str | Path | None = None, n: int = 128, seed: int = 0,
                      benchmarks: Sequence[str] = ("nq_open", "qa_wikidata")) -> list[Example]:
     """D_task: the SFT task's own examples (split evenly over ``benchmarks``), always answered."""
     if not benchmarks:
@@ -99,7 +100,7 @@ def task_calibration(*, data_dir=None, n: int = 128, seed: int = 0,
     return examples
 
 
-def known_candidates(*, data_dir=None, purpose: str = "fit", n: int = 400, seed: int = 0) -> list[Item]:
+def known_candidates(*, data_dir: str | Path | None = None, purpose: str = "fit", n: int = 400, seed: int = 0) -> list[Item]:
     """SelfAware-answerable items to probe the model with (seeded sample of the reserved pool)."""
     pool = train_pool("selfaware", purpose, data_dir=data_dir, answerable=True)
     return sample(pool, min(n, len(pool)), seed, "SelfAware answerable")
@@ -113,7 +114,7 @@ def examples_sha256(examples: Sequence[Example]) -> str:
     return h.hexdigest()
 
 
-def write_calibration(out_dir: Path, *, generator=None, data_dir=None, n_hon: int = 128, n_task: int = 128,
+def write_calibration(out_dir: Path, *, generator: Generator | None = None, data_dir: str | Path | None = None, n_hon: int = 128, n_task: int = 128,
                       seed: int = 0, probe: int = 192, task_benchmarks: Sequence[str] = ("nq_open", "qa_wikidata"),
                       max_new_tokens: int = 32, probe_model: str | None = None) -> dict:
     """Write ``d_hon.jsonl``, ``d_task.jsonl`` and ``calibration.json`` (sizes, hashes, ids) to ``out_dir``.

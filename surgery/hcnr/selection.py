@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ArchitectureMismatch, SurgeryError
+from ..architecture import require_same_shapes
+from ..errors import SurgeryError
 from ..linear_layers import LinearLayer, canonical
 from ..modelio import LazyCheckpoint, StateDictCheckpoint
 from ..progress import progress
@@ -85,13 +86,7 @@ class WeightPair:
 
     def check_same_tensors(self, layers: list[LinearLayer]) -> None:
         """Every layer exists with the same shape in both models, or the pair is not one architecture."""
-        for layer in layers:
-            if layer.weight not in self.base:
-                raise ArchitectureMismatch(
-                    f"The base model has no tensor {layer.weight}: base and SFT differ in architecture.")
-            if self.base.shape(layer.weight) != self.sft.shape(layer.weight):
-                raise ArchitectureMismatch(
-                    f"{layer.weight} has different shapes in base and SFT: not the same architecture.")
+        require_same_shapes([layer.weight for layer in layers], self.base, self.sft)
 
 
 @dataclass
