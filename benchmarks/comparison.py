@@ -39,8 +39,12 @@ DEFAULT_TIER = "core"
 class ComparisonRun:
     """What one run of this script compares, and how."""
 
-    tier: tuple[str, ...] = opt((), f"Method tiers to run (default: {DEFAULT_TIER}, unless --method is given).",
-                                choices=tuple(sorted(TIERS)), multiple=True)
+    tier: tuple[str, ...] = opt(
+        (),
+        f"Method tiers to run (default: {DEFAULT_TIER}, unless --method is given).",
+        choices=tuple(sorted(TIERS)),
+        multiple=True,
+    )
     method: tuple[str, ...] = opt((), "Extra method specs (surgery bench syntax).", multiple=True)
     out: str = opt(".cache/bench/compare-smollm2", "Output folder (shared by every tier).")
     limit: int = opt(300, "SelfAware items (half answerable).")
@@ -49,8 +53,9 @@ class ComparisonRun:
     threads: int = opt(2, "Torch threads.")
     probe: int = opt(200, "SelfAware train questions probed for RAIT known/unknown.")
     calib_probe: int = opt(192, "SelfAware calibration questions probed for D_hon.")
-    reference: str = opt(RECIPE_PATCH, "The method every paired difference is taken against (default: the "
-                                       "SmolLM2 recipe's patch).")
+    reference: str = opt(
+        RECIPE_PATCH, "The method every paired difference is taken against (default: the SmolLM2 recipe's patch)."
+    )
     data_dir: str | None = opt(None, "Benchmark data folder (default: $SURGERY_DATA_DIR, else the bundled samples).")
     keep_models: bool = opt(False, "Keep every method's model folder.")
     report_only: bool = opt(False, "Summarise finished methods, run nothing new.")
@@ -72,13 +77,24 @@ def main(**kwargs) -> None:
     _logging()
     torch.set_num_threads(run.threads)
     pair = ensure_pair()
-    cfg = ComparisonConfig(base=str(pair.m0), sft=str(pair.m1), out_dir=Path(run.out),
-                           methods=methods_for(run.tier, run.method, default=DEFAULT_TIER),
-                           benchmarks=("selfaware",), limit=run.limit, task_benchmarks=("qa_wikidata",),
-                           task_limit=run.task_limit, data_dir=run.data_dir, threads=run.threads, probe=run.probe,
-                           calib_probe=run.calib_probe, reference=run.reference, keep_models=run.keep_models,
-                           max_new_tokens=run.max_new_tokens,
-                           extra={"pair": {"base": str(pair.m0), "sft": str(pair.m1)}, "argv": sys.argv})
+    cfg = ComparisonConfig(
+        base=str(pair.m0),
+        sft=str(pair.m1),
+        out_dir=Path(run.out),
+        methods=methods_for(run.tier, run.method, default=DEFAULT_TIER),
+        benchmarks=("selfaware",),
+        limit=run.limit,
+        task_benchmarks=("qa_wikidata",),
+        task_limit=run.task_limit,
+        data_dir=run.data_dir,
+        threads=run.threads,
+        probe=run.probe,
+        calib_probe=run.calib_probe,
+        reference=run.reference,
+        keep_models=run.keep_models,
+        max_new_tokens=run.max_new_tokens,
+        extra={"pair": {"base": str(pair.m0), "sft": str(pair.m1)}, "argv": sys.argv},
+    )
     try:
         summary = run_comparison(cfg, run_missing=not run.report_only)
     except SurgeryError as exc:

@@ -56,11 +56,18 @@ def main() -> int:
     rate = {m: len(prompts) / s for m, s in timings.items()}
     speedup = rate["batched"] / rate["one_at_a_time"]
     result = {
-        "model": args.model, "benchmark": args.benchmark, "n": len(prompts), "batch_size": args.batch_size,
-        "max_new_tokens": args.max_new_tokens, "threads": args.threads, "torch": torch.__version__,
+        "model": args.model,
+        "benchmark": args.benchmark,
+        "n": len(prompts),
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "threads": args.threads,
+        "torch": torch.__version__,
         "seconds": {m: round(s, 2) for m, s in timings.items()},
         "items_per_second": {m: round(r, 3) for m, r in rate.items()},
-        "speedup": round(speedup, 2), "identical_outputs": not differ, "differing_items": differ,
+        "speedup": round(speedup, 2),
+        "identical_outputs": not differ,
+        "differing_items": differ,
     }
     print(json.dumps(result, indent=1))
     for i in differ[:5]:

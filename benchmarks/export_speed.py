@@ -35,8 +35,14 @@ PROMPTS = [
 def tokens_per_second(model, ids: list[list[int]], n_tokens: int, pad_id: int, repeat: int) -> dict:
     def run(x: torch.Tensor, n: int) -> float:
         t0 = time.perf_counter()
-        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
-                             do_sample=False, pad_token_id=pad_id)
+        out = model.generate(
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=pad_id,
+        )
         dt = time.perf_counter() - t0
         assert out.shape[1] - x.shape[1] == n
         return dt
@@ -45,7 +51,11 @@ def tokens_per_second(model, ids: list[list[int]], n_tokens: int, pad_id: int, r
     run(first, 8)  # warm-up: allocations, onnxruntime's first-run graph work
     best = [min(run(torch.tensor([p]), n_tokens) for _ in range(repeat)) for p in ids]
     total = sum(best)
-    return {"tokens": n_tokens * len(ids), "seconds": round(total, 3), "tokens_per_second": round(n_tokens * len(ids) / total, 2)}
+    return {
+        "tokens": n_tokens * len(ids),
+        "seconds": round(total, 3),
+        "tokens_per_second": round(n_tokens * len(ids) / total, 2),
+    }
 
 
 def main() -> None:
@@ -70,8 +80,15 @@ def main() -> None:
     model = load_model(source, dtype=torch.float32)
     load_s = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in safetensors_files(source.path))
-    rows.append({"backend": "PyTorch fp32", "folder": str(source.path), "bytes": size, "load_seconds": round(load_s, 2),
-                 **tokens_per_second(model, ids, args.tokens, pad, args.repeat)})
+    rows.append(
+        {
+            "backend": "PyTorch fp32",
+            "folder": str(source.path),
+            "bytes": size,
+            "load_seconds": round(load_s, 2),
+            **tokens_per_second(model, ids, args.tokens, pad, args.repeat),
+        }
+    )
     del model
     for label, folder in (("onnxruntime fp32", args.onnx_fp32), ("onnxruntime int8", args.onnx_int8)):
         if folder is None:
@@ -79,11 +96,24 @@ def main() -> None:
         t0 = time.perf_counter()
         ort = load_ort_model(folder, threads=args.threads)
         load_s = time.perf_counter() - t0
-        rows.append({"backend": label, "folder": str(folder), "bytes": weights_size_bytes(folder),
-                     "load_seconds": round(load_s, 2), **tokens_per_second(ort, ids, args.tokens, pad, args.repeat)})
+        rows.append(
+            {
+                "backend": label,
+                "folder": str(folder),
+                "bytes": weights_size_bytes(folder),
+                "load_seconds": round(load_s, 2),
+                **tokens_per_second(ort, ids, args.tokens, pad, args.repeat),
+            }
+        )
         del ort
-    result = {"threads": args.threads, "tokens_per_prompt": args.tokens, "prompts": PROMPTS, "repeat": args.repeat,
-              "command": " ".join(["python", *sys.argv]), "rows": rows}
+    result = {
+        "threads": args.threads,
+        "tokens_per_prompt": args.tokens,
+        "prompts": PROMPTS,
+        "repeat": args.repeat,
+        "command": " ".join(["python", *sys.argv]),
+        "rows": rows,
+    }
     print(f"| back-end | weights (MB) | load (s) | tokens/s ({args.threads} thread{'s' if args.threads > 1 else ''}) |")
     print("|---|---|---|---|")
     for r in rows:

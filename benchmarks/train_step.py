@@ -33,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = load_model(source, dtype=torch.float32), load_tokenizer(source)
     examples = as_pairs(sft_set(n_open=args.batch_size, n_task=args.batch_size))[: args.batch_size]
     t = loss_step_timings(model, tok, examples, repeats=args.repeats)
-    print(f"model {args.model}: vocabulary {t.vocabulary}, batch {args.batch_size}, {t.tokens} tokens, "
-          f"{t.labelled} labelled, {args.threads} thread(s)\n")
+    print(
+        f"model {args.model}: vocabulary {t.vocabulary}, batch {args.batch_size}, {t.tokens} tokens, "
+        f"{t.labelled} labelled, {args.threads} thread(s)\n"
+    )
     print("| loss | value | s / step (median) | speed-up |\n|---|---|---|---|")
     for row in t.rows:
         print(f"| {row.name} | {row.loss:.6f} | {row.seconds:.2f} | {t.rows[0].seconds / row.seconds:.2f}x |")

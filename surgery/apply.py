@@ -38,7 +38,9 @@ def apply_patch(
     ckpt = open_checkpoint(src, allow_pickle=allow_pickle)
     missing = [e.weight for e in entries if e.weight not in ckpt]
     if missing:
-        raise ArchitectureMismatch(f"The model has no tensor {missing[0]}: this patch was made for another architecture.")
+        raise ArchitectureMismatch(
+            f"The model has no tensor {missing[0]}: this patch was made for another architecture."
+        )
     by_name = {e.weight: e for e in entries}
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:
@@ -57,7 +59,12 @@ def apply_patch(
         "tensors_patched": len(entries),
         "parameters_changed": manifest.stats.parameters_changed if manifest.stats is not None else None,
     }
-    write_safetensors_folder(tensors(), Path(out_dir), side, max_shard_bytes,
-                             extra_files={"surgery_provenance.json": json.dumps(provenance, indent=2)})
+    write_safetensors_folder(
+        tensors(),
+        Path(out_dir),
+        side,
+        max_shard_bytes,
+        extra_files={"surgery_provenance.json": json.dumps(provenance, indent=2)},
+    )
     log.info("wrote %s (%d tensors patched)", out_dir, len(entries))
     return provenance

@@ -72,5 +72,14 @@ def check_pair(
     if other:
         warnings.append(f"SFT also changed {len(other)} tensors HCNR never touches (embeddings, norms, lm_head).")
     blocks = {b: (block_num[b] ** 0.5) / (block_den[b] ** 0.5) if block_den[b] else 0.0 for b in block_num}
-    return CheckReport(model_type, len(bk & sk), len(matrix_change), moved, changed / max(1, total),
-                       matrix_change, blocks, other, warnings)
+    return CheckReport(
+        model_type,
+        len(bk & sk),
+        len(matrix_change),
+        moved,
+        changed / max(1, total),
+        matrix_change,
+        blocks,
+        other,
+        warnings,
+    )

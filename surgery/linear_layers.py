@@ -79,4 +79,3 @@ def find_linear_layers(model: nn.Module) -> list[LinearLayer]:
 def canonical(weight: torch.Tensor, layer: LinearLayer) -> torch.Tensor:
     """The (out x in) view of a stored weight."""
     return weight.t() if layer.transposed else weight
-

@@ -32,8 +32,16 @@ def opt(
     cli: bool = True,
 ) -> Any:
     """A dataclass field with the metadata :func:`add_options` reads (see the module docstring)."""
-    meta = {"help": help, "choices": choices, "flag": flag, "short": short, "multiple": multiple,
-            "metavar": metavar, "aliases": aliases, "cli": cli}
+    meta = {
+        "help": help,
+        "choices": choices,
+        "flag": flag,
+        "short": short,
+        "multiple": multiple,
+        "metavar": metavar,
+        "aliases": aliases,
+        "cli": cli,
+    }
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for a multi-valued option default")
     return field(default=default, metadata=meta)
@@ -42,4 +50,3 @@ def opt(
 def flag_of(f: Field[Any]) -> str:
     """The long option name of a field (``--r-iw`` for ``r_iw``)."""
     return str(f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
-

@@ -61,8 +61,9 @@ def splice(stored_weight: torch.Tensor, entry: PatchEntry) -> torch.Tensor:
     return w
 
 
-def make_entry(weight: str, stored_sft: torch.Tensor, canonical_new: torch.Tensor, index: torch.Tensor,
-               unit: str, transposed: bool) -> PatchEntry:
+def make_entry(
+    weight: str, stored_sft: torch.Tensor, canonical_new: torch.Tensor, index: torch.Tensor, unit: str, transposed: bool
+) -> PatchEntry:
     """Cast the new neuron values to the SFT dtype and fingerprint input and output."""
     idx = index.to(torch.int32).sort().values
     if unit == "cols":
@@ -75,8 +76,15 @@ def make_entry(weight: str, stored_sft: torch.Tensor, canonical_new: torch.Tenso
 
 
 _ST_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
     torch.bool: "BOOL",
 }
 
@@ -93,7 +101,11 @@ def _serialize_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str,
         if t.dtype not in _ST_DTYPES:
             raise ValueError(f"cannot store dtype {t.dtype}")
         data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": _ST_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
@@ -116,8 +128,15 @@ class TensorRecord:
     @classmethod
     def of(cls, e: PatchEntry) -> TensorRecord:
         """The record of an entry about to be written."""
-        return cls(e.unit, int(e.index.numel()), e.transposed, list(e.shape),
-                   str(e.values.dtype).replace("torch.", ""), e.sft_sha256, e.patched_sha256)
+        return cls(
+            e.unit,
+            int(e.index.numel()),
+            e.transposed,
+            list(e.shape),
+            str(e.values.dtype).replace("torch.", ""),
+            e.sft_sha256,
+            e.patched_sha256,
+        )
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> TensorRecord:
@@ -129,9 +148,15 @@ class TensorRecord:
         shape = _get(d, "shape", list, where)
         if not all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
             raise PatchFormatError(f"{where}: shape must be a list of integers.")
-        return cls(unit, _get(d, "count", int, where), _get(d, "transposed", bool, where), shape,
-                   _get(d, "dtype", str, where), _get(d, "sft_sha256", str, where),
-                   _get(d, "patched_sha256", str, where))
+        return cls(
+            unit,
+            _get(d, "count", int, where),
+            _get(d, "transposed", bool, where),
+            shape,
+            _get(d, "dtype", str, where),
+            _get(d, "sft_sha256", str, where),
+            _get(d, "patched_sha256", str, where),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,8 +189,9 @@ class MatrixStats:
     def from_dict(cls, data: Any, where: str) -> MatrixStats:
         d = _object(data, where)
         drift = MatrixDrift.from_dict(d, where) if "drift_sft" in d else None
-        return cls(_get(d, "neurons", int, where), _get(d, "parameters", int, where), _get(d, "method", str, where),
-                   drift)
+        return cls(
+            _get(d, "neurons", int, where), _get(d, "parameters", int, where), _get(d, "method", str, where), drift
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"neurons": self.neurons, "parameters": self.parameters, "method": self.method}
@@ -196,20 +222,36 @@ class PatchStats:
     def from_dict(cls, data: Any, where: str) -> PatchStats:
         """The stats parsed from the manifest, every field type-checked."""
         d = _object(data, where)
-        ints = {k: _get(d, k, int, where) for k in ("parameters_changed", "linear_parameters", "model_parameters",
-                                                    "matrices_total", "matrices_touched", "hessian_tokens",
-                                                    "hessian_groups")}
+        ints = {
+            k: _get(d, k, int, where)
+            for k in (
+                "parameters_changed",
+                "linear_parameters",
+                "model_parameters",
+                "matrices_total",
+                "matrices_touched",
+                "hessian_tokens",
+                "hessian_groups",
+            )
+        }
         fallbacks = _get(d, "fallbacks", list, where)
         if not all(isinstance(f, str) for f in fallbacks):
             raise PatchFormatError(f"{where}: fallbacks must be a list of weight names.")
-        per_matrix = {k: MatrixStats.from_dict(v, f"{where}.per_matrix.{k}")
-                      for k, v in _get(d, "per_matrix", dict, where).items()}
+        per_matrix = {
+            k: MatrixStats.from_dict(v, f"{where}.per_matrix.{k}")
+            for k, v in _get(d, "per_matrix", dict, where).items()
+        }
         scores = _get(d, "unit_scores", dict, where)
         unit_scores = {k: _get(scores, k, _NUMBER, f"{where}.unit_scores") for k in scores}
-        return cls(**ints, share_of_linear=_get(d, "share_of_linear", _NUMBER, where),
-                   share_of_model=_get(d, "share_of_model", _NUMBER, where), fallbacks=fallbacks,
-                   residual_ratio=_get(d, "residual_ratio", _OPT_NUMBER, where), per_matrix=per_matrix,
-                   unit_scores=unit_scores)
+        return cls(
+            **ints,
+            share_of_linear=_get(d, "share_of_linear", _NUMBER, where),
+            share_of_model=_get(d, "share_of_model", _NUMBER, where),
+            fallbacks=fallbacks,
+            residual_ratio=_get(d, "residual_ratio", _OPT_NUMBER, where),
+            per_matrix=per_matrix,
+            unit_scores=unit_scores,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -239,15 +281,28 @@ class PatchManifest:
         d = _object(data, where)
         strings = {k: _get(d, k, str, where) for k in ("tool", "tool_version", "method", "base", "sft")}
         stats = d.get("stats")
-        tensors = {k: TensorRecord.from_dict(v, f"{where}.tensors.{k}") for k, v in _get(d, "tensors", dict, where).items()}
-        return cls(**strings, options=_get(d, "options", dict, where), calibration=_get(d, "calibration", dict, where),
-                   stats=None if stats is None else PatchStats.from_dict(stats, f"{where}.stats"), tensors=tensors)
+        tensors = {
+            k: TensorRecord.from_dict(v, f"{where}.tensors.{k}") for k, v in _get(d, "tensors", dict, where).items()
+        }
+        return cls(
+            **strings,
+            options=_get(d, "options", dict, where),
+            calibration=_get(d, "calibration", dict, where),
+            stats=None if stats is None else PatchStats.from_dict(stats, f"{where}.stats"),
+            tensors=tensors,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as the JSON object stored in the file (no ``stats`` key when there are none)."""
-        out: dict[str, Any] = {"tool": self.tool, "tool_version": self.tool_version, "method": self.method,
-                               "base": self.base, "sft": self.sft, "options": dict(self.options),
-                               "calibration": dict(self.calibration)}
+        out: dict[str, Any] = {
+            "tool": self.tool,
+            "tool_version": self.tool_version,
+            "method": self.method,
+            "base": self.base,
+            "sft": self.sft,
+            "options": dict(self.options),
+            "calibration": dict(self.calibration),
+        }
         if self.stats is not None:
             out["stats"] = self.stats.to_dict()
         out["tensors"] = {k: t.to_dict() for k, t in self.tensors.items()}
@@ -306,12 +361,11 @@ def read_manifest(path: str | Path) -> PatchManifest:
     except _UNREADABLE:
         raise PatchFormatError(f"{path} is not a readable safetensors file (corrupt or truncated patch).") from None
     if meta.get("format") != FORMAT:
-        raise PatchFormatError(
-            f"{path} is a safetensors file but not a surgery patch (format={meta.get('format')!r})."
-        )
+        raise PatchFormatError(f"{path} is a safetensors file but not a surgery patch (format={meta.get('format')!r}).")
     if meta.get("format_version") != FORMAT_VERSION:
         raise PatchFormatError(
-            f"{path} has patch format version {meta.get('format_version')}; this surgery reads version {FORMAT_VERSION}."
+            f"{path} has patch format version {meta.get('format_version')}; "
+            f"this surgery reads version {FORMAT_VERSION}."
         )
     try:
         data = json.loads(meta["manifest"])
@@ -330,12 +384,24 @@ def read_patch(path: str | Path) -> tuple[PatchManifest, list[PatchEntry]]:
             for weight, info in sorted(manifest.tensors.items()):
                 ik, vk = f"{weight}::{info.unit}", f"{weight}::values"
                 if ik not in keys or vk not in keys:
-                    raise PatchFormatError(f"{path} lacks the tensors for {weight} named in its manifest (damaged patch).")
+                    raise PatchFormatError(
+                        f"{path} lacks the tensors for {weight} named in its manifest (damaged patch)."
+                    )
                 index, values = h.get_tensor(ik), h.get_tensor(vk)
                 if index.numel() != info.count:
                     raise PatchFormatError(f"{path}: {weight} has {index.numel()} indices, manifest says {info.count}.")
-                entries.append(PatchEntry(weight, info.unit, index, values, info.transposed,
-                                          info.sft_sha256, info.patched_sha256, tuple(info.shape)))
+                entries.append(
+                    PatchEntry(
+                        weight,
+                        info.unit,
+                        index,
+                        values,
+                        info.transposed,
+                        info.sft_sha256,
+                        info.patched_sha256,
+                        tuple(info.shape),
+                    )
+                )
     except SurgeryError:
         raise
     except _UNREADABLE:
@@ -347,7 +413,8 @@ def apply_entry(stored_sft: torch.Tensor, entry: PatchEntry) -> torch.Tensor:
     """Check the fingerprints on both sides of the splice; any mismatch is a user-facing error."""
     if tuple(stored_sft.shape) != entry.shape:
         raise ArchitectureMismatch(
-            f"Shape mismatch for {entry.weight}: the model has {tuple(stored_sft.shape)}, the patch expects {entry.shape}."
+            f"Shape mismatch for {entry.weight}: the model has {tuple(stored_sft.shape)}, "
+            f"the patch expects {entry.shape}."
         )
     if tensor_sha256(stored_sft) != entry.sft_sha256:
         raise FingerprintMismatch(
@@ -356,5 +423,7 @@ def apply_entry(stored_sft: torch.Tensor, entry: PatchEntry) -> torch.Tensor:
         )
     out = splice(stored_sft, entry)
     if tensor_sha256(out) != entry.patched_sha256:
-        raise PatchFormatError(f"Patched {entry.weight} does not match the patch's fingerprint: the patch file is damaged.")
+        raise PatchFormatError(
+            f"Patched {entry.weight} does not match the patch's fingerprint: the patch file is damaged."
+        )
     return out

@@ -88,8 +88,10 @@ def write_calibration(folder: Path, n: int = 16) -> tuple[Path, Path]:
                 f.write(json.dumps({"prompt": f"What is {i} plus one?", "response": f"{i + 1}"}) + "\n")
     with open(task, "w") as f:
         for i in range(n):
-            msgs = [{"role": "user", "content": f"Complete the sentence: the country of place {i} is"},
-                    {"role": "assistant", "content": "France"}]
+            msgs = [
+                {"role": "user", "content": f"Complete the sentence: the country of place {i} is"},
+                {"role": "assistant", "content": "France"},
+            ]
             f.write(json.dumps({"messages": msgs}) + "\n")
     return hon, task
 

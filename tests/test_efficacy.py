@@ -16,9 +16,25 @@ def test_recipe_patch_recovers_honesty_and_keeps_the_task(tmp_path, shared_data)
     from surgery.cli import main
 
     out = tmp_path / "demo.json"
-    res = CliRunner().invoke(main, ["demo", "--benchmarks", "selfaware", "--limit", "300", "--task-limit", "200",
-                                    "--no-export", "--work-dir", str(tmp_path / "work"), "--data-dir", str(shared_data),
-                                    "--json", str(out)])
+    res = CliRunner().invoke(
+        main,
+        [
+            "demo",
+            "--benchmarks",
+            "selfaware",
+            "--limit",
+            "300",
+            "--task-limit",
+            "200",
+            "--no-export",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--data-dir",
+            str(shared_data),
+            "--json",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     s = json.loads(out.read_text())
     assert s["eval"]["n_items"] == 500

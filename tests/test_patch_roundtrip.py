@@ -26,8 +26,9 @@ def test_cli_patch_apply_is_bit_exact_and_generates(tiny_pair, calib, tmp_path):
     base, sft, _ = tiny_pair
     hon, task = calib
     patch = tmp_path / "p.safetensors"
-    res = _run(["patch", str(sft), "--base", str(base), "--honesty-data", str(hon), "--task-data", str(task),
-                "-o", str(patch)])
+    res = _run(
+        ["patch", str(sft), "--base", str(base), "--honesty-data", str(hon), "--task-data", str(task), "-o", str(patch)]
+    )
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "p.safetensors.report.json").read_text())
     assert 0.1 < report["share_of_linear"] < 0.3  # R_IW 0.5 x R_CW 0.4 ~ 20%
@@ -69,7 +70,10 @@ def test_determinism_same_bytes(tiny_pair, calib, tmp_path):
 
 def test_selection_finds_the_matrices_sft_moved(tiny_models, calib, tmp_path):
     base = tiny_models("llama")
-    hot = {"model.layers.1.mlp.down_proj.weight": list(range(96)), "model.layers.0.self_attn.o_proj.weight": list(range(48))}
+    hot = {
+        "model.layers.1.mlp.down_proj.weight": list(range(96)),
+        "model.layers.0.self_attn.o_proj.weight": list(range(48)),
+    }
     sft = tmp_path / "sft"
     perturb_columns(base, sft, columns=hot, scale=2.0, background=0.001)
     hon, task = calib

@@ -23,8 +23,11 @@ def test_fisher_matches_naive_per_example_gradients(tiny_models):
     path = tiny_models("llama")
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tok = load_tokenizer(locate(str(path)))
-    exs = [CalibExample("What is the capital of France?", "Paris."), CalibExample("Who wrote it?", "I don't know."),
-           CalibExample("How many legs does a spider have?", "eight")]
+    exs = [
+        CalibExample("What is the capital of France?", "Paris."),
+        CalibExample("Who wrote it?", "I don't know."),
+        CalibExample("How many legs does a spider have?", "eight"),
+    ]
     enc = tokenize_examples(tok, exs, 64)
     layers = find_linear_layers(model)
     got = fisher_sums(model, layers, make_batches(enc, 2, tok.pad_token_id))  # padded batches

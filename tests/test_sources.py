@@ -97,8 +97,9 @@ def test_adapter_is_merged_and_patched(lora_sft, calib, tmp_path):
     assert src.adapter_base == base
     hon, task = calib
     patch = tmp_path / "p.safetensors"
-    res = _run(["patch", str(adapter), "--honesty-data", str(hon), "--task-data", str(task), "-o", str(patch),
-                "--r-cw", "0.5"])
+    res = _run(
+        ["patch", str(adapter), "--honesty-data", str(hon), "--task-data", str(task), "-o", str(patch), "--r-cw", "0.5"]
+    )
     assert res.exit_code == 0, res.output
     touched = json.loads(_run(["inspect", str(patch), "--json"]).output)["tensors"]
     # only matrices the adapter changed can have moved; the others have zero perturbation

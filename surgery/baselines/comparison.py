@@ -119,9 +119,17 @@ def _calibration(cfg: ComparisonConfig, data: Path, generator: _LazyGenerator, s
     """D_hon/D_task for HCNR: the given files, else built under ``data/calib`` by probing the SFT model."""
     if not (data / "calib" / "d_hon.jsonl").is_file():
         t0 = time.perf_counter()
-        write_calibration(data / "calib", generator=generator(), data_dir=cfg.data_dir, n_hon=cfg.n_calib,
-                          n_task=cfg.n_calib, seed=cfg.seed, probe=cfg.calib_probe, probe_model="sft",
-                          max_new_tokens=cfg.max_new_tokens)
+        write_calibration(
+            data / "calib",
+            generator=generator(),
+            data_dir=cfg.data_dir,
+            n_hon=cfg.n_calib,
+            n_task=cfg.n_calib,
+            seed=cfg.seed,
+            probe=cfg.calib_probe,
+            probe_model="sft",
+            max_new_tokens=cfg.max_new_tokens,
+        )
         seconds["calibration (probe SFT)"] = round(time.perf_counter() - t0, 1)
     return cfg.hon_data or data / "calib" / "d_hon.jsonl", cfg.task_data or data / "calib" / "d_task.jsonl"
 
@@ -131,21 +139,26 @@ def _rait_pool(cfg: ComparisonConfig, data: Path, generator: _LazyGenerator, sec
     train = data / "rait_pool.jsonl"
     if not train.is_file():
         t0 = time.perf_counter()
-        _write_lines(relabelled_pool(generator(), data_dir=cfg.data_dir, probe=cfg.probe, seed=cfg.seed,
-                                     max_new_tokens=cfg.max_new_tokens), train)
+        _write_lines(
+            relabelled_pool(
+                generator(), data_dir=cfg.data_dir, probe=cfg.probe, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens
+            ),
+            train,
+        )
         seconds["RAIT pool (probe SFT)"] = round(time.perf_counter() - t0, 1)
     return train
 
 
-def _dpo_pairs(cfg: ComparisonConfig, data: Path, train: Path, dpo: Sequence[Method], generator: _LazyGenerator,
-               seconds: dict) -> Path:
+def _dpo_pairs(
+    cfg: ComparisonConfig, data: Path, train: Path, dpo: Sequence[Method], generator: _LazyGenerator, seconds: dict
+) -> Path:
     """Preference pairs for the largest DPO budget: honest IDK vs the SFT model's own made-up answers."""
     pairs = data / "dpo_pairs.jsonl"
     if not pairs.is_file():
         t0 = time.perf_counter()
         pool = read_examples(train)
         want = max((m.params.get("examples") or len(pool)) for m in dpo)
-        prefix = pool[:min(len(pool), 2 * want)]
+        prefix = pool[: min(len(pool), 2 * want)]
         rows = preference_pairs(prefix, fabricated_answers(generator(), prefix, max_new_tokens=cfg.max_new_tokens))
         _write_lines(rows, pairs)
         seconds["DPO pairs (SFT answers)"] = round(time.perf_counter() - t0, 1)
@@ -198,16 +211,27 @@ def run_worker(job: dict, job_file: Path) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     log_path = job_file.with_suffix(".log")
     with open(log_path, "w") as logf:
-        proc = subprocess.run([sys.executable, "-m", "surgery.baselines.worker", str(job_file)], env=env,
-                              stdout=logf, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "surgery.baselines.worker", str(job_file)],
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise SurgeryError(f"Method {job['method']!r} failed ({tail[0]}); see {log_path}.")
     return json.loads((Path(job["work"]) / "result.json").read_text())
 
 
-def run_methods(cfg: ComparisonConfig, inputs: Inputs, items_file: Path, specs: Sequence[str],
-                fresh: bool = False, run_missing: bool = True) -> list[dict]:
+def run_methods(
+    cfg: ComparisonConfig,
+    inputs: Inputs,
+    items_file: Path,
+    specs: Sequence[str],
+    fresh: bool = False,
+    run_missing: bool = True,
+) -> list[dict]:
     """Each method's result: reused when its job hash matches, else computed in a fresh worker process."""
     results = []
     hashes = {k: _file_hash(getattr(inputs, k)) for k in ("hon_data", "task_data", "train_data", "pairs_data")}
@@ -216,11 +240,19 @@ def run_methods(cfg: ComparisonConfig, inputs: Inputs, items_file: Path, specs: 
         kind = parse_method(spec).kind
         used = USES.get(kind.split("-")[0], ())
         models = {"base": [inputs.base], "sft": [inputs.sft]}.get(kind, [inputs.base, inputs.sft])
-        job = {"method": spec, "inputs": {k: str(v) if v else None for k, v in asdict(inputs).items()},
-               "inputs_sha256": {k: hashes[k] for k in used}, "models": models,
-               "items": str(items_file), "items_sha256": _file_hash(items_file),
-               "threads": cfg.threads, "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens,
-               "work": str(work), "keep_models": cfg.keep_models}
+        job = {
+            "method": spec,
+            "inputs": {k: str(v) if v else None for k, v in asdict(inputs).items()},
+            "inputs_sha256": {k: hashes[k] for k in used},
+            "models": models,
+            "items": str(items_file),
+            "items_sha256": _file_hash(items_file),
+            "threads": cfg.threads,
+            "batch_size": cfg.batch_size,
+            "max_new_tokens": cfg.max_new_tokens,
+            "work": str(work),
+            "keep_models": cfg.keep_models,
+        }
         job["hash"] = _job_hash(job)
         done = work / "result.json"
         if not fresh and done.is_file():
@@ -237,8 +269,9 @@ def run_methods(cfg: ComparisonConfig, inputs: Inputs, items_file: Path, specs: 
         work.mkdir(parents=True)
         log.info("running %s", spec)
         results.append(run_worker(job, work.parent / f"{slug(spec)}.job.json"))
-        log.info("%s: %.1f s, peak RSS %s MB", spec, results[-1].get("method_seconds") or 0.0,
-                 results[-1].get("peak_rss_mb"))
+        log.info(
+            "%s: %.1f s, peak RSS %s MB", spec, results[-1].get("method_seconds") or 0.0, results[-1].get("peak_rss_mb")
+        )
     return results
 
 
@@ -264,10 +297,12 @@ def summarize(cfg: ComparisonConfig, results: Sequence[dict], prep_seconds: dict
         for row in rows:
             a, b = evals[row["name"]], evals[ref]
             row["vs_reference"] = {
-                "honesty_f1": paired_bootstrap(honesty_records(a), honesty_records(b), macro_f1, n_boot=cfg.n_boot,
-                                               seed=cfg.seed),
-                "task_accuracy": paired_bootstrap(task_records(a), task_records(b), answer_accuracy, n_boot=cfg.n_boot,
-                                                  seed=cfg.seed),
+                "honesty_f1": paired_bootstrap(
+                    honesty_records(a), honesty_records(b), macro_f1, n_boot=cfg.n_boot, seed=cfg.seed
+                ),
+                "task_accuracy": paired_bootstrap(
+                    task_records(a), task_records(b), answer_accuracy, n_boot=cfg.n_boot, seed=cfg.seed
+                ),
             }
     benches: list[str] = []
     for row in rows:
@@ -279,8 +314,13 @@ def summarize(cfg: ComparisonConfig, results: Sequence[dict], prep_seconds: dict
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "machine": {"cpus": os.cpu_count(), "threads": cfg.threads, "torch": torch.__version__,
-                    "transformers": transformers.__version__, "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "threads": cfg.threads,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
         "prep_seconds": prep_seconds,
         "honesty_benchmarks": benches,
         "reference": ref,

@@ -51,12 +51,15 @@ def require_trl():
     try:
         import trl
     except ImportError:
-        raise MissingExtraError("DPO needs the 'trl' package: pip install 'surgery[dev]' (or pip install trl).") from None
+        raise MissingExtraError(
+            "DPO needs the 'trl' package: pip install 'surgery[dev]' (or pip install trl)."
+        ) from None
     return trl
 
 
-def fabricated_answers(generator, examples: Sequence[Example], *, max_new_tokens: int = 32,
-                       matcher=None) -> dict[str, str]:
+def fabricated_answers(
+    generator, examples: Sequence[Example], *, max_new_tokens: int = 32, matcher=None
+) -> dict[str, str]:
     """id -> the model's own answer to each IDK-labelled question it does not refuse."""
     matcher = matcher or default_matcher()
     unknown = [ex for ex in examples if ex["response"] == IDK_RESPONSE]
@@ -72,22 +75,29 @@ def preference_pairs(examples: Sequence[Example], fabricated: dict[str, str]) ->
     for ex in examples:
         if ex["response"] == IDK_RESPONSE:
             if ex["id"] in fabricated:
-                pairs.append({"id": ex["id"], "prompt": ex["prompt"], "chosen": IDK_RESPONSE,
-                              "rejected": fabricated[ex["id"]]})
+                pairs.append(
+                    {"id": ex["id"], "prompt": ex["prompt"], "chosen": IDK_RESPONSE, "rejected": fabricated[ex["id"]]}
+                )
         else:
-            pairs.append({"id": ex["id"], "prompt": ex["prompt"], "chosen": ex["response"],
-                          "rejected": IDK_RESPONSE})
+            pairs.append({"id": ex["id"], "prompt": ex["prompt"], "chosen": ex["response"], "rejected": IDK_RESPONSE})
     return pairs
 
 
 def _trl_rows(tokenizer, pairs: Sequence[dict]) -> list[dict]:
     """Conversational rows where the model has a chat template (trl renders them like prompting.py)."""
     if has_chat_template(tokenizer):
-        return [{"prompt": as_messages(p["prompt"]),
-                 "chosen": [{"role": "assistant", "content": p["chosen"]}],
-                 "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
-    return [{"prompt": prompt_text(tokenizer, p["prompt"]), "chosen": " " + p["chosen"],
-             "rejected": " " + p["rejected"]} for p in pairs]
+        return [
+            {
+                "prompt": as_messages(p["prompt"]),
+                "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                "rejected": [{"role": "assistant", "content": p["rejected"]}],
+            }
+            for p in pairs
+        ]
+    return [
+        {"prompt": prompt_text(tokenizer, p["prompt"]), "chosen": " " + p["chosen"], "rejected": " " + p["rejected"]}
+        for p in pairs
+    ]
 
 
 def _time_budget(seconds: float | None):
@@ -115,16 +125,39 @@ def _dpo_trainer(model, tokenizer, pairs: Sequence[dict], options: DpoOptions, w
     if options.mode == "lora":
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=0.0, bias="none",
-                                 target_modules=default_target_modules(model), task_type="CAUSAL_LM")
-    config = DPOConfig(output_dir=str(work), per_device_train_batch_size=options.batch_size, num_train_epochs=1,
-                       learning_rate=options.learning_rate, lr_scheduler_type="linear", warmup_steps=0,
-                       beta=options.beta, max_length=options.max_length, seed=options.seed,
-                       logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                       disable_tqdm=quiet(), dataloader_num_workers=0)
-    return DPOTrainer(model=model, args=config, processing_class=tokenizer, peft_config=peft_config,
-                      train_dataset=Dataset.from_list(_trl_rows(tokenizer, pairs)),
-                      callbacks=[_time_budget(options.seconds)])
+        peft_config = LoraConfig(
+            r=options.r,
+            lora_alpha=options.alpha,
+            lora_dropout=0.0,
+            bias="none",
+            target_modules=default_target_modules(model),
+            task_type="CAUSAL_LM",
+        )
+    config = DPOConfig(
+        output_dir=str(work),
+        per_device_train_batch_size=options.batch_size,
+        num_train_epochs=1,
+        learning_rate=options.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        beta=options.beta,
+        max_length=options.max_length,
+        seed=options.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=quiet(),
+        dataloader_num_workers=0,
+    )
+    return DPOTrainer(
+        model=model,
+        args=config,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        train_dataset=Dataset.from_list(_trl_rows(tokenizer, pairs)),
+        callbacks=[_time_budget(options.seconds)],
+    )
 
 
 def _dpo_info(trainer, pairs: Sequence[dict], options: DpoOptions, train_seconds: float) -> dict:
@@ -143,8 +176,9 @@ def _dpo_info(trainer, pairs: Sequence[dict], options: DpoOptions, train_seconds
     }
 
 
-def train_dpo(model, tokenizer, pairs: Sequence[dict], options: DpoOptions = DpoOptions(),
-              adapter_dir: Path | None = None):
+def train_dpo(
+    model, tokenizer, pairs: Sequence[dict], options: DpoOptions = DpoOptions(), adapter_dir: Path | None = None
+):
     """DPO-tune ``model`` on ``pairs``; returns (plain merged model, info dict).
 
     With LoRA and ``adapter_dir`` the adapter is also saved there (float16) before it is merged.
@@ -170,27 +204,46 @@ def train_dpo(model, tokenizer, pairs: Sequence[dict], options: DpoOptions = Dpo
             adapter_bytes = (save_adapter(trained, Path(adapter_dir)) / ADAPTER_WEIGHTS).stat().st_size
         trained = trained.merge_and_unload()
     trained.eval()
-    info = {**_dpo_info(trainer, pairs, options, train_seconds), "adapter_parameters": adapter_params,
-            "adapter_bytes": adapter_bytes, "options": options.to_dict()}
+    info = {
+        **_dpo_info(trainer, pairs, options, train_seconds),
+        "adapter_parameters": adapter_params,
+        "adapter_bytes": adapter_bytes,
+        "options": options.to_dict(),
+    }
     return trained, info
 
 
-def run_dpo(sft: str, out_dir: str | Path, pairs: Sequence[dict], options: DpoOptions = DpoOptions(), *,
-            base: str | None = None, trust_remote_code: bool = False) -> dict:
+def run_dpo(
+    sft: str,
+    out_dir: str | Path,
+    pairs: Sequence[dict],
+    options: DpoOptions = DpoOptions(),
+    *,
+    base: str | None = None,
+    trust_remote_code: bool = False,
+) -> dict:
     """DPO on ``sft`` with the first ``options.examples`` pairs; writes an HF folder."""
     require_trl()
     out_dir = Path(out_dir)
     src = locate(sft, base)
     model = load_model(src, dtype=torch.float32, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(src, trust_remote_code=trust_remote_code)
-    use = list(pairs) if options.examples is None else list(pairs)[:options.examples]
+    use = list(pairs) if options.examples is None else list(pairs)[: options.examples]
     if options.examples is not None and options.examples > len(pairs):
-        log.warning("DPO budget %d exceeds the %d pairs available: all %d are used once",
-                    options.examples, len(pairs), len(pairs))
+        log.warning(
+            "DPO budget %d exceeds the %d pairs available: all %d are used once",
+            options.examples,
+            len(pairs),
+            len(pairs),
+        )
     adapter_dir = out_dir.with_name(out_dir.name + "-adapter") if options.mode == "lora" else None
     trained, info = train_dpo(model, tokenizer, use, options, adapter_dir)
     side = [src.path, src.config_dir] if src.adapter_base is not None else [src.path]
-    write_safetensors_folder(model_tensors(trained), out_dir, side,
-                             extra_files={"surgery_provenance.json": json.dumps({"made_by": "DPO", **info}, indent=2)})
+    write_safetensors_folder(
+        model_tensors(trained),
+        out_dir,
+        side,
+        extra_files={"surgery_provenance.json": json.dumps({"made_by": "DPO", **info}, indent=2)},
+    )
     info["checkpoint_bytes"] = sum(f.stat().st_size for f in out_dir.glob("*.safetensors"))
     return info

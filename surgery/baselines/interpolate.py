@@ -49,7 +49,11 @@ def interpolate_models(base: str, sft: str, alpha: float, out_dir: str | Path, *
     sft_ckpt = open_checkpoint(sft_src, allow_pickle=allow_pickle)
     side = [sft_src.path, sft_src.config_dir] if sft_src.adapter_base is not None else [sft_src.path]
     info = {"made_by": "interpolation", "alpha": alpha, "base": base_src.identifier, "sft": sft_src.identifier}
-    write_safetensors_folder(interpolated_tensors(base_ckpt, sft_ckpt, alpha), Path(out_dir), side,
-                             extra_files={"surgery_provenance.json": json.dumps(info, indent=2)})
+    write_safetensors_folder(
+        interpolated_tensors(base_ckpt, sft_ckpt, alpha),
+        Path(out_dir),
+        side,
+        extra_files={"surgery_provenance.json": json.dumps(info, indent=2)},
+    )
     info["checkpoint_bytes"] = sum(f.stat().st_size for f in Path(out_dir).glob("*.safetensors"))
     return info

@@ -129,8 +129,15 @@ def _patch_options(arg: str, spec: str) -> PatchOptions:
 
 
 #: short spec key -> options field, in the order error messages list them (``examples``/``seconds`` also accepted)
-_BUDGET_KEYS = {"n": "examples", "s": "seconds", "lr": "lr", "r": "r", "beta": "beta", "seed": "seed",
-                "batch_size": "batch_size"}
+_BUDGET_KEYS = {
+    "n": "examples",
+    "s": "seconds",
+    "lr": "lr",
+    "r": "r",
+    "beta": "beta",
+    "seed": "seed",
+    "batch_size": "batch_size",
+}
 _INTEGER_FIELDS = ("examples", "r", "seed", "batch_size")
 
 
@@ -193,10 +200,16 @@ def _parse_dpo(kind: str, arg: str, spec: str) -> dict:
 
 def _retuned_model_info(res: dict, work: Path, t0: float) -> dict:
     """What the report needs from a re-tuning run (RAIT or DPO): time, memory, the model, its artifact."""
-    return {"method_seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "model": str(work / "model"),
-            "model_base": None, "examples_used": res["examples_used"], "details": res,
-            "artifact_bytes": res["adapter_bytes"] or res["checkpoint_bytes"],
-            "artifact": "LoRA adapter (fp16)" if res["adapter_bytes"] else "checkpoint"}
+    return {
+        "method_seconds": time.perf_counter() - t0,
+        "peak_rss_mb": peak_rss_mb(),
+        "model": str(work / "model"),
+        "model_base": None,
+        "examples_used": res["examples_used"],
+        "details": res,
+        "artifact_bytes": res["adapter_bytes"] or res["checkpoint_bytes"],
+        "artifact": "LoRA adapter (fp16)" if res["adapter_bytes"] else "checkpoint",
+    }
 
 
 def _run_base(method: Method, inputs: Inputs, work: Path, t0: float) -> dict:
@@ -211,15 +224,23 @@ def _run_hcnr(method: Method, inputs: Inputs, work: Path, t0: float) -> dict:
     if inputs.hon_data is None or inputs.task_data is None:
         raise SurgeryError("HCNR needs calibration data (--hon-data and --task-data, or a data folder).")
     patch = work / "patch.safetensors"
-    report = make_patch(inputs.sft, inputs.base, inputs.hon_data, inputs.task_data, patch,
-                        PatchOptions(**method.params["options"]))
+    report = make_patch(
+        inputs.sft, inputs.base, inputs.hon_data, inputs.task_data, patch, PatchOptions(**method.params["options"])
+    )
     info = {"method_seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
     t1 = time.perf_counter()
     apply_patch(inputs.sft, patch, work / "model", base=inputs.base)
-    info.update(apply_seconds=round(time.perf_counter() - t1, 3), model=str(work / "model"), model_base=None,
-                examples_used=sum(report.calibration_examples.values()),
-                artifact_bytes=report.patch_bytes, artifact="patch", stage_seconds=report.seconds,
-                fallbacks=report.fallbacks, residual_ratio=report.residual_ratio)
+    info.update(
+        apply_seconds=round(time.perf_counter() - t1, 3),
+        model=str(work / "model"),
+        model_base=None,
+        examples_used=sum(report.calibration_examples.values()),
+        artifact_bytes=report.patch_bytes,
+        artifact="patch",
+        stage_seconds=report.seconds,
+        fallbacks=report.fallbacks,
+        residual_ratio=report.residual_ratio,
+    )
     return info
 
 
@@ -242,8 +263,15 @@ def _run_dpo(method: Method, inputs: Inputs, work: Path, t0: float) -> dict:
 
 def _run_interp(method: Method, inputs: Inputs, work: Path, t0: float) -> dict:
     res = interpolate_models(inputs.base, inputs.sft, method.params["alpha"], work / "model")
-    return {"method_seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "model": str(work / "model"),
-            "model_base": None, "examples_used": 0, "artifact_bytes": res["checkpoint_bytes"], "artifact": "checkpoint"}
+    return {
+        "method_seconds": time.perf_counter() - t0,
+        "peak_rss_mb": peak_rss_mb(),
+        "model": str(work / "model"),
+        "model_base": None,
+        "examples_used": 0,
+        "artifact_bytes": res["checkpoint_bytes"],
+        "artifact": "checkpoint",
+    }
 
 
 @dataclass(frozen=True)
@@ -325,5 +353,8 @@ def changed_parameters(inputs: Inputs, info: dict) -> dict:
         if a.ndim == 2 and is_block_linear_weight(name):
             linear_total += n
             linear_changed += diff
-    return {"parameters_changed": changed, "share_of_model": changed / total if total else None,
-            "share_of_linear": linear_changed / linear_total if linear_total else None}
+    return {
+        "parameters_changed": changed,
+        "share_of_model": changed / total if total else None,
+        "share_of_linear": linear_changed / linear_total if linear_total else None,
+    }

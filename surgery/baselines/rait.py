@@ -61,8 +61,9 @@ def interleave(first: Sequence, second: Sequence) -> list:
     return out + list(first[k:]) + list(second[k:])
 
 
-def relabelled_pool(generator, *, data_dir=None, probe: int = 400, seed: int = 0,
-                    max_new_tokens: int = 32) -> list[C.Example]:
+def relabelled_pool(
+    generator, *, data_dir=None, probe: int = 400, seed: int = 0, max_new_tokens: int = 32
+) -> list[C.Example]:
     """IDK-relabelled training questions in a fixed, balanced order (answer, IDK, answer, IDK, ...).
 
     ``generator`` is the model being re-tuned: its correct answers on ``probe`` SelfAware-answerable
@@ -71,14 +72,18 @@ def relabelled_pool(generator, *, data_dir=None, probe: int = 400, seed: int = 0
     """
     known: list = []
     if generator is not None and probe > 0:
-        known = C.probe_known(generator, C.known_candidates(data_dir=data_dir, purpose="fit", n=probe, seed=seed),
-                              max_new_tokens=max_new_tokens)
+        known = C.probe_known(
+            generator,
+            C.known_candidates(data_dir=data_dir, purpose="fit", n=probe, seed=seed),
+            max_new_tokens=max_new_tokens,
+        )
     rng = random.Random(seed)
     pkqa = list(C.train_pool("pkqa", "fit", data_dir=data_dir))
     rng.shuffle(pkqa)
     answerable = [C.answer_example(it) for it in list(known) + pkqa]
-    unknown_items = (list(C.train_pool("selfaware", "fit", data_dir=data_dir, answerable=False))
-                     + list(C.train_pool("puqa", "fit", data_dir=data_dir)))
+    unknown_items = list(C.train_pool("selfaware", "fit", data_dir=data_dir, answerable=False)) + list(
+        C.train_pool("puqa", "fit", data_dir=data_dir)
+    )
     rng.shuffle(unknown_items)
     unknown = [C.idk_example(it) for it in unknown_items]
     if not answerable or not unknown:
@@ -92,8 +97,12 @@ def budget_examples(pool: Sequence[C.Example], n: int) -> list[C.Example]:
     if not pool:
         raise SurgeryError("The RAIT training pool is empty.")
     if n > len(pool):
-        log.warning("RAIT budget %d exceeds the %d unique examples: the pool is repeated %.1f times",
-                    n, len(pool), n / len(pool))
+        log.warning(
+            "RAIT budget %d exceeds the %d unique examples: the pool is repeated %.1f times",
+            n,
+            len(pool),
+            n / len(pool),
+        )
     reps = -(-n // len(pool))
     return (list(pool) * reps)[:n]
 
@@ -104,7 +113,7 @@ def read_examples(path: str | Path) -> list[C.Example]:
     out = []
     for n, row in iter_jsonl(path, what="training data", error=CalibrationDataError):
         if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
-            raise CalibrationDataError(f"Line {n} of {path} needs \"prompt\" and \"response\" strings.")
+            raise CalibrationDataError(f'Line {n} of {path} needs "prompt" and "response" strings.')
         out.append({"id": str(row.get("id", f"{path.stem}:{n}")), "prompt": row["prompt"], "response": row["response"]})
     if not out:
         raise CalibrationDataError(f"Training data {path} has no examples.")
@@ -118,8 +127,17 @@ def examples_seen(n_data: int, steps: int, batch_size: int) -> int:
     return full * n_data + min(n_data, part * batch_size)
 
 
-def train_full(model, tokenizer, examples: Sequence[tuple], *, lr: float = 1e-5, batch_size: int = 8,
-               max_length: int = 96, seed: int = 0, max_seconds: float | None = None):
+def train_full(
+    model,
+    tokenizer,
+    examples: Sequence[tuple],
+    *,
+    lr: float = 1e-5,
+    batch_size: int = 8,
+    max_length: int = 96,
+    seed: int = 0,
+    max_seconds: float | None = None,
+):
     """Full fine-tune (every weight) with train_lora's recipe: response-only loss, AdamW, linear decay."""
     data = encode_examples(tokenizer, examples, max_length)
     if not data:
@@ -127,15 +145,24 @@ def train_full(model, tokenizer, examples: Sequence[tuple], *, lr: float = 1e-5,
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
-    losses = train_steps(model, data, params, pad_id=pad_token_id(tokenizer), lr=lr, epochs=1, batch_size=batch_size,
-                         seed=seed, max_seconds=max_seconds, desc=f"full fine-tune ({len(data)} ex.)")
+    losses = train_steps(
+        model,
+        data,
+        params,
+        pad_id=pad_token_id(tokenizer),
+        lr=lr,
+        epochs=1,
+        batch_size=batch_size,
+        seed=seed,
+        max_seconds=max_seconds,
+        desc=f"full fine-tune ({len(data)} ex.)",
+    )
     model.eval()
     model.training_losses = losses
     return model
 
 
-def train_rait(model, tokenizer, examples: Sequence[C.Example], options: RaitOptions,
-               adapter_dir: Path | None = None):
+def train_rait(model, tokenizer, examples: Sequence[C.Example], options: RaitOptions, adapter_dir: Path | None = None):
     """Re-tune ``model`` on ``examples``; returns (plain merged model, info dict).
 
     With LoRA and ``adapter_dir`` the adapter is also saved there (float16) before it is merged.
@@ -143,9 +170,19 @@ def train_rait(model, tokenizer, examples: Sequence[C.Example], options: RaitOpt
     pairs = as_pairs(examples)
     t0 = time.perf_counter()
     if options.mode == "lora":
-        peft_model = train_lora(model, tokenizer, pairs, r=options.r, alpha=options.alpha, lr=options.learning_rate,
-                                epochs=1, batch_size=options.batch_size, max_length=options.max_length,
-                                seed=options.seed, max_seconds=options.seconds)
+        peft_model = train_lora(
+            model,
+            tokenizer,
+            pairs,
+            r=options.r,
+            alpha=options.alpha,
+            lr=options.learning_rate,
+            epochs=1,
+            batch_size=options.batch_size,
+            max_length=options.max_length,
+            seed=options.seed,
+            max_seconds=options.seconds,
+        )
         losses = peft_model.training_losses
         adapter_params = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
         train_seconds = time.perf_counter() - t0
@@ -154,8 +191,16 @@ def train_rait(model, tokenizer, examples: Sequence[C.Example], options: RaitOpt
             adapter_bytes = (save_adapter(peft_model, Path(adapter_dir)) / ADAPTER_WEIGHTS).stat().st_size
         merged = peft_model.merge_and_unload()
     else:
-        merged = train_full(model, tokenizer, pairs, lr=options.learning_rate, batch_size=options.batch_size,
-                            max_length=options.max_length, seed=options.seed, max_seconds=options.seconds)
+        merged = train_full(
+            model,
+            tokenizer,
+            pairs,
+            lr=options.learning_rate,
+            batch_size=options.batch_size,
+            max_length=options.max_length,
+            seed=options.seed,
+            max_seconds=options.seconds,
+        )
         losses, adapter_params, adapter_bytes = merged.training_losses, None, None
         train_seconds = time.perf_counter() - t0
     n_data = len(encode_examples(tokenizer, pairs, options.max_length))
@@ -184,8 +229,15 @@ def model_tensors(model) -> Iterator[tuple[str, torch.Tensor]]:
         yield name, t.detach().contiguous()
 
 
-def run_rait(sft: str, out_dir: str | Path, examples: Sequence[C.Example], options: RaitOptions = RaitOptions(), *,
-             base: str | None = None, trust_remote_code: bool = False) -> dict:
+def run_rait(
+    sft: str,
+    out_dir: str | Path,
+    examples: Sequence[C.Example],
+    options: RaitOptions = RaitOptions(),
+    *,
+    base: str | None = None,
+    trust_remote_code: bool = False,
+) -> dict:
     """RAIT on ``sft``: writes the re-tuned model as an HF folder (and the LoRA adapter beside it)."""
     out_dir = Path(out_dir)
     src = locate(sft, base)
@@ -195,7 +247,11 @@ def run_rait(sft: str, out_dir: str | Path, examples: Sequence[C.Example], optio
     adapter_dir = out_dir.with_name(out_dir.name + "-adapter") if options.mode == "lora" else None
     merged, info = train_rait(model, tokenizer, budget, options, adapter_dir)
     side = [src.path, src.config_dir] if src.adapter_base is not None else [src.path]
-    write_safetensors_folder(model_tensors(merged), out_dir, side,
-                             extra_files={"surgery_provenance.json": json.dumps({"made_by": "RAIT", **info}, indent=2)})
+    write_safetensors_folder(
+        model_tensors(merged),
+        out_dir,
+        side,
+        extra_files={"surgery_provenance.json": json.dumps({"made_by": "RAIT", **info}, indent=2)},
+    )
     info["checkpoint_bytes"] = sum(f.stat().st_size for f in out_dir.glob("*.safetensors"))
     return info

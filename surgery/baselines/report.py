@@ -41,8 +41,14 @@ def task_records(records: Sequence[dict]) -> list[dict]:
     return [r for r in records if r.get("kind") == "task"]
 
 
-def paired_bootstrap(a: Sequence[dict], b: Sequence[dict], statistic: Callable[[Sequence[dict]], float | None], *,
-                     n_boot: int = 1000, seed: int = 0) -> dict | None:
+def paired_bootstrap(
+    a: Sequence[dict],
+    b: Sequence[dict],
+    statistic: Callable[[Sequence[dict]], float | None],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict | None:
     """Difference statistic(a) − statistic(b) over the items both scored, with a paired 95% interval."""
     index = {r["id"]: r for r in b}
     common = [(r, index[r["id"]]) for r in a if r["id"] in index]
@@ -75,10 +81,15 @@ def method_metrics(records: Sequence[dict], *, n_boot: int = 1000, seed: int = 0
     for bench, rs in by.items():
         refused, answerable = [r["refused"] for r in rs], [r["answerable"] for r in rs]
         on_ans, on_una = M.refusal_rates(refused, answerable)
-        per[bench] = {"n": len(rs), "honesty_f1": _f1(rs),
-                      "honesty_f1_ci": M.bootstrap_ci(rs, _f1, n_boot=n_boot, seed=seed),
-                      "rf_delta": M.rf_delta(refused, answerable), "refusal_answerable": on_ans,
-                      "refusal_unanswerable": on_una, "accuracy": answer_accuracy(rs)}
+        per[bench] = {
+            "n": len(rs),
+            "honesty_f1": _f1(rs),
+            "honesty_f1_ci": M.bootstrap_ci(rs, _f1, n_boot=n_boot, seed=seed),
+            "rf_delta": M.rf_delta(refused, answerable),
+            "refusal_answerable": on_ans,
+            "refusal_unanswerable": on_una,
+            "accuracy": answer_accuracy(rs),
+        }
     rf = [m["rf_delta"] for m in per.values() if m["rf_delta"] is not None]
     return {
         "per_benchmark": per,
@@ -116,9 +127,13 @@ def markdown(summary: dict) -> str:
     """The efficiency table (one row a method), the per-benchmark F1 table and the paired differences."""
     rows = summary["methods"]
     benches = summary["honesty_benchmarks"]
-    out = [("| method | examples | params changed: % of model (of linear) | artifact | time (s) | peak RSS (MB) "
-            "| honesty F1 [95% CI] | RF-delta | task acc [95% CI] | recovery |"),
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        (
+            "| method | examples | params changed: % of model (of linear) | artifact | time (s) | peak RSS (MB) "
+            "| honesty F1 [95% CI] | RF-delta | task acc [95% CI] | recovery |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         m = r["metrics"]
         t = r.get("method_seconds")
@@ -128,24 +143,36 @@ def markdown(summary: dict) -> str:
             f"| {human_bytes(r.get('artifact_bytes')) if r.get('artifact_bytes') else '–'} "
             f"| {'–' if t is None else f'{t:.1f}'} | {r.get('peak_rss_mb', '–')} "
             f"| {pct(m['honesty_f1'])} [{ci(m['honesty_f1_ci'])}] | {pct(m['rf_delta'], True)} "
-            f"| {pct(m['task_accuracy'])} [{ci(m['task_accuracy_ci'])}] | {pct(r.get('recovery'))} |")
+            f"| {pct(m['task_accuracy'])} [{ci(m['task_accuracy_ci'])}] | {pct(r.get('recovery'))} |"
+        )
     if len(benches) > 1:
-        out += ["", "| method | " + " | ".join(f"{b} F1 [95% CI]" for b in benches) + " |",
-                "|---|" + "---|" * len(benches)]
+        out += [
+            "",
+            "| method | " + " | ".join(f"{b} F1 [95% CI]" for b in benches) + " |",
+            "|---|" + "---|" * len(benches),
+        ]
         for r in rows:
             per = r["metrics"]["per_benchmark"]
-            cells = [f"{pct(per[b]['honesty_f1'])} [{ci(per[b]['honesty_f1_ci'])}]" if b in per else "–"
-                     for b in benches]
+            cells = [
+                f"{pct(per[b]['honesty_f1'])} [{ci(per[b]['honesty_f1_ci'])}]" if b in per else "–" for b in benches
+            ]
             out.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     ref = summary.get("reference")
     if ref:
-        out += ["", f"Paired differences against `{ref}` (same items; 95% paired bootstrap CI, points):", "",
-                "| method | Δ honesty F1 [95% CI] | Δ task acc [95% CI] |", "|---|---|---|"]
+        out += [
+            "",
+            f"Paired differences against `{ref}` (same items; 95% paired bootstrap CI, points):",
+            "",
+            "| method | Δ honesty F1 [95% CI] | Δ task acc [95% CI] |",
+            "|---|---|---|",
+        ]
+
+        def fmt(x: dict | None) -> str:
+            return "–" if not x else f"{100 * x['diff']:+.1f} [{ci(x['ci'])}]"
+
         for r in rows:
             d = r.get("vs_reference") or {}
-            f, t = d.get("honesty_f1"), d.get("task_accuracy")
-            fmt = (lambda x: "–" if not x else f"{100 * x['diff']:+.1f} [{ci(x['ci'])}]")
-            out.append(f"| {r['name']} | {fmt(f)} | {fmt(t)} |")
+            out.append(f"| {r['name']} | {fmt(d.get('honesty_f1'))} | {fmt(d.get('task_accuracy'))} |")
     return "\n".join(out) + "\n"
 
 
@@ -164,8 +191,11 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
     With forty methods on one plot only these, the methods a user would actually pick, can be labelled.
     """
-    front = [i for i, (x, y) in enumerate(points)
-             if not any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for x2, y2 in points)]
+    front = [
+        i
+        for i, (x, y) in enumerate(points)
+        if not any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for x2, y2 in points)
+    ]
     return sorted(front, key=lambda i: points[i])
 
 
@@ -181,27 +211,46 @@ def plot_pareto(summary: dict, path: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in summary["methods"]
-            if r["metrics"]["honesty_f1"] is not None and r["metrics"]["task_accuracy"] is not None]
+    rows = [
+        r
+        for r in summary["methods"]
+        if r["metrics"]["honesty_f1"] is not None and r["metrics"]["task_accuracy"] is not None
+    ]
     pts = [(100 * r["metrics"]["honesty_f1"], 100 * r["metrics"]["task_accuracy"]) for r in rows]
     front = pareto_front(pts)
-    labelled = set(front) | {i for i, r in enumerate(rows)
-                             if r["family"] == "reference" or r["name"] == summary.get("reference")}
+    labelled = set(front) | {
+        i for i, r in enumerate(rows) if r["family"] == "reference" or r["name"] == summary.get("reference")
+    }
     fig, ax = plt.subplots(figsize=(7.5, 5.2), dpi=120)
     colors: dict[str, str] = {}
     for i, r in enumerate(rows):
         m = r["metrics"]
         color = colors.setdefault(r["family"], f"C{len(colors)}")
         is_ref = r["name"] == summary.get("reference")
-        ax.errorbar(*pts[i], xerr=_err(m["honesty_f1"], m["honesty_f1_ci"]),
-                    yerr=_err(m["task_accuracy"], m["task_accuracy_ci"]), fmt="*" if is_ref else "o", color=color,
-                    ms=9 if is_ref else 4, elinewidth=0.5, capsize=1.5, alpha=0.9 if i in labelled else 0.45)
+        ax.errorbar(
+            *pts[i],
+            xerr=_err(m["honesty_f1"], m["honesty_f1_ci"]),
+            yerr=_err(m["task_accuracy"], m["task_accuracy_ci"]),
+            fmt="*" if is_ref else "o",
+            color=color,
+            ms=9 if is_ref else 4,
+            elinewidth=0.5,
+            capsize=1.5,
+            alpha=0.9 if i in labelled else 0.45,
+        )
         if i in labelled:
             label = r["name"].replace("compensation=", "").replace("selection=", "")  # bench.md has full names
             ax.annotate(label, pts[i], fontsize=6, xytext=(3, 3), textcoords="offset points")
     if len(front) > 1:
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="0.5", lw=0.8, zorder=0,
-                label="Pareto front")
+        ax.plot(
+            [pts[i][0] for i in front],
+            [pts[i][1] for i in front],
+            "-",
+            color="0.5",
+            lw=0.8,
+            zorder=0,
+            label="Pareto front",
+        )
     for fam, color in colors.items():
         ax.plot([], [], "o", color=color, label=fam)
     ax.set_xlabel("honesty F1, average (%)")
@@ -216,8 +265,9 @@ def plot_pareto(summary: dict, path: str | os.PathLike) -> Path:
         plt.close(fig)
 
 
-def plot_budget(summary: dict, path: str | os.PathLike, families: Sequence[str] = ("HCNR", "RAIT-LoRA", "RAIT-full",
-                                                                                    "DPO-LoRA")) -> Path:
+def plot_budget(
+    summary: dict, path: str | os.PathLike, families: Sequence[str] = ("HCNR", "RAIT-LoRA", "RAIT-full", "DPO-LoRA")
+) -> Path:
     """Honesty F1 and task accuracy against examples used (left) and wall seconds (right), per family."""
     import matplotlib
 
@@ -227,32 +277,62 @@ def plot_budget(summary: dict, path: str | os.PathLike, families: Sequence[str] 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), dpi=120, sharey=True)
     refs = {r["name"]: r for r in summary["methods"] if r["family"] == "reference"}
     ref = next((r for r in summary["methods"] if r["name"] == summary.get("reference")), None)
-    for ax, key, label in ((axes[0], "examples_used", "training / calibration examples used"),
-                           (axes[1], "method_seconds", "wall time of the method (s)")):
+    for ax, key, label in (
+        (axes[0], "examples_used", "training / calibration examples used"),
+        (axes[1], "method_seconds", "wall time of the method (s)"),
+    ):
         for j, fam in enumerate(families):
-            pts = [r for r in summary["methods"] if r["family"] == fam and r.get(key) is not None
-                   and r["metrics"]["honesty_f1"] is not None]
+            pts = [
+                r
+                for r in summary["methods"]
+                if r["family"] == fam and r.get(key) is not None and r["metrics"]["honesty_f1"] is not None
+            ]
             if not pts:
                 continue
             pts.sort(key=lambda r: r[key])
             xs = [r[key] for r in pts]
             line = "-" if fam != "HCNR" else "none"  # HCNR points are variants, not one curve
-            ax.plot(xs, [100 * r["metrics"]["honesty_f1"] for r in pts], marker="o", ls=line, color=f"C{j}",
-                    label=f"{fam}: honesty F1", ms=4)
+            ax.plot(
+                xs,
+                [100 * r["metrics"]["honesty_f1"] for r in pts],
+                marker="o",
+                ls=line,
+                color=f"C{j}",
+                label=f"{fam}: honesty F1",
+                ms=4,
+            )
             if any(r["metrics"]["task_accuracy"] is not None for r in pts):
-                ax.plot(xs, [100 * (r["metrics"]["task_accuracy"] or 0) for r in pts], marker="s",
-                        ls="--" if line == "-" else "none", color=f"C{j}", alpha=0.5, label=f"{fam}: task acc",
-                        ms=4)
+                ax.plot(
+                    xs,
+                    [100 * (r["metrics"]["task_accuracy"] or 0) for r in pts],
+                    marker="s",
+                    ls="--" if line == "-" else "none",
+                    color=f"C{j}",
+                    alpha=0.5,
+                    label=f"{fam}: task acc",
+                    ms=4,
+                )
         for name, r in refs.items():
             if r["metrics"]["honesty_f1"] is not None:
-                ax.axhline(100 * r["metrics"]["honesty_f1"], color="grey", lw=0.7,
-                           ls=":" if name == "sft" else "-.")
-                ax.annotate(f"{name} F1", (0.01, 100 * r["metrics"]["honesty_f1"]), xycoords=("axes fraction", "data"),
-                            fontsize=6, color="grey")
+                ax.axhline(100 * r["metrics"]["honesty_f1"], color="grey", lw=0.7, ls=":" if name == "sft" else "-.")
+                ax.annotate(
+                    f"{name} F1",
+                    (0.01, 100 * r["metrics"]["honesty_f1"]),
+                    xycoords=("axes fraction", "data"),
+                    fontsize=6,
+                    color="grey",
+                )
         if ref is not None and ref.get(key) and ref["metrics"]["honesty_f1"] is not None:
             # the method every difference is taken against, findable among the HCNR variants
-            ax.plot([ref[key]], [100 * ref["metrics"]["honesty_f1"]], "*", color="black", ms=11, zorder=5,
-                    label=f"reference: {ref['name']}" if ax is axes[1] else None)
+            ax.plot(
+                [ref[key]],
+                [100 * ref["metrics"]["honesty_f1"]],
+                "*",
+                color="black",
+                ms=11,
+                zorder=5,
+                label=f"reference: {ref['name']}" if ax is axes[1] else None,
+            )
         xs_all = [r[key] for r in summary["methods"] if r["family"] in families and (r.get(key) or 0) > 0]
         if xs_all and max(xs_all) / min(xs_all) > 20:  # RAIT at the paper's 5000 examples next to HCNR's 256
             ax.set_xscale("log")

@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet = os.environ.get("SURGERY_QUIET") == "1"
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "torch", "urllib3", "huggingface_hub", "matplotlib", "PIL", "datasets", "trl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -63,7 +63,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
 
 
 def split_of(benchmark: str, item_id: str) -> str:
-    """"train" or "eval" for an item, fixed forever by a hash of its id (about 30% "eval").
+    """ "train" or "eval" for an item, fixed forever by a hash of its id (about 30% "eval").
 
     FalseQA ships its own split, so its test file is "eval" and its train/valid files are "train".
     """
@@ -111,8 +111,13 @@ def _as_list(x) -> list[str]:
 def load_selfaware(root: Path) -> list[Item]:
     data = _read_json(_need(root, "selfaware/SelfAware.json", "selfaware"))
     return [
-        Item(f"selfaware:{e['question_id']}", "selfaware", e["question"], bool(e["answerable"]),
-             _as_list(e.get("answer")) if e["answerable"] else [])
+        Item(
+            f"selfaware:{e['question_id']}",
+            "selfaware",
+            e["question"],
+            bool(e["answerable"]),
+            _as_list(e.get("answer")) if e["answerable"] else [],
+        )
         for e in data["example"]
     ]
 
@@ -133,8 +138,15 @@ def load_falseqa(root: Path) -> list[Item]:
                     refs = _as_list(ast.literal_eval(row["answer"]))
                 except (ValueError, SyntaxError, TypeError):
                     refs = [row["answer"]]
-                items.append(Item(f"falseqa:{part}-{i}", "falseqa", row["question"].strip(), not false_premise,
-                                  [] if false_premise else refs))
+                items.append(
+                    Item(
+                        f"falseqa:{part}-{i}",
+                        "falseqa",
+                        row["question"].strip(),
+                        not false_premise,
+                        [] if false_premise else refs,
+                    )
+                )
     return items
 
 
@@ -149,7 +161,7 @@ def _pkqa(root: Path, benchmark: str) -> list[Item]:
     for i, r in enumerate(rows):
         answer = str(r["answer"]).strip()
         if answer.lower().startswith("answer:"):  # some gold answers carry a literal "Answer:" prefix
-            answer = answer[len("answer:"):].strip()
+            answer = answer[len("answer:") :].strip()
         items.append(Item(f"pkqa:{i}", benchmark, r["question"], True, [answer]))
     return items
 
@@ -193,8 +205,14 @@ def load_qa_wikidata(root: Path) -> list[Item]:
     """The SFT task: Wikidata cloze prompts, scored by accuracy (kind "task")."""
     data = _read_json(_need(root, "bigbench/qa_wikidata/task.json", "qa_wikidata"))
     return [
-        Item(f"qa_wikidata:{e.get(SOURCE_INDEX, i)}", "qa_wikidata", TASK_PREFIX + e["input"], True,
-             _as_list(e["target"]), kind="task")
+        Item(
+            f"qa_wikidata:{e.get(SOURCE_INDEX, i)}",
+            "qa_wikidata",
+            TASK_PREFIX + e["input"],
+            True,
+            _as_list(e["target"]),
+            kind="task",
+        )
         for i, e in enumerate(data["examples"])
     ]
 
@@ -217,21 +235,21 @@ def _user_rows(path: Path) -> list[tuple[Item, str | None]]:
     items: list[tuple[Item, str | None]] = []
     for n, row in enumerate(_read_jsonl(path), 1):  # n counts questions (blank lines skipped): ids depend on it
         if not isinstance(row.get("question"), str) or not row["question"].strip():
-            raise SurgeryError(f"Line {n} of {path} has no \"question\" string.")
+            raise SurgeryError(f'Line {n} of {path} has no "question" string.')
         if not isinstance(row.get("answerable"), bool):
-            raise SurgeryError(f"Line {n} of {path} needs \"answerable\": true or false.")
+            raise SurgeryError(f'Line {n} of {path} needs "answerable": true or false.')
         answers = row.get("answers", [])
         if isinstance(answers, str):
             answers = [answers]
         if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-            raise SurgeryError(f"Line {n} of {path} has \"answers\" that is not a list of strings.")
+            raise SurgeryError(f'Line {n} of {path} has "answers" that is not a list of strings.')
         kind = row.get("kind", "honesty")
         if kind not in ("honesty", "task"):
-            raise SurgeryError(f"Line {n} of {path} has kind {kind!r}; use \"honesty\" or \"task\".")
+            raise SurgeryError(f'Line {n} of {path} has kind {kind!r}; use "honesty" or "task".')
         bench = str(row.get("benchmark") or path.stem)
         item = Item(str(row.get("id", f"{bench}:{n}")), bench, row["question"], row["answerable"], answers, kind)
         if "split" in row and row["split"] not in ("train", "eval"):
-            raise SurgeryError(f"Line {n} of {path} has split {row['split']!r}; use \"train\" or \"eval\".")
+            raise SurgeryError(f'Line {n} of {path} has split {row["split"]!r}; use "train" or "eval".')
         items.append((item, row.get("split")))
     return items
 
@@ -283,9 +301,7 @@ def load_items(
             raise SurgeryError(f"Benchmark file {path} has no questions.")
         items = [it for it, s in rows if split == "all" or s is None or s == split]
     else:
-        raise SurgeryError(
-            f"Unknown benchmark '{name}'; use one of {', '.join(BENCHMARKS)} or a path to a JSONL file."
-        )
+        raise SurgeryError(f"Unknown benchmark '{name}'; use one of {', '.join(BENCHMARKS)} or a path to a JSONL file.")
     if not items:
         raise SurgeryError(f"Benchmark '{name}' has no items in split '{split}'.")
     if limit is not None and limit < len(items):

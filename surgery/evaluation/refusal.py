@@ -107,7 +107,7 @@ class RefusalMatcher:
         t = self.normalise(text)
         for p, rx in zip(self.patterns, self._compiled):
             for m in rx.finditer(t):
-                if self._follows is None or not self._follows.search(t[m.end():]):
+                if self._follows is None or not self._follows.search(t[m.end() :]):
                     return p
         return None
 
@@ -128,7 +128,11 @@ def score_labelled(rows: Sequence[dict], matcher: RefusalMatcher) -> dict:
         fp += predicted and not r["refusal"]
         fn += (not predicted) and r["refusal"]
     return {
-        "n": len(rows), "refusals": tp + fn, "tp": tp, "fp": fp, "fn": fn,
+        "n": len(rows),
+        "refusals": tp + fn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
         "precision": tp / (tp + fp) if tp + fp else None,
         "recall": tp / (tp + fn) if tp + fn else None,
     }
@@ -145,8 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets = sorted({r.get("set", "all") for r in rows})
     for name in sets + (["all"] if len(sets) > 1 else []):
         s = score_labelled([r for r in rows if name == "all" or r.get("set", "all") == name], matcher)
-        print(f"{name:8} n={s['n']:4} refusals={s['refusals']:3}  precision={s['precision']:.3f}  "
-              f"recall={s['recall']:.3f}  (tp {s['tp']}, fp {s['fp']}, fn {s['fn']})")
+        print(
+            f"{name:8} n={s['n']:4} refusals={s['refusals']:3}  precision={s['precision']:.3f}  "
+            f"recall={s['recall']:.3f}  (tp {s['tp']}, fp {s['fp']}, fn {s['fn']})"
+        )
     return 0
 
 

@@ -84,8 +84,8 @@ class HFGenerator:
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, ids in enumerate(batch):
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, width - len(ids):] = 1
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids,
@@ -102,7 +102,7 @@ class HFGenerator:
         results: list[str] = [""] * len(encoded)
         starts = range(0, len(order), self.batch_size)
         for start in progress(starts, desc=f"generate ({self.name})", total=len(starts), unit="batch"):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             for i, text in zip(idx, self._generate_batch([encoded[i] for i in idx], max_new_tokens), strict=True):
                 results[i] = text
         return results
@@ -117,8 +117,14 @@ def register_backend(name: str, factory: GeneratorFactory) -> None:
     _BACKENDS[name] = factory
 
 
-def torch_generator(model: str, *, batch_size: int = 16, trust_remote_code: bool = False,
-                    dtype: torch.dtype | None = torch.float32, allow_pickle: bool = False) -> HFGenerator:
+def torch_generator(
+    model: str,
+    *,
+    batch_size: int = 16,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | None = torch.float32,
+    allow_pickle: bool = False,
+) -> HFGenerator:
     """A transformers model (folder, cached hub id or PEFT adapter); float32 by default on CPU."""
     source = locate(model)
     lm = load_model(source, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)

@@ -116,7 +116,7 @@ def load_ort_model(folder: str | Path, *, threads: int | None = None) -> Any:
 
 
 def export_precision(folder: Path) -> str | None:
-    """"int8" or None (fp32) for an existing export: from its export.json, else from the graph's ops."""
+    """ "int8" or None (fp32) for an existing export: from its export.json, else from the graph's ops."""
     record = Path(folder) / EXPORT_RECORD
     if record.is_file():
         return json.loads(record.read_text()).get("quantize")

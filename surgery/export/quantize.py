@@ -80,8 +80,14 @@ def quantize_int8(folder: Path, *, exclude: tuple[str, ...] | None = None, per_c
     else:
         os.replace(tmp, src)
     after = weights_size_bytes(folder)
-    log.info("int8: %d of %d MatMuls quantized, %.0f MB -> %.0f MB in %.1f s",
-             quantized, len(nodes), before / 1e6, after / 1e6, seconds)
+    log.info(
+        "int8: %d of %d MatMuls quantized, %.0f MB -> %.0f MB in %.1f s",
+        quantized,
+        len(nodes),
+        before / 1e6,
+        after / 1e6,
+        seconds,
+    )
     return {
         "method": "onnxruntime.quantization.quantize_dynamic",
         "weight_type": "QInt8",
@@ -102,7 +108,13 @@ def _rename_external_data(tmp: Path, final: Path) -> None:
     import onnx
 
     model = onnx.load(str(tmp), load_external_data=True)
-    onnx.save_model(model, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=final.name + "_data", size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(final),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=final.name + "_data",
+        size_threshold=1024,
+    )
     for p in (tmp, tmp.with_name(tmp.name + ".data")):  # quantize_dynamic names its data "<output>.data"
         p.unlink(missing_ok=True)

@@ -41,7 +41,7 @@ DEFAULT_PROMPTS: list = [
     "Complete the sentence: The official language of Brazil is",
     "Is there a largest prime number?",
     [
-        {"role": "system", "content": "You are a careful assistant. Say \"I don't know\" when you are not sure."},
+        {"role": "system", "content": 'You are a careful assistant. Say "I don\'t know" when you are not sure.'},
         {"role": "user", "content": "What is the name of the dog owned by the first person to walk on Mars?"},
     ],
 ]
@@ -101,11 +101,19 @@ def run_prompts(
         mask = torch.ones_like(x)
         logits = model(input_ids=x, attention_mask=mask).logits[0].float()
         gen = model.generate(
-            input_ids=x, attention_mask=mask, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False,
-            pad_token_id=pad_token_id, output_logits=True, return_dict_in_generate=True,
-            temperature=None, top_p=None, top_k=None,
+            input_ids=x,
+            attention_mask=mask,
+            max_new_tokens=n_tokens,
+            min_new_tokens=n_tokens,
+            do_sample=False,
+            pad_token_id=pad_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+            temperature=None,
+            top_p=None,
+            top_k=None,
         )
-        tokens = gen.sequences[0, x.shape[1]:].tolist()
+        tokens = gen.sequences[0, x.shape[1] :].tolist()
         steps = torch.stack([s[0].float() for s in gen.logits]) if gen.logits else logits[:0]
         outs.append(Outputs(logits, tokens, steps))
     return outs
@@ -126,15 +134,17 @@ def compare(reference: Sequence[Outputs], candidate: Sequence[Outputs], threshol
         b = torch.cat([cand.prefill_logits, cand.step_logits[:upto]])
         d = (a - b).abs()
         agree = int((a.argmax(-1) == b.argmax(-1)).sum())
-        per_prompt.append({
-            "prompt": i,
-            "positions": a.shape[0],
-            "max_abs_diff": float(d.max()),
-            "mean_abs_diff": float(d.mean()),
-            "top1_agreement": agree / a.shape[0],
-            "greedy_equal": diverged is None,
-            "first_divergence": diverged,
-        })
+        per_prompt.append(
+            {
+                "prompt": i,
+                "positions": a.shape[0],
+                "max_abs_diff": float(d.max()),
+                "mean_abs_diff": float(d.mean()),
+                "top1_agreement": agree / a.shape[0],
+                "greedy_equal": diverged is None,
+                "first_divergence": diverged,
+            }
+        )
         max_abs = max(max_abs, float(d.max()))
         abs_sum += float(d.double().sum())
         n_values += d.numel()
@@ -159,8 +169,10 @@ def compare(reference: Sequence[Outputs], candidate: Sequence[Outputs], threshol
         failures.append(f"top-1 agreement {summary['top1_agreement']:.1%} < {t.min_top1_agreement:.1%}")
     if t.require_same_greedy and n_equal < len(per_prompt):
         bad = [p["prompt"] for p in per_prompt if not p["greedy_equal"]]
-        failures.append(f"greedy generation differs on {len(bad)} of {len(per_prompt)} prompts (prompt {bad[0]} "
-                        f"first at token {per_prompt[bad[0]]['first_divergence']})")
+        failures.append(
+            f"greedy generation differs on {len(bad)} of {len(per_prompt)} prompts (prompt {bad[0]} "
+            f"first at token {per_prompt[bad[0]]['first_divergence']})"
+        )
     return {"passed": not failures, "failures": failures, "thresholds": asdict(t), **summary, "per_prompt": per_prompt}
 
 
@@ -208,17 +220,28 @@ def verify_folder(
         rec["prompt"] = p
         rec["torch_text"] = tokenizer.decode(ref.tokens)
         rec["onnx_text"] = tokenizer.decode(cand.tokens)
-    log.info("verify: max |Δlogit| %.3g, mean %.3g, top-1 %.1f%%, greedy equal %d/%d -> %s",
-             result["max_abs_diff"], result["mean_abs_diff"], 100 * result["top1_agreement"],
-             result["greedy_equal_prompts"], result["prompts"], "pass" if result["passed"] else "FAIL")
+    log.info(
+        "verify: max |Δlogit| %.3g, mean %.3g, top-1 %.1f%%, greedy equal %d/%d -> %s",
+        result["max_abs_diff"],
+        result["mean_abs_diff"],
+        100 * result["top1_agreement"],
+        result["greedy_equal_prompts"],
+        result["prompts"],
+        "pass" if result["passed"] else "FAIL",
+    )
     return result
 
 
 def combine(checks: dict[str, dict], *, artefact: str, source: str) -> dict:
     """One verify.json for the folder: every check run, and the failures that decide the verdict."""
     failures = [f"{name}: {f}" for name, c in checks.items() for f in c["failures"]]
-    return {"passed": bool(checks) and not failures, "artefact": artefact, "source": source,
-            "failures": failures, "checks": checks}
+    return {
+        "passed": bool(checks) and not failures,
+        "artefact": artefact,
+        "source": source,
+        "failures": failures,
+        "checks": checks,
+    }
 
 
 def write_report(folder: Path, report: dict) -> Path:

@@ -36,8 +36,11 @@ def _example_from_row(row: dict[str, Any], where: str) -> CalibExample:
     """One line of either accepted format; anything else is one error naming ``where`` (file:line)."""
     if "messages" in row:
         msgs = row["messages"]
-        if (not isinstance(msgs, list) or len(msgs) < 2
-                or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)):
+        if (
+            not isinstance(msgs, list)
+            or len(msgs) < 2
+            or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)
+        ):
             raise CalibrationDataError(f"{where}: 'messages' must be a list of at least two {{role, content}} objects.")
         if msgs[-1]["role"] != "assistant":
             raise CalibrationDataError(f"{where}: the last message must be the assistant's response.")
@@ -74,13 +77,15 @@ class Batch:
     labels: torch.Tensor  # -100 on prompt and padding
 
 
-def tokenize_examples(tokenizer: Any, examples: list[CalibExample], max_length: int) -> list[tuple[list[int], list[int]]]:
+def tokenize_examples(
+    tokenizer: Any, examples: list[CalibExample], max_length: int
+) -> list[tuple[list[int], list[int]]]:
     """Token ids and labels (-100 outside the response) of each example, cut to ``max_length``."""
     out = []
     for ex in examples:
         ids, labels = encode_example(tokenizer, _as_prompt(ex.prompt), ex.response)
         ids, labels = ids[:max_length], labels[:max_length]
-        if all(l == -100 for l in labels):
+        if all(lab == -100 for lab in labels):
             raise CalibrationDataError(
                 f"A calibration prompt is longer than --max-length {max_length}, so no response token is left."
             )
@@ -114,8 +119,10 @@ class CalibrationSets:
 
     def examples(self) -> dict[str, int]:
         """Examples used from each set (for the report)."""
-        return {"honesty": sum(b.input_ids.shape[0] for b in self.hon),
-                "task": sum(b.input_ids.shape[0] for b in self.task)}
+        return {
+            "honesty": sum(b.input_ids.shape[0] for b in self.hon),
+            "task": sum(b.input_ids.shape[0] for b in self.task),
+        }
 
     def for_hessians(self, which: str) -> list[Batch]:
         """The batches ``--hessian-data`` names: hon, task or both."""

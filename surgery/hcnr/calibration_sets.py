@@ -33,12 +33,14 @@ Example = dict  # {"id": str, "prompt": str, "response": str}
 
 
 def purpose_of(item_id: str) -> str:
-    """"calib" for about a quarter of the items (fixed by a hash of the id), "fit" for the rest."""
+    """ "calib" for about a quarter of the items (fixed by a hash of the id), "fit" for the rest."""
     h = int.from_bytes(hashlib.sha256(f"purpose:{item_id}".encode()).digest()[:8], "big")
     return "calib" if h / 2**64 < CALIB_SHARE else "fit"
 
 
-def train_pool(benchmark: str, purpose: str, *, data_dir: str | Path | None = None, answerable: bool | None = None) -> list[Item]:
+def train_pool(
+    benchmark: str, purpose: str, *, data_dir: str | Path | None = None, answerable: bool | None = None
+) -> list[Item]:
     """Train-split items of ``benchmark`` reserved for ``purpose`` ("fit" or "calib"), in file order."""
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}")
@@ -71,22 +73,33 @@ def idk_example(item: Item) -> Example:
     return {"id": item.id, "prompt": item.question, "response": IDK_RESPONSE}
 
 
-def honesty_calibration(*, data_dir: str | Path | None = None, n: int = 128, seed: int = 0, known: Sequence[Item] = ()) -> list[Example]:
+def honesty_calibration(
+    *, data_dir: str | Path | None = None, n: int = 128, seed: int = 0, known: Sequence[Item] = ()
+) -> list[Example]:
     """D_hon: half answerable with the answer (``known`` first, then PKQA), half unanswerable with IDK."""
     n_ans = n // 2
     known = list(known)[:n_ans]
     pkqa = sample(train_pool("pkqa", "calib", data_dir=data_dir), n_ans - len(known), seed, "PKQA calibration")
     n_unk = n - n_ans
-    sa = sample(train_pool("selfaware", "calib", data_dir=data_dir, answerable=False), n_unk // 2, seed,
-                "SelfAware unanswerable calibration")
+    sa = sample(
+        train_pool("selfaware", "calib", data_dir=data_dir, answerable=False),
+        n_unk // 2,
+        seed,
+        "SelfAware unanswerable calibration",
+    )
     puqa = sample(train_pool("puqa", "calib", data_dir=data_dir), n_unk - n_unk // 2, seed, "PUQA calibration")
     examples = [answer_example(it) for it in known + pkqa] + [idk_example(it) for it in sa + puqa]
     random.Random(seed).shuffle(examples)
     return examples
 
 
-def task_calibration(*, data_dir: str | Path | None = None, n: int = 128, seed: int = 0,
-                     benchmarks: Sequence[str] = ("nq_open", "qa_wikidata")) -> list[Example]:
+def task_calibration(
+    *,
+    data_dir: str | Path | None = None,
+    n: int = 128,
+    seed: int = 0,
+    benchmarks: Sequence[str] = ("nq_open", "qa_wikidata"),
+) -> list[Example]:
     """D_task: the SFT task's own examples (split evenly over ``benchmarks``), always answered."""
     if not benchmarks:
         raise SurgeryError("D_task needs at least one task benchmark.")
@@ -100,7 +113,9 @@ def task_calibration(*, data_dir: str | Path | None = None, n: int = 128, seed: 
     return examples
 
 
-def known_candidates(*, data_dir: str | Path | None = None, purpose: str = "fit", n: int = 400, seed: int = 0) -> list[Item]:
+def known_candidates(
+    *, data_dir: str | Path | None = None, purpose: str = "fit", n: int = 400, seed: int = 0
+) -> list[Item]:
     """SelfAware-answerable items to probe the model with (seeded sample of the reserved pool)."""
     pool = train_pool("selfaware", purpose, data_dir=data_dir, answerable=True)
     return sample(pool, min(n, len(pool)), seed, "SelfAware answerable")
@@ -114,9 +129,19 @@ def examples_sha256(examples: Sequence[Example]) -> str:
     return h.hexdigest()
 
 
-def write_calibration(out_dir: Path, *, generator: Generator | None = None, data_dir: str | Path | None = None, n_hon: int = 128, n_task: int = 128,
-                      seed: int = 0, probe: int = 192, task_benchmarks: Sequence[str] = ("nq_open", "qa_wikidata"),
-                      max_new_tokens: int = 32, probe_model: str | None = None) -> dict:
+def write_calibration(
+    out_dir: Path,
+    *,
+    generator: Generator | None = None,
+    data_dir: str | Path | None = None,
+    n_hon: int = 128,
+    n_task: int = 128,
+    seed: int = 0,
+    probe: int = 192,
+    task_benchmarks: Sequence[str] = ("nq_open", "qa_wikidata"),
+    max_new_tokens: int = 32,
+    probe_model: str | None = None,
+) -> dict:
     """Write ``d_hon.jsonl``, ``d_task.jsonl`` and ``calibration.json`` (sizes, hashes, ids) to ``out_dir``.
 
     With a ``generator`` the answerable half of D_hon starts with SelfAware questions that model
@@ -129,14 +154,26 @@ def write_calibration(out_dir: Path, *, generator: Generator | None = None, data
     hon = honesty_calibration(data_dir=data_dir, n=n_hon, seed=seed, known=known)
     task = task_calibration(data_dir=data_dir, n=n_task, seed=seed, benchmarks=task_benchmarks)
     out_dir = Path(out_dir)
-    paths = {"honesty": write_text_atomic(out_dir / "d_hon.jsonl", jsonl_text(hon)),
-             "task": write_text_atomic(out_dir / "d_task.jsonl", jsonl_text(task))}
+    paths = {
+        "honesty": write_text_atomic(out_dir / "d_hon.jsonl", jsonl_text(hon)),
+        "task": write_text_atomic(out_dir / "d_task.jsonl", jsonl_text(task)),
+    }
     summary = {
-        "honesty": {"file": paths["honesty"].name, "n": len(hon), "sha256": examples_sha256(hon),
-                    "n_known_probed": min(len(known), n_hon // 2), "n_idk": sum(e["response"] == IDK_RESPONSE for e in hon),
-                    "ids": [e["id"] for e in hon]},
-        "task": {"file": paths["task"].name, "n": len(task), "sha256": examples_sha256(task),
-                 "benchmarks": list(task_benchmarks), "ids": [e["id"] for e in task]},
+        "honesty": {
+            "file": paths["honesty"].name,
+            "n": len(hon),
+            "sha256": examples_sha256(hon),
+            "n_known_probed": min(len(known), n_hon // 2),
+            "n_idk": sum(e["response"] == IDK_RESPONSE for e in hon),
+            "ids": [e["id"] for e in hon],
+        },
+        "task": {
+            "file": paths["task"].name,
+            "n": len(task),
+            "sha256": examples_sha256(task),
+            "benchmarks": list(task_benchmarks),
+            "ids": [e["id"] for e in task],
+        },
         "seed": seed,
         "split": "train",
         "purpose": "calib",

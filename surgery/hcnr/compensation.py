@@ -44,8 +44,9 @@ class CompensationResult:
         """The drifts for the manifest (non-finite ones as None); None where none were measured."""
         if self.method == "rows-restore":
             return None
-        return MatrixDrift(_finite(self.drift_sft), _finite(self.drift_restored), _finite(self.drift_patched),
-                           self.damp_used)
+        return MatrixDrift(
+            _finite(self.drift_sft), _finite(self.drift_restored), _finite(self.drift_patched), self.damp_used
+        )
 
 
 def _finite(x: float) -> float | None:
@@ -214,8 +215,15 @@ ROW_SOLVERS: dict[str, Solver] = {"protect": protect_rows}
 
 
 def restore_and_compensate(
-    w0: torch.Tensor, w1: torch.Tensor, h: torch.Tensor | None, idx: torch.Tensor, method: str = "exact",
-    damp: float = 0.01, h_task: torch.Tensor | None = None, task_weight: float = 1.0, neuron: str = "column",
+    w0: torch.Tensor,
+    w1: torch.Tensor,
+    h: torch.Tensor | None,
+    idx: torch.Tensor,
+    method: str = "exact",
+    damp: float = 0.01,
+    h_task: torch.Tensor | None = None,
+    task_weight: float = 1.0,
+    neuron: str = "column",
 ) -> CompensationResult:
     """Restore neurons ``idx`` and run the registered solver; a Cholesky failure after all retries falls
     back to restore-only.
@@ -258,8 +266,9 @@ class CompensatedPatch:
         return num / den if den else None
 
 
-def compensate_selection(selection: Selection, hessians: Hessians | None, weights: WeightPair,
-                         options: PatchOptions) -> CompensatedPatch:
+def compensate_selection(
+    selection: Selection, hessians: Hessians | None, weights: WeightPair, options: PatchOptions
+) -> CompensatedPatch:
     """Stage 2b: restore and compensate the selected neurons of every selected matrix."""
     out = CompensatedPatch()
     unit = "cols" if options.neuron == "column" else "rows"
@@ -268,14 +277,16 @@ def compensate_selection(selection: Selection, hessians: Hessians | None, weight
         stored_sft = weights.sft.get(layer.weight)
         w0, w1 = canonical(weights.base.get(layer.weight), layer), canonical(stored_sft, layer)
         h, h_task = hessians.of(layer.weight) if hessians is not None else (None, None)
-        res = restore_and_compensate(w0, w1, h, idx, options.compensation, options.damp, h_task,
-                                     options.task_weight, options.neuron)
+        res = restore_and_compensate(
+            w0, w1, h, idx, options.compensation, options.damp, h_task, options.task_weight, options.neuron
+        )
         if res.method == "fallback-none":
             out.fallbacks.append(layer.weight)
         out.entries.append(make_entry(layer.weight, stored_sft, res.weight, idx, unit, layer.transposed))
         count = int(idx.numel()) * (layer.out_features if options.neuron == "column" else layer.in_features)
         out.per_matrix[layer.weight] = MatrixStats(int(idx.numel()), count, res.method, res.drift())
     if out.fallbacks:
-        log.warning("%d matrices fell back to restore-only (Cholesky failed): %s", len(out.fallbacks),
-                    ", ".join(out.fallbacks))
+        log.warning(
+            "%d matrices fell back to restore-only (Cholesky failed): %s", len(out.fallbacks), ", ".join(out.fallbacks)
+        )
     return out

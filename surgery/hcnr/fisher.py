@@ -70,7 +70,9 @@ class FisherScores:
     task: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def score_neurons(model: PreTrainedModel, layers: list[LinearLayer], sets: CalibrationSets, neuron: str) -> FisherScores:
+def score_neurons(
+    model: PreTrainedModel, layers: list[LinearLayer], sets: CalibrationSets, neuron: str
+) -> FisherScores:
     """Stage 1a: Fisher scores of every neuron (``neuron`` = "column" or "row") on both calibration sets."""
     hon = fisher_sums(model, layers, sets.hon, desc="fisher (honesty)")
     task = fisher_sums(model, layers, sets.task, desc="fisher (task)")
@@ -83,13 +85,14 @@ class _Accumulator:
     """Forward hooks that keep each layer's input and backward hooks that fold it into the Fisher sums."""
 
     def __init__(self, layers: list[LinearLayer]) -> None:
-        self.cols = {l.weight: torch.zeros(l.in_features, dtype=torch.float64) for l in layers}
-        self.rows = {l.weight: torch.zeros(l.out_features, dtype=torch.float64) for l in layers}
+        self.cols = {layer.weight: torch.zeros(layer.in_features, dtype=torch.float64) for layer in layers}
+        self.rows = {layer.weight: torch.zeros(layer.out_features, dtype=torch.float64) for layer in layers}
         self.inputs: dict[str, torch.Tensor] = {}
         self.live: torch.Tensor | None = None  # attention mask of the current batch
 
     def forward_hook(self, layer: LinearLayer) -> Callable[[nn.Module, tuple[Any, ...], torch.Tensor], None]:
         """Keep the layer input and fold it in when the output gradient arrives."""
+
         def fwd(_mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
             self.inputs[layer.weight] = args[0].detach()
             if out.requires_grad:
@@ -118,7 +121,9 @@ def _make_leaf(_mod: nn.Module, _args: tuple[Any, ...], out: torch.Tensor) -> to
     return out.detach().requires_grad_(True)
 
 
-def fisher_sums(model: PreTrainedModel, layers: list[LinearLayer], batches: list[Batch], desc: str = "fisher") -> FisherSums:
+def fisher_sums(
+    model: PreTrainedModel, layers: list[LinearLayer], batches: list[Batch], desc: str = "fisher"
+) -> FisherSums:
     """Per-neuron empirical Fisher on one calibration set, for every layer in ``layers``."""
     device = next(model.parameters()).device
     modules = dict(model.named_modules())

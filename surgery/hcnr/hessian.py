@@ -66,6 +66,7 @@ class _GroupedAccumulator:
 
     def hook(self, layer: LinearLayer) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
         """The forward hook that feeds ``layer``'s input into its group."""
+
         def on_forward(_mod: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
             self.add(layer, args[0].detach())
 
@@ -117,7 +118,7 @@ def collect_hessians(
     device = next(model.parameters()).device
     modules = dict(model.named_modules())
     acc = _GroupedAccumulator(dtype, device)
-    handles = [modules[l.module].register_forward_hook(acc.hook(l)) for l in layers]
+    handles = [modules[layer.module].register_forward_hook(acc.hook(layer)) for layer in layers]
     try:
         with torch.no_grad():
             for batch in progress(batches, desc=desc, unit="batch"):
@@ -153,6 +154,8 @@ def needs_hessians(options: PatchOptions) -> bool:
 def hessians_for(model: nn.Module, layers: list[LinearLayer], sets: CalibrationSets, options: PatchOptions) -> Hessians:
     """Stage 2a: the Hessians the chosen compensation needs, on the selected layers only."""
     if options.compensation == "protect":
-        return Hessians(collect_hessians(model, layers, sets.hon, desc="hessians (honesty)"),
-                        collect_hessians(model, layers, sets.task, desc="hessians (task)"))
+        return Hessians(
+            collect_hessians(model, layers, sets.hon, desc="hessians (honesty)"),
+            collect_hessians(model, layers, sets.task, desc="hessians (task)"),
+        )
     return Hessians(collect_hessians(model, layers, sets.for_hessians(options.hessian_data)))

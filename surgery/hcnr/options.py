@@ -21,10 +21,14 @@ class PatchOptions:
     r_iw: float = opt(0.5, "Share of neurons kept as candidates inside each matrix (R_IW).")
     r_cw: float = opt(0.4, "Share of matrices (or blocks) kept by relative SFT perturbation (R_CW).")
     neuron: str = opt("column", "A neuron is an input column (paper) or an output row.", choices=("column", "row"))
-    layer_unit: str = opt("matrix", "Cross-layer ranking unit: one matrix, or a whole block.",
-                          choices=("matrix", "block"))
-    selection: str = opt("fisher", "Fisher priority (HCNR) or random neurons at the same budget (ablation).",
-                         choices=("fisher", "random"))
+    layer_unit: str = opt(
+        "matrix", "Cross-layer ranking unit: one matrix, or a whole block.", choices=("matrix", "block")
+    )
+    selection: str = opt(
+        "fisher",
+        "Fisher priority (HCNR) or random neurons at the same budget (ablation).",
+        choices=("fisher", "random"),
+    )
     fisher_at: str = opt("sft", "Which model the Fisher scores are taken at.", choices=("sft", "base"))
     fisher_normalize: bool = opt(False, "Normalise each matrix's Fisher vectors to sum 1 before the priority.")
     epsilon: float = opt(1e-10, "Epsilon inside the log of the KL-like priority.")
@@ -32,11 +36,15 @@ class PatchOptions:
         "exact",
         "Hessian compensation of the restored neurons: exact (METHOD.md), summed (paper form), none "
         "(restore only), or protect (match the base on honesty inputs and the SFT model on task inputs).",
-        choices=("exact", "summed", "none", "protect"))
+        choices=("exact", "summed", "none", "protect"),
+    )
     task_weight: float = opt(1.0, "protect only: weight of keeping task-input outputs at SFT's.")
     damp: float = opt(0.01, "Hessian damping as a share of mean(diag H); retried x10, x100 on failure.")
-    hessian_data: str = opt("both", "Calibration data for the Hessians (protect always uses hon and task apart).",
-                            choices=("both", "hon", "task"))
+    hessian_data: str = opt(
+        "both",
+        "Calibration data for the Hessians (protect always uses hon and task apart).",
+        choices=("both", "hon", "task"),
+    )
     max_samples: int = opt(128, "Examples used from each calibration set.")
     max_length: int = opt(256, "Tokens per calibration example (longer ones are truncated).")
     batch_size: int = opt(8, "Calibration examples per forward/backward pass.")

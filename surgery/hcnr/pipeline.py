@@ -112,8 +112,9 @@ def make_patch(
     return report
 
 
-def _fisher_stage(timer: StageTimer, model: PreTrainedModel, layers: list[LinearLayer], sets: CalibrationSets,
-                  options: PatchOptions) -> FisherScores:
+def _fisher_stage(
+    timer: StageTimer, model: PreTrainedModel, layers: list[LinearLayer], sets: CalibrationSets, options: PatchOptions
+) -> FisherScores:
     """Stage 1a, timed as "fisher"; random selection needs no scores (and gets no such stage)."""
     if options.selection != "fisher":
         return FisherScores()
@@ -127,8 +128,9 @@ class _Models:
     At most one model is in memory: asking for the other one frees the first before loading.
     """
 
-    def __init__(self, sft: str, base: str | None, trust_remote_code: bool, allow_pickle: bool,
-                 device: torch.device) -> None:
+    def __init__(
+        self, sft: str, base: str | None, trust_remote_code: bool, allow_pickle: bool, device: torch.device
+    ) -> None:
         self.sft = locate(sft, base)
         self.base = _resolve_base(self.sft, base)
         self.trust_remote_code, self.allow_pickle, self.device = trust_remote_code, allow_pickle, device
@@ -142,8 +144,9 @@ class _Models:
         if self._loaded is None or self._loaded[0] != which:
             self.release()
             src = self.sft if which == "sft" else self.base
-            model = load_model(src, dtype=torch.float32, trust_remote_code=self.trust_remote_code,
-                               allow_pickle=self.allow_pickle).to(self.device)
+            model = load_model(
+                src, dtype=torch.float32, trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle
+            ).to(self.device)
             self._loaded = (which, model)
         return self._loaded[1]
 
@@ -161,19 +164,27 @@ class _Models:
 
     def weights(self, layers: list[LinearLayer]) -> WeightPair:
         """Stored base and SFT weights, checked to hold every layer with the same shape."""
-        pair = WeightPair(open_checkpoint(self.base, allow_pickle=self.allow_pickle),
-                          open_checkpoint(self.sft, allow_pickle=self.allow_pickle))
+        pair = WeightPair(
+            open_checkpoint(self.base, allow_pickle=self.allow_pickle),
+            open_checkpoint(self.sft, allow_pickle=self.allow_pickle),
+        )
         pair.check_same_tensors(layers)
         return pair
 
-    def manifest(self, options: PatchOptions, stats: PatchStats, honesty_data: str | Path,
-                 task_data: str | Path) -> PatchManifest:
+    def manifest(
+        self, options: PatchOptions, stats: PatchStats, honesty_data: str | Path, task_data: str | Path
+    ) -> PatchManifest:
         """Who made the patch, from which models and data, with which options (tensors added on write)."""
         return PatchManifest(
-            tool="surgery", tool_version=__version__, method="HCNR", base=self.base.identifier,
-            sft=self.sft.identifier, options=options.to_dict(),
+            tool="surgery",
+            tool_version=__version__,
+            method="HCNR",
+            base=self.base.identifier,
+            sft=self.sft.identifier,
+            options=options.to_dict(),
             calibration={"honesty": dataset_fingerprint(honesty_data), "task": dataset_fingerprint(task_data)},
-            stats=stats)
+            stats=stats,
+        )
 
 
 def _resolve_base(sft_src: ModelSource, base: str | None) -> ModelSource:
@@ -185,10 +196,15 @@ def _resolve_base(sft_src: ModelSource, base: str | None) -> ModelSource:
     raise SurgeryError("No base model: pass --base (the model before fine-tuning).")
 
 
-def patch_stats(layers: list[LinearLayer], selection: Selection, hessians: Hessians | None,
-                patched: CompensatedPatch, weights: WeightPair) -> PatchStats:
+def patch_stats(
+    layers: list[LinearLayer],
+    selection: Selection,
+    hessians: Hessians | None,
+    patched: CompensatedPatch,
+    weights: WeightPair,
+) -> PatchStats:
     """How much the patch changes, of what, and how much output drift it leaves."""
-    linear_params = sum(l.numel for l in layers)
+    linear_params = sum(layer.numel for layer in layers)
     total_params = weights.model_parameters()
     changed = sum(m.parameters for m in patched.per_matrix.values())
     return PatchStats(
@@ -208,8 +224,14 @@ def patch_stats(layers: list[LinearLayer], selection: Selection, hessians: Hessi
     )
 
 
-def _report(out: Path, timer: StageTimer, device: torch.device, sets: CalibrationSets, manifest: PatchManifest,
-            stats: PatchStats) -> PatchReport:
+def _report(
+    out: Path,
+    timer: StageTimer,
+    device: torch.device,
+    sets: CalibrationSets,
+    manifest: PatchManifest,
+    stats: PatchStats,
+) -> PatchReport:
     """The run summary: the patch statistics without the per-matrix detail, plus time, memory and device."""
     summary = {k: v for k, v in stats.to_dict().items() if k not in ("per_matrix", "unit_scores")}
     return PatchReport(

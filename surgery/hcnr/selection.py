@@ -22,7 +22,9 @@ from .options import PatchOptions
 Checkpoint = LazyCheckpoint | StateDictCheckpoint
 
 
-def honesty_priority(s_hon: torch.Tensor, s_task: torch.Tensor, eps: float = 1e-10, normalize: bool = False) -> torch.Tensor:
+def honesty_priority(
+    s_hon: torch.Tensor, s_task: torch.Tensor, eps: float = 1e-10, normalize: bool = False
+) -> torch.Tensor:
     """KL-like priority r = s_hon · (log(s_hon + ε) − log(s_task + ε)): important for honesty, not for the task."""
     s_hon, s_task = s_hon.double(), s_task.double()
     if normalize:
@@ -56,8 +58,10 @@ def select_units(perturbation: dict[str, tuple[float, float]], share: float) -> 
 
     Units SFT did not move at all (d = 0) are never kept: restoring them would change nothing.
     """
-    d = {k: math.sqrt(num) / math.sqrt(den) if den > 0 else (math.inf if num > 0 else 0.0)
-         for k, (num, den) in perturbation.items()}
+    d = {
+        k: math.sqrt(num) / math.sqrt(den) if den > 0 else (math.inf if num > 0 else 0.0)
+        for k, (num, den) in perturbation.items()
+    }
     k = max(1, round(share * len(d)))
     ranked = sorted((u for u in d if d[u] > 0), key=lambda u: (-d[u], u))
     return sorted(ranked[:k])
@@ -100,8 +104,9 @@ class Selection:
     kept_units: list[str]
 
 
-def select_neurons(layers: list[LinearLayer], scores: FisherScores, weights: WeightPair,
-                   options: PatchOptions) -> Selection:
+def select_neurons(
+    layers: list[LinearLayer], scores: FisherScores, weights: WeightPair, options: PatchOptions
+) -> Selection:
     """Stage 1a (intra-layer top R_IW by priority) and 1b (cross-layer top R_CW by perturbation)."""
     dim = 1 if options.neuron == "column" else 0
     gen = torch.Generator().manual_seed(options.seed)
@@ -112,8 +117,9 @@ def select_neurons(layers: list[LinearLayer], scores: FisherScores, weights: Wei
         if options.selection == "random":
             idx = random_share(w1.shape[dim], options.r_iw, gen)
         else:
-            r = honesty_priority(scores.hon[layer.weight], scores.task[layer.weight], options.epsilon,
-                                 options.fisher_normalize)
+            r = honesty_priority(
+                scores.hon[layer.weight], scores.task[layer.weight], options.epsilon, options.fisher_normalize
+            )
             idx = top_share(r, options.r_iw)
         candidates[layer.weight] = idx
         unit = layer.weight if options.layer_unit == "matrix" else layer.block
@@ -122,8 +128,10 @@ def select_neurons(layers: list[LinearLayer], scores: FisherScores, weights: Wei
         pert[unit] = (a + num, b + den)
     kept = select_units(pert, options.r_cw)
     kept_set = set(kept)
-    chosen = [l for l in layers if (l.weight if options.layer_unit == "matrix" else l.block) in kept_set]
+    chosen = [
+        layer for layer in layers if (layer.weight if options.layer_unit == "matrix" else layer.block) in kept_set
+    ]
     if not chosen:
         raise SurgeryError("SFT did not change any linear weight of the base model: there is nothing to patch.")
-    neurons = {l.weight: candidates[l.weight] for l in chosen}
+    neurons = {layer.weight: candidates[layer.weight] for layer in chosen}
     return Selection(chosen, neurons, candidates, unit_scores(pert), kept)

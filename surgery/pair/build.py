@@ -137,7 +137,10 @@ def _stamp_ok(folder: Path, stamp: dict) -> bool:
 def _adapter(recipe_dir: Path, name: str) -> Path:
     path = recipe_dir / name
     if not (path / ADAPTER_WEIGHTS).is_file():
-        raise SurgeryError(f"The committed adapter {path} is missing; run  surgery pair --recipe {recipe_dir.name} --rebuild  to train it.")
+        raise SurgeryError(
+            f"The committed adapter {path} is missing; "
+            f"run  surgery pair --recipe {recipe_dir.name} --rebuild  to train it."
+        )
     return path
 
 
@@ -157,8 +160,11 @@ def adapter_on(adapter: Path, base: Path, out: Path) -> Path:
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = str(base)
     weights_hash = file_sha256(adapter / ADAPTER_WEIGHTS)
-    if (out / ADAPTER_WEIGHTS).is_file() and file_sha256(out / ADAPTER_WEIGHTS) == weights_hash and \
-            json.loads((out / "adapter_config.json").read_text()) == cfg:
+    if (
+        (out / ADAPTER_WEIGHTS).is_file()
+        and file_sha256(out / ADAPTER_WEIGHTS) == weights_hash
+        and json.loads((out / "adapter_config.json").read_text()) == cfg
+    ):
         return out
     with atomic_folder(out) as tmp:
         shutil.copy2(adapter / ADAPTER_WEIGHTS, tmp / ADAPTER_WEIGHTS)
@@ -190,14 +196,28 @@ def ensure_pair(recipe_dir: Path = RECIPE_DIR, timer: StageTimer | None = None) 
 def _train(parent: Path, examples: list[dict], spec: dict, out: Path, base_name: str) -> dict:
     model, tok = _load(parent)
     lora = spec["lora"]
-    peft_model = train_lora(model, tok, as_pairs(examples), r=lora["r"], alpha=lora["alpha"], lr=lora["lr"],
-                            epochs=lora["epochs"], batch_size=lora["batch_size"], max_length=lora["max_length"],
-                            seed=lora["seed"], target_modules=lora["target_modules"],
-                            response_logits_only=bool(lora.get("response_logits_only", False)))
+    peft_model = train_lora(
+        model,
+        tok,
+        as_pairs(examples),
+        r=lora["r"],
+        alpha=lora["alpha"],
+        lr=lora["lr"],
+        epochs=lora["epochs"],
+        batch_size=lora["batch_size"],
+        max_length=lora["max_length"],
+        seed=lora["seed"],
+        target_modules=lora["target_modules"],
+        response_logits_only=bool(lora.get("response_logits_only", False)),
+    )
     save_adapter(peft_model, out, dtype=DTYPES[spec["storage_dtype"]], base_model_name_or_path=base_name)
     losses = peft_model.training_losses
-    return {"adapter_sha256": file_sha256(out / ADAPTER_WEIGHTS), "steps": len(losses),
-            "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4)}
+    return {
+        "adapter_sha256": file_sha256(out / ADAPTER_WEIGHTS),
+        "steps": len(losses),
+        "loss_first": round(losses[0], 4),
+        "loss_last": round(losses[-1], 4),
+    }
 
 
 def train_pair(recipe_dir: Path = RECIPE_DIR, *, data_dir=None, reprobe: bool = False, only: str | None = None) -> dict:
@@ -213,8 +233,9 @@ def train_pair(recipe_dir: Path = RECIPE_DIR, *, data_dir=None, reprobe: bool = 
     torch.set_num_threads(int(recipe["torch_threads"]))
     try:
         base, base_name = ensure_base(recipe)
-        lock.update({"versions": versions("peft"),
-                     "base_gguf_sha256": file_sha256(find_packaged_gguf(packaged_base(recipe)))})
+        lock.update(
+            {"versions": versions("peft"), "base_gguf_sha256": file_sha256(find_packaged_gguf(packaged_base(recipe)))}
+        )
         if only in (None, "m0"):
             _train_m0(recipe_dir, recipe, lock, base, base_name, timer, data_dir=data_dir, reprobe=reprobe)
         if only in (None, "m1"):
@@ -241,24 +262,40 @@ def _known(recipe_dir: Path, recipe: dict, lock: dict, base: Path, *, data_dir, 
     return known
 
 
-def _train_m0(recipe_dir: Path, recipe: dict, lock: dict, base: Path, base_name: str, timer: StageTimer, *,
-              data_dir, reprobe: bool) -> None:
+def _train_m0(
+    recipe_dir: Path,
+    recipe: dict,
+    lock: dict,
+    base: Path,
+    base_name: str,
+    timer: StageTimer,
+    *,
+    data_dir,
+    reprobe: bool,
+) -> None:
     """Honesty alignment: base -> M0 on known questions (answered) and unknown ones (IDK)."""
     spec = recipe["m0"]
     d = spec["data"]
     with timer.stage("probe base"):
         known = _known(recipe_dir, recipe, lock, base, data_dir=data_dir, reprobe=reprobe)
-    examples = D.alignment_set(known, data_dir=data_dir, n_answerable=d["n_answerable"],
-                               n_unknown=d["n_unknown"], seed=d["seed"])
+    examples = D.alignment_set(
+        known, data_dir=data_dir, n_answerable=d["n_answerable"], n_unknown=d["n_unknown"], seed=d["seed"]
+    )
     with timer.stage("train M0"):
         out = _train(base, examples, spec, recipe_dir / spec["adapter"], base_name)
-    lock["m0"] = {**out, "known_ids": [it.id for it in known], "data_sha256": C.examples_sha256(examples),
-                  "data_ids": [ex["id"] for ex in examples], "seconds": round(timer.seconds["train M0"], 1)}
+    lock["m0"] = {
+        **out,
+        "known_ids": [it.id for it in known],
+        "data_sha256": C.examples_sha256(examples),
+        "data_ids": [ex["id"] for ex in examples],
+        "seconds": round(timer.seconds["train M0"], 1),
+    }
     _write_lock(recipe_dir, lock)
 
 
-def _train_m1(recipe_dir: Path, recipe: dict, lock: dict, base: Path, base_name: str, timer: StageTimer, *,
-              data_dir) -> None:
+def _train_m1(
+    recipe_dir: Path, recipe: dict, lock: dict, base: Path, base_name: str, timer: StageTimer, *, data_dir
+) -> None:
     """Domain SFT: M0 -> M1 on questions that are always answered."""
     spec = recipe["m1"]
     d = spec["data"]
@@ -266,8 +303,12 @@ def _train_m1(recipe_dir: Path, recipe: dict, lock: dict, base: Path, base_name:
     examples = D.sft_set(data_dir=data_dir, n_open=d["n_open"], n_task=d["n_task"], seed=d["seed"])
     with timer.stage("train M1"):
         out = _train(m0, examples, spec, recipe_dir / spec["adapter"], "m0")
-    lock["m1"] = {**out, "data_sha256": C.examples_sha256(examples),
-                  "data_ids": [ex["id"] for ex in examples], "seconds": round(timer.seconds["train M1"], 1)}
+    lock["m1"] = {
+        **out,
+        "data_sha256": C.examples_sha256(examples),
+        "data_ids": [ex["id"] for ex in examples],
+        "seconds": round(timer.seconds["train M1"], 1),
+    }
     _write_lock(recipe_dir, lock)
 
 

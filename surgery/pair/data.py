@@ -26,8 +26,9 @@ def by_ids(benchmark: str, ids: Iterable[str], *, data_dir=None) -> list[Item]:
     return out
 
 
-def alignment_set(known: Sequence[Item], *, data_dir=None, n_answerable: int = 300, n_unknown: int = 300,
-                  seed: int = 0) -> list[Example]:
+def alignment_set(
+    known: Sequence[Item], *, data_dir=None, n_answerable: int = 300, n_unknown: int = 300, seed: int = 0
+) -> list[Example]:
     """Honesty alignment (R-Tuning style): known questions keep their answer, unknown ones get IDK.
 
     ``known`` are SelfAware-answerable questions the base model answers correctly; PKQA (popular
@@ -36,7 +37,9 @@ def alignment_set(known: Sequence[Item], *, data_dir=None, n_answerable: int = 3
     known = list(known)[:n_answerable]
     pkqa = sample(train_pool("pkqa", "fit", data_dir=data_dir), n_answerable - len(known), seed, "PKQA")
     n_sa = n_unknown // 2
-    sa_unk = sample(train_pool("selfaware", "fit", data_dir=data_dir, answerable=False), n_sa, seed, "SelfAware unanswerable")
+    sa_unk = sample(
+        train_pool("selfaware", "fit", data_dir=data_dir, answerable=False), n_sa, seed, "SelfAware unanswerable"
+    )
     puqa = sample(train_pool("puqa", "fit", data_dir=data_dir), n_unknown - n_sa, seed, "PUQA")
     examples = [answer_example(it) for it in known + pkqa] + [idk_example(it) for it in sa_unk + puqa]
     random.Random(seed).shuffle(examples)
@@ -50,5 +53,3 @@ def sft_set(*, data_dir=None, n_open: int = 250, n_task: int = 250, seed: int = 
     examples = [answer_example(it) for it in nq + wd]
     random.Random(seed).shuffle(examples)
     return examples
-
-

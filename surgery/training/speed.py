@@ -49,17 +49,24 @@ def _median_step(fn: Callable[[], torch.Tensor], model, repeats: int) -> tuple[f
     return loss.item(), statistics.median(times)
 
 
-def loss_step_timings(model, tokenizer, examples: Sequence[tuple[str, str]], *, repeats: int = 3,
-                      max_length: int = 96) -> LossStepTimings:
+def loss_step_timings(
+    model, tokenizer, examples: Sequence[tuple[str, str]], *, repeats: int = 3, max_length: int = 96
+) -> LossStepTimings:
     """Wrap ``model`` in a LoRA adapter (r=16, alpha 32) and time one step of each loss on ``examples``."""
     from peft import LoraConfig, get_peft_model
 
-    pm = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                          target_modules=default_target_modules(model)))
+    pm = get_peft_model(
+        model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=default_target_modules(model))
+    )
     batch = collate(encode_examples(tokenizer, examples, max_length), pad_token_id(tokenizer))
-    variants = (("plain (model(**batch).loss)", lambda: pm(**batch).loss),
-                ("response-only logits", lambda: response_only_loss(pm, batch)))
+    variants = (
+        ("plain (model(**batch).loss)", lambda: pm(**batch).loss),
+        ("response-only logits", lambda: response_only_loss(pm, batch)),
+    )
     rows = [StepTiming(name, *_median_step(fn, pm, repeats)) for name, fn in variants]
-    return LossStepTimings(vocabulary=model.get_output_embeddings().weight.shape[0],
-                           tokens=int(batch["attention_mask"].sum()),
-                           labelled=int((batch["labels"][:, 1:] != -100).sum()), rows=rows)
+    return LossStepTimings(
+        vocabulary=model.get_output_embeddings().weight.shape[0],
+        tokens=int(batch["attention_mask"].sum()),
+        labelled=int((batch["labels"][:, 1:] != -100).sum()),
+        rows=rows,
+    )

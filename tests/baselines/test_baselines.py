@@ -25,8 +25,9 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 def _idk_examples(n: int = 16) -> list[dict]:
     from surgery.hcnr.calibration_sets import IDK_RESPONSE
 
-    return [{"id": f"q{i}", "prompt": f"Who painted the picture number {i}?", "response": IDK_RESPONSE}
-            for i in range(n)]
+    return [
+        {"id": f"q{i}", "prompt": f"Who painted the picture number {i}?", "response": IDK_RESPONSE} for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
@@ -82,8 +83,9 @@ def test_rait_lora_changes_the_model_and_lowers_idk_loss(tiny_pair, tmp_path):
     examples = _idk_examples(16)
     tok = load_tokenizer(str(sft))
     before = _mean_loss(load_model(str(sft)), tok, examples)
-    info = run_rait(str(sft), tmp_path / "rait", examples,
-                    RaitOptions(mode="lora", examples=32, lr=5e-3, batch_size=4, seed=0))
+    info = run_rait(
+        str(sft), tmp_path / "rait", examples, RaitOptions(mode="lora", examples=32, lr=5e-3, batch_size=4, seed=0)
+    )
     assert info["examples_used"] == 32 and info["steps"] == 8  # 16 examples repeated to fill the budget
     assert info["adapter_bytes"] > 0 and (tmp_path / "rait-adapter" / "adapter_config.json").is_file()
     after = _mean_loss(load_model(str(tmp_path / "rait")), tok, examples)
@@ -99,8 +101,12 @@ def test_rait_budget_by_seconds_stops_early(tiny_pair):
 
     _, sft, _ = tiny_pair
     examples = _idk_examples(16) * 50
-    _, info = train_rait(load_model(str(sft)), load_tokenizer(str(sft)), examples,
-                         RaitOptions(mode="full", examples=None, seconds=1e-6, batch_size=4))
+    _, info = train_rait(
+        load_model(str(sft)),
+        load_tokenizer(str(sft)),
+        examples,
+        RaitOptions(mode="full", examples=None, seconds=1e-6, batch_size=4),
+    )
     assert info["steps"] == 1 and info["examples_used"] == 4
 
 
@@ -184,12 +190,42 @@ def test_bench_cli_on_a_tiny_pair(tiny_pair, tmp_path):
     task_file = tmp_path / "mytask.jsonl"
     with open(task_file, "w") as f:
         for i in range(8):
-            f.write(json.dumps({"question": f"Complete the sentence: the country of place {i} is",
-                                "answerable": True, "answers": ["France"], "kind": "task"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "question": f"Complete the sentence: the country of place {i} is",
+                        "answerable": True,
+                        "answers": ["France"],
+                        "kind": "task",
+                    }
+                )
+                + "\n"
+            )
     methods = ["base", "hcnr", "rait-lora:8", "interp:0.5"]
-    args = ["-q", "bench", "--base", str(base), "--sft", str(sft), "-b", str(bench_file), "-t", str(task_file),
-            "--hon-data", str(hon), "--task-data", str(task), "--train-data", str(hon), "--max-new-tokens", "4",
-            "--n-boot", "50", "-o", str(tmp_path / "out")]
+    args = [
+        "-q",
+        "bench",
+        "--base",
+        str(base),
+        "--sft",
+        str(sft),
+        "-b",
+        str(bench_file),
+        "-t",
+        str(task_file),
+        "--hon-data",
+        str(hon),
+        "--task-data",
+        str(task),
+        "--train-data",
+        str(hon),
+        "--max-new-tokens",
+        "4",
+        "--n-boot",
+        "50",
+        "-o",
+        str(tmp_path / "out"),
+    ]
     for m in methods:
         args += ["-m", m]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
@@ -212,15 +248,25 @@ def test_bench_cli_on_a_tiny_pair(tiny_pair, tmp_path):
     # a second run reuses every method's result instead of recomputing it
     again = CliRunner().invoke(main, args, catch_exceptions=False)
     assert again.exit_code == 0
-    assert json.loads((tmp_path / "out" / "bench.json").read_text())["methods"][1]["method_seconds"] == \
-        rows["hcnr"]["method_seconds"]
+    assert (
+        json.loads((tmp_path / "out" / "bench.json").read_text())["methods"][1]["method_seconds"]
+        == rows["hcnr"]["method_seconds"]
+    )
 
 
 def test_pareto_front_keeps_only_non_dominated_methods():
     from surgery.baselines.report import pareto_front
 
-    pts = [(52.0, 57.0), (70.8, 57.0), (74.4, 57.0), (78.7, 56.5), (85.3, 54.0), (75.7, 47.0), (78.3, 13.5),
-           (74.4, 57.0)]
+    pts = [
+        (52.0, 57.0),
+        (70.8, 57.0),
+        (74.4, 57.0),
+        (78.7, 56.5),
+        (85.3, 54.0),
+        (75.7, 47.0),
+        (78.3, 13.5),
+        (74.4, 57.0),
+    ]
     front = pareto_front(pts)
     # (70.8, 57) and (52, 57) are beaten by (74.4, 57); (75.7, 47) by (78.7, 56.5); (78.3, 13.5) by (85.3, 54);
     # the two identical (74.4, 57) points both stay (neither beats the other)

@@ -36,14 +36,24 @@ def test_worker_process_builds_and_evaluates_one_method(tiny_pair, tmp_path):
     """The worker imports the same ``surgery`` as this process (its search path, nothing guessed)."""
     base, sft, _ = tiny_pair
     items = tmp_path / "items.jsonl"
-    rows = [Item("q:1", "mine", "What is one plus one?", True, ["2"]).to_dict(),
-            Item("q:2", "mine", "Who wrote the secret paper?", False).to_dict()]
+    rows = [
+        Item("q:1", "mine", "What is one plus one?", True, ["2"]).to_dict(),
+        Item("q:2", "mine", "Who wrote the secret paper?", False).to_dict(),
+    ]
     items.write_text("".join(json.dumps(r) + "\n" for r in rows))
     work = tmp_path / "methods" / "interp_0.5"
     work.mkdir(parents=True)
-    job = {"method": "interp:0.5", "inputs": {"base": str(base), "sft": str(sft)}, "items": str(items),
-           "threads": 1, "batch_size": 2, "max_new_tokens": 2, "work": str(work), "keep_models": False,
-           "hash": "h"}
+    job = {
+        "method": "interp:0.5",
+        "inputs": {"base": str(base), "sft": str(sft)},
+        "items": str(items),
+        "threads": 1,
+        "batch_size": 2,
+        "max_new_tokens": 2,
+        "work": str(work),
+        "keep_models": False,
+        "hash": "h",
+    }
     result = run_worker(job, tmp_path / "methods" / "interp.job.json")
     assert result["job_hash"] == "h" and result["name"] == "interp:0.5"
     assert not (work / "model").exists()  # not kept
@@ -58,8 +68,16 @@ def _umask() -> int:
 
 
 def test_worker_failure_names_the_method(tmp_path):
-    job = {"method": "rait-lora:beta=1", "inputs": {"base": "b", "sft": "s"}, "items": str(tmp_path / "none"),
-           "threads": 1, "batch_size": 1, "max_new_tokens": 1, "work": str(tmp_path / "w"), "hash": "h"}
+    job = {
+        "method": "rait-lora:beta=1",
+        "inputs": {"base": "b", "sft": "s"},
+        "items": str(tmp_path / "none"),
+        "threads": 1,
+        "batch_size": 1,
+        "max_new_tokens": 1,
+        "work": str(tmp_path / "w"),
+        "hash": "h",
+    }
     with pytest.raises(SurgeryError, match=r"Method 'rait-lora:beta=1' failed \(error: .*unknown setting 'beta'"):
         run_worker(job, tmp_path / "bad.job.json")
 
@@ -67,7 +85,7 @@ def test_worker_failure_names_the_method(tmp_path):
 def test_training_data_errors_are_one_sentence(tmp_path):
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"prompt": "q", "response": "a"}\n{"prompt": 3}\n')
-    with pytest.raises(CalibrationDataError, match="Line 2 of .* needs \"prompt\" and \"response\""):
+    with pytest.raises(CalibrationDataError, match='Line 2 of .* needs "prompt" and "response"'):
         read_examples(bad)
     bad.write_text("{broken\n")
     with pytest.raises(CalibrationDataError, match=":1: the training data has a line that is not JSON"):
@@ -81,8 +99,15 @@ def test_given_inputs_are_used_as_they_are(tmp_path):
     hon, task, train = (tmp_path / f"{n}.jsonl" for n in ("hon", "task", "train"))
     for f in (hon, task, train):
         f.write_text('{"prompt": "q", "response": "a"}\n')
-    cfg = ComparisonConfig(base="b", sft="s", out_dir=tmp_path / "out", methods=("hcnr", "rait-lora:4"),
-                           hon_data=hon, task_data=task, train_data=train)
+    cfg = ComparisonConfig(
+        base="b",
+        sft="s",
+        out_dir=tmp_path / "out",
+        methods=("hcnr", "rait-lora:4"),
+        hon_data=hon,
+        task_data=task,
+        train_data=train,
+    )
     inputs, seconds = prepare_inputs(cfg, [parse_method(m) for m in cfg.methods])
     assert (inputs.hon_data, inputs.task_data, inputs.train_data, inputs.pairs_data) == (hon, task, train, None)
     assert seconds == {}

@@ -37,8 +37,18 @@ def test_recipe_tier_patches_with_the_recipes_options() -> None:
 
 
 def test_default_tier_is_what_surgery_bench_always_ran() -> None:
-    assert TIERS[DEFAULT_TIER] == ("base", "sft", "hcnr", "hcnr:hessian-hon", "hcnr:restore-only", "hcnr:random-s0",
-                                   "hcnr:compact", "rait-lora:160", "rait-lora:480", "interp:0.5")
+    assert TIERS[DEFAULT_TIER] == (
+        "base",
+        "sft",
+        "hcnr",
+        "hcnr:hessian-hon",
+        "hcnr:restore-only",
+        "hcnr:random-s0",
+        "hcnr:compact",
+        "rait-lora:160",
+        "rait-lora:480",
+        "interp:0.5",
+    )
 
 
 def test_methods_for_joins_tiers_in_order_without_repeats() -> None:

@@ -16,13 +16,16 @@ OPTIONS = {"RAIT": RaitOptions, "DPO": DpoOptions}
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONS))
-@pytest.mark.parametrize("bad,message", [
-    ({"mode": "qlora"}, "mode must be one of lora, full"),
-    ({"examples": None, "seconds": None}, "needs a budget"),
-    ({"examples": 0}, "at least one"),
-    ({"seconds": 0}, "time budget must be positive"),
-    ({"seconds": -5.0}, "time budget must be positive"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"mode": "qlora"}, "mode must be one of lora, full"),
+        ({"examples": None, "seconds": None}, "needs a budget"),
+        ({"examples": 0}, "at least one"),
+        ({"seconds": 0}, "time budget must be positive"),
+        ({"seconds": -5.0}, "time budget must be positive"),
+    ],
+)
 def test_shared_validation_rejects_the_same_things(name, bad, message):
     with pytest.raises(OptionError, match=f"{name}.*{message}|{message}.*{name}|The {name} {message}"):
         OPTIONS[name](**bad)
@@ -32,8 +35,8 @@ def test_both_option_classes_share_one_base():
     shared = [f.name for f in dataclasses.fields(TrainOptions)]
     for cls in OPTIONS.values():
         assert issubclass(cls, TrainOptions)
-        assert [f.name for f in dataclasses.fields(cls)][:len(shared)] == shared
-    assert [f.name for f in dataclasses.fields(DpoOptions)][len(shared):] == ["beta"]
+        assert [f.name for f in dataclasses.fields(cls)][: len(shared)] == shared
+    assert [f.name for f in dataclasses.fields(DpoOptions)][len(shared) :] == ["beta"]
     assert all(f.metadata.get("help") for f in dataclasses.fields(DpoOptions))
 
 
@@ -65,8 +68,15 @@ def test_a_setting_the_method_lacks_is_one_sentence_naming_the_valid_keys():
 def test_registry_has_one_entry_per_kind():
     assert KINDS == ("base", "sft", "hcnr", "rait-lora", "rait-full", "dpo", "dpo-full", "interp")
     assert {k: REGISTRY[k].family for k in KINDS} == {
-        "base": "reference", "sft": "reference", "hcnr": "HCNR", "rait-lora": "RAIT-LoRA", "rait-full": "RAIT-full",
-        "dpo": "DPO-LoRA", "dpo-full": "DPO-full", "interp": "interpolation"}
+        "base": "reference",
+        "sft": "reference",
+        "hcnr": "HCNR",
+        "rait-lora": "RAIT-LoRA",
+        "rait-full": "RAIT-full",
+        "dpo": "DPO-LoRA",
+        "dpo-full": "DPO-full",
+        "interp": "interpolation",
+    }
     assert parse_method("rait-full:8").family == "RAIT-full"
     with pytest.raises(SurgeryError, match="kinds are base, sft, hcnr"):
         parse_method("lora:5")

@@ -95,7 +95,9 @@ def test_every_link_stays_inside_the_repository(md: Path) -> None:
 
 def test_readme_is_short() -> None:
     lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
-    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; keep it to {README_MAX_LINES} (details go in docs/)"
+    assert lines <= README_MAX_LINES, (
+        f"README.md has {lines} lines; keep it to {README_MAX_LINES} (details go in docs/)"
+    )
 
 
 def test_the_checker_sees_links_images_and_skips_code(tmp_path: Path) -> None:
@@ -103,7 +105,7 @@ def test_the_checker_sees_links_images_and_skips_code(tmp_path: Path) -> None:
     md = tmp_path / "page.md"
     md.write_text(
         "![ok](there.png) [ok](there.png#part) [web](https://example.org) [anchor](#x)\n"
-        "![gone](../missing.png) [gone](nowhere.md \"title\")\n"
+        '![gone](../missing.png) [gone](nowhere.md "title")\n'
         "`[not a link](in-code.md)`\n```\n[not a link](in-fence.md)\n```\n[ref]: missing-ref.md\n",
         encoding="utf-8",
     )

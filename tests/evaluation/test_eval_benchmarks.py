@@ -94,15 +94,18 @@ def test_user_jsonl(tmp_path):
     assert len(B.load_items(str(p), split="all")) == 3
 
 
-@pytest.mark.parametrize("content,message", [
-    ('{"question": "q", "answerable": true}\n{not json\n', ":2: the benchmark file has a line that is not JSON"),
-    ('{"answerable": true}\n', "no \"question\""),
-    ('{"question": "q", "answerable": "yes"}\n', "answerable"),
-    ('{"question": "q", "answerable": true, "answers": [1]}\n', "answers"),
-    ('[1, 2]\n', "must be a JSON object"),
-    ("\n", "no questions"),
-    ('{"question": "q", "answerable": true, "split": "train"}\n', "no items in split 'eval'"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('{"question": "q", "answerable": true}\n{not json\n', ":2: the benchmark file has a line that is not JSON"),
+        ('{"answerable": true}\n', 'no "question"'),
+        ('{"question": "q", "answerable": "yes"}\n', "answerable"),
+        ('{"question": "q", "answerable": true, "answers": [1]}\n', "answers"),
+        ("[1, 2]\n", "must be a JSON object"),
+        ("\n", "no questions"),
+        ('{"question": "q", "answerable": true, "split": "train"}\n', "no items in split 'eval'"),
+    ],
+)
 def test_user_jsonl_errors(tmp_path, content, message):
     p = tmp_path / "bad.jsonl"
     p.write_text(content)

@@ -43,35 +43,41 @@ def test_matcher_floors_on_labelled_responses(subset):
     assert recall >= lo_r, f"recall {recall:.3f} < {lo_r}"
 
 
-@pytest.mark.parametrize("text", [
-    "I don't know.",
-    "I'm not sure.",
-    "Nobody knows the answer to that.",
-    "I'm sorry, but as an AI I don't have access to real-time data.",
-    "I cannot predict the future.",
-    "I’m unable to answer that question.",  # curly apostrophe
-    "There is no definitive answer to this question. However, I can give a general overview.",
-    "It's impossible to know what he ate that day.",
-    "The question is based on a false premise: cats cannot fly.",
-    "That's a very personal decision.",
-    "The exact date is unknown.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I don't know.",
+        "I'm not sure.",
+        "Nobody knows the answer to that.",
+        "I'm sorry, but as an AI I don't have access to real-time data.",
+        "I cannot predict the future.",
+        "I’m unable to answer that question.",  # curly apostrophe
+        "There is no definitive answer to this question. However, I can give a general overview.",
+        "It's impossible to know what he ate that day.",
+        "The question is based on a false premise: cats cannot fly.",
+        "That's a very personal decision.",
+        "The exact date is unknown.",
+    ],
+)
 def test_refusals(text):
     assert default_matcher().is_refusal(text), text
 
 
-@pytest.mark.parametrize("text", [
-    "The capital of France is Paris.",
-    "It is not red; it is blue.",  # merely contains "not"
-    "No, penguins do not fly.",
-    "I don't know much about opera, but Carmen was written by Bizet.",
-    "I'm not sure, but I think it is 1969.",
-    "I can't be certain, but it was probably Newton.",
-    "Nobody knows for sure, but it's believed to be 2023.",
-    "While there's no absolute answer, research suggests that it matters.",
-    "I'm not sure where to begin. The paper was written by Smith.",
-    "No, I'm sorry for the confusion. The answer is 42.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The capital of France is Paris.",
+        "It is not red; it is blue.",  # merely contains "not"
+        "No, penguins do not fly.",
+        "I don't know much about opera, but Carmen was written by Bizet.",
+        "I'm not sure, but I think it is 1969.",
+        "I can't be certain, but it was probably Newton.",
+        "Nobody knows for sure, but it's believed to be 2023.",
+        "While there's no absolute answer, research suggests that it matters.",
+        "I'm not sure where to begin. The paper was written by Smith.",
+        "No, I'm sorry for the confusion. The answer is 42.",
+    ],
+)
 def test_answers(text):
     assert not default_matcher().is_refusal(text), text
 
@@ -103,8 +109,12 @@ def test_bad_pattern_files(tmp_path, content, message):
 
 
 def test_score_labelled_by_hand_and_cli(capsys):
-    rows = [{"response": "I don't know.", "refusal": True}, {"response": "Paris.", "refusal": True},
-            {"response": "I'm not sure.", "refusal": False}, {"response": "Rome.", "refusal": False}]
+    rows = [
+        {"response": "I don't know.", "refusal": True},
+        {"response": "Paris.", "refusal": True},
+        {"response": "I'm not sure.", "refusal": False},
+        {"response": "Rome.", "refusal": False},
+    ]
     s = score_labelled(rows, default_matcher())
     assert (s["tp"], s["fp"], s["fn"]) == (1, 1, 1) and s["precision"] == 0.5 and s["recall"] == 0.5
     assert main([str(FIXTURE)]) == 0

@@ -26,8 +26,11 @@ pytestmark = [
 
 #: every family tests.support.tiny builds; all of them export with optimum-onnx 0.1.0 on transformers 4.57.6
 FAMILIES = ["llama", "qwen2", "gemma", "gemma3", "phi3", "qwen3", "mistral", "gpt2"]
-QUESTIONS = ["What is the capital of France?", "How many legs does a spider have?",
-             "Who wrote the paper about steganography?"]
+QUESTIONS = [
+    "What is the capital of France?",
+    "How many legs does a spider have?",
+    "Who wrote the paper about steganography?",
+]
 
 
 def _run(args):
@@ -147,10 +150,26 @@ def test_onnx_eval_backend_matches_torch(exported_llama, tiny_models, tmp_path):
     assert onnx_gen.generate(QUESTIONS, 12) == torch_gen.generate(QUESTIONS, 12)
 
     items = tmp_path / "items.jsonl"
-    items.write_text("".join(json.dumps({"id": str(i), "question": q, "answerable": i != 2, "answers": ["x"]}) + "\n"
-                             for i, q in enumerate(QUESTIONS)))
-    res = _run(["eval", str(exported_llama), "--backend", "onnx", "--benchmark", str(items),
-                "--max-new-tokens", "8", "--json", str(tmp_path / "r.json")])
+    items.write_text(
+        "".join(
+            json.dumps({"id": str(i), "question": q, "answerable": i != 2, "answers": ["x"]}) + "\n"
+            for i, q in enumerate(QUESTIONS)
+        )
+    )
+    res = _run(
+        [
+            "eval",
+            str(exported_llama),
+            "--backend",
+            "onnx",
+            "--benchmark",
+            str(items),
+            "--max-new-tokens",
+            "8",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "r.json").read_text())["options"]["backend"] == "onnx"
 
@@ -161,15 +180,24 @@ def test_missing_extra_is_one_clear_sentence(monkeypatch, tiny_models, tmp_path)
         monkeypatch.setitem(sys.modules, name, None)
     # the command module and the whole export package must import without the extra (fresh interpreter,
     # so this process keeps one copy of each module)
-    blocked = "import sys\nfor n in ('optimum', 'optimum.onnxruntime', 'optimum.exporters', 'onnx', 'onnxruntime'):\n" \
-              "    sys.modules[n] = None\n"
-    modules = ("surgery.commands.export", "surgery.export.onnx", "surgery.export.quantize", "surgery.export.verify",
-               "surgery.export.pipeline", "surgery.export.ort_backend")
+    blocked = (
+        "import sys\nfor n in ('optimum', 'optimum.onnxruntime', 'optimum.exporters', 'onnx', 'onnxruntime'):\n"
+        "    sys.modules[n] = None\n"
+    )
+    modules = (
+        "surgery.commands.export",
+        "surgery.export.onnx",
+        "surgery.export.quantize",
+        "surgery.export.verify",
+        "surgery.export.pipeline",
+        "surgery.export.ort_backend",
+    )
     code = blocked + "".join(f"import {m}\n" for m in modules)
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    for args in (["export", str(tiny_models("llama")), "-o", str(tmp_path / "o")],
-                 ["deploy", str(tiny_models("llama")), str(tiny_models("llama") / "config.json"), "-o",
-                  str(tmp_path / "o")]):
+    for args in (
+        ["export", str(tiny_models("llama")), "-o", str(tmp_path / "o")],
+        ["deploy", str(tiny_models("llama")), str(tiny_models("llama") / "config.json"), "-o", str(tmp_path / "o")],
+    ):
         res = _run(args)
         assert res.exit_code == 2, res.output
         assert "pip install 'surgery[onnx]'" in res.output and "Traceback" not in res.output

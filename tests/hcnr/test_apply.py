@@ -32,8 +32,12 @@ def test_damaged_patches_are_patch_format_errors(tiny_pair, patch, tmp_path):
     truncated, damaged = tmp_path / "t.safetensors", tmp_path / "d.safetensors"
     truncated.write_bytes(data[: len(data) // 2])
     damaged.write_bytes(data[:-16] + bytes(16))  # the last values no longer match their fingerprint
-    for bad, words in ((truncated, "corrupt or truncated"), (damaged, "damaged"),
-                       (sft / "model.safetensors", "not a surgery patch"), (tmp_path / "none", "does not exist")):
+    for bad, words in (
+        (truncated, "corrupt or truncated"),
+        (damaged, "damaged"),
+        (sft / "model.safetensors", "not a surgery patch"),
+        (tmp_path / "none", "does not exist"),
+    ):
         out = tmp_path / ("out-" + bad.stem)
         with pytest.raises(PatchFormatError, match=words):
             apply_patch(str(sft), bad, out)

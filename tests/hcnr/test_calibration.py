@@ -18,13 +18,16 @@ def test_both_line_formats(tmp_path):
     assert [(e.prompt, e.response) for e in got] == [("Q?", "A."), ((("user", "Hi?"),), "Hello.")]
 
 
-@pytest.mark.parametrize("text, where", [
-    ('{"prompt": "Q?", "response": "A."}\n{broken\n', ":2:"),
-    ('[1, 2]\n', ":1:"),
-    ('{"prompt": "Q?"}\n', ":1:"),
-    ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "again"}]}\n', ":1:"),
-    ("\n\n", "no examples"),
-])
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ('{"prompt": "Q?", "response": "A."}\n{broken\n', ":2:"),
+        ("[1, 2]\n", ":1:"),
+        ('{"prompt": "Q?"}\n', ":1:"),
+        ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "again"}]}\n', ":1:"),
+        ("\n\n", "no examples"),
+    ],
+)
 def test_bad_files_are_one_calibration_error(tmp_path, text, where):
     p = tmp_path / "c.jsonl"
     p.write_text(text)

@@ -24,16 +24,25 @@ EXAMPLES = [
 ]
 
 #: layers that read the same input inside a block
-SHARED_INPUT = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
-                "gate_proj": "mlp input", "up_proj": "mlp input"}
+SHARED_INPUT = {
+    "q_proj": "attention input",
+    "k_proj": "attention input",
+    "v_proj": "attention input",
+    "gate_proj": "mlp input",
+    "up_proj": "mlp input",
+}
 
 
 def _captured_inputs(model, layers, batches):
     """Every linear layer's input per batch, kept with plain forward hooks (no grouping, no masking)."""
     modules = dict(model.named_modules())
-    seen: dict[str, list[torch.Tensor]] = {l.weight: [] for l in layers}
-    handles = [modules[l.module].register_forward_hook(
-        lambda _m, args, _o, name=l.weight: seen[name].append(args[0].detach().clone())) for l in layers]
+    seen: dict[str, list[torch.Tensor]] = {layer.weight: [] for layer in layers}
+    handles = [
+        modules[layer.module].register_forward_hook(
+            lambda _m, args, _o, name=layer.weight: seen[name].append(args[0].detach().clone())
+        )
+        for layer in layers
+    ]
     try:
         with torch.no_grad():
             for b in batches:
@@ -46,9 +55,9 @@ def _captured_inputs(model, layers, batches):
 
 def _expected_groups(layers) -> list[list[str]]:
     groups: dict[tuple[str, str], list[str]] = {}
-    for l in layers:
-        leaf = l.module.rsplit(".", 1)[-1]
-        groups.setdefault((l.block, SHARED_INPUT.get(leaf, l.weight)), []).append(l.weight)
+    for layer in layers:
+        leaf = layer.module.rsplit(".", 1)[-1]
+        groups.setdefault((layer.block, SHARED_INPUT.get(leaf, layer.weight)), []).append(layer.weight)
     return sorted(sorted(g) for g in groups.values())
 
 
@@ -110,7 +119,7 @@ def test_patch_values_are_compensated_with_the_explicit_hessian(tiny_pair, calib
     src = locate(str(sft))
     model = load_model(src, dtype=torch.float32)
     batches = load_calibration_sets(load_tokenizer(src), hon, task, options).hon
-    layers = {l.weight: l for l in find_linear_layers(model)}
+    layers = {layer.weight: layer for layer in find_linear_layers(model)}
     seen = _captured_inputs(model, [layers[e.weight] for e in entries], batches)
     masks = [b.attention_mask.bool() for b in batches]
     w0s, w1s = load_file(str(base / "model.safetensors")), load_file(str(sft / "model.safetensors"))

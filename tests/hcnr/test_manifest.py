@@ -48,22 +48,44 @@ def test_report_to_dict_is_the_report_file(patch):
     stored = json.loads(path.with_name(path.name + ".report.json").read_text())
     assert report.to_dict() == stored
     assert list(stored) == sorted(
-        ["patch", "patch_bytes", "seconds", "seconds_total", "peak_rss_mb", "device", "threads",
-         "calibration_examples", "parameters_changed", "share_of_linear", "share_of_model", "linear_parameters",
-         "model_parameters", "matrices_total", "matrices_touched", "fallbacks", "hessian_tokens",
-         "hessian_groups", "residual_ratio", "options"])
+        [
+            "patch",
+            "patch_bytes",
+            "seconds",
+            "seconds_total",
+            "peak_rss_mb",
+            "device",
+            "threads",
+            "calibration_examples",
+            "parameters_changed",
+            "share_of_linear",
+            "share_of_model",
+            "linear_parameters",
+            "model_parameters",
+            "matrices_total",
+            "matrices_touched",
+            "fallbacks",
+            "hessian_tokens",
+            "hessian_groups",
+            "residual_ratio",
+            "options",
+        ]
+    )
     assert report.patch_bytes == path.stat().st_size
 
 
-@pytest.mark.parametrize("damage", [
-    lambda m: m.update(tool=3),
-    lambda m: m.pop("options"),
-    lambda m: m["stats"].update(parameters_changed="many"),
-    lambda m: m["stats"].update(fallbacks=[1]),
-    lambda m: next(iter(m["tensors"].values())).update(count=True),
-    lambda m: next(iter(m["tensors"].values())).update(unit="diagonal"),
-    lambda m: next(iter(m["stats"]["per_matrix"].values())).update(drift_sft="x"),
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda m: m.update(tool=3),
+        lambda m: m.pop("options"),
+        lambda m: m["stats"].update(parameters_changed="many"),
+        lambda m: m["stats"].update(fallbacks=[1]),
+        lambda m: next(iter(m["tensors"].values())).update(count=True),
+        lambda m: next(iter(m["tensors"].values())).update(unit="diagonal"),
+        lambda m: next(iter(m["stats"]["per_matrix"].values())).update(drift_sft="x"),
+    ],
+)
 def test_fields_of_the_wrong_type_are_refused(patch, tmp_path, damage):
     path, _ = patch
     meta, tensors = _stored(path)

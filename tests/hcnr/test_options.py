@@ -19,8 +19,18 @@ def test_non_finite_numbers_are_refused(name, value):
         PatchOptions(**{name: value})
 
 
-@pytest.mark.parametrize("changes", [{"r_iw": 0.0}, {"r_cw": 1.5}, {"damp": 0.0}, {"task_weight": -1.0},
-                                     {"batch_size": 0}, {"neuron": "diagonal"}, {"compensation": "magic"}])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"r_iw": 0.0},
+        {"r_cw": 1.5},
+        {"damp": 0.0},
+        {"task_weight": -1.0},
+        {"batch_size": 0},
+        {"neuron": "diagonal"},
+        {"compensation": "magic"},
+    ],
+)
 def test_out_of_range_values_are_option_errors(changes):
     with pytest.raises(OptionError):
         PatchOptions(**changes)

@@ -22,8 +22,15 @@ def test_gemma_pair_loads_and_sft_cost_honesty(tmp_path, shared_data):
     assert file_sha256(pair.m1_adapter / "adapter_model.safetensors") == lock["m1"]["adapter_sha256"]
     assert recipe["m0"]["lora"]["response_logits_only"] and recipe["m1"]["lora"]["response_logits_only"]
 
-    cfg = DemoConfig(work_dir=tmp_path, recipe="gemma3_270m", limit=60, task_limit=0, benchmarks=("selfaware",),
-                     data_dir=str(shared_data), max_new_tokens=16)
+    cfg = DemoConfig(
+        work_dir=tmp_path,
+        recipe="gemma3_270m",
+        limit=60,
+        task_limit=0,
+        benchmarks=("selfaware",),
+        data_dir=str(shared_data),
+        max_new_tokens=16,
+    )
     items = eval_items(cfg)
     m0 = evaluate_model(str(pair.m0), items, cfg)["metrics"]["per_benchmark"]["selfaware"]
     m1 = evaluate_model(str(pair.m1_adapter), items, cfg, str(pair.m0))["metrics"]["per_benchmark"]["selfaware"]

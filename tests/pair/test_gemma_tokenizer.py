@@ -20,16 +20,50 @@ BYTES = [f"<0x{i:02X}>" for i in range(256)]
 # In rank order. "ab" outranks "▁a" and "bc", so "▁abc" never reaches the piece "▁abc":
 # BPE gives ▁ ab c where Unigram or greedy longest-match would give ▁abc. "▁b" would take the last
 # space of "a  b" if user-defined space runs were not matched atomically.
-NORMAL = ["ab", "▁a", "bc", "▁b", "▁abc", "he", "▁t", "▁the", "at", "▁c", "▁cat", "ca", "in", "▁in",
-          "▁", "a", "b", "c", "e", "h", "t", "i", "n", "\t", "x", "1", "2"]
+NORMAL = [
+    "ab",
+    "▁a",
+    "bc",
+    "▁b",
+    "▁abc",
+    "he",
+    "▁t",
+    "▁the",
+    "at",
+    "▁c",
+    "▁cat",
+    "ca",
+    "in",
+    "▁in",
+    "▁",
+    "a",
+    "b",
+    "c",
+    "e",
+    "h",
+    "t",
+    "i",
+    "n",
+    "\t",
+    "x",
+    "1",
+    "2",
+]
 
 
 def synthetic_vocab(**overrides) -> GG.GGUFVocab:
     tokens = CONTROL + USER + BYTES + NORMAL
     types = [GG.CONTROL] * len(CONTROL) + [GG.USER_DEFINED] * len(USER) + [GG.BYTE] * 256 + [GG.NORMAL] * len(NORMAL)
     scores = [-1000.0] * (len(CONTROL) + len(USER)) + [0.0] * 256 + [-float(r) for r in range(len(NORMAL))]
-    fields = {"tokens": tokens, "scores": scores, "token_types": types, "bos_id": 2, "eos_id": 1, "unk_id": 3,
-              "pad_id": 0}
+    fields = {
+        "tokens": tokens,
+        "scores": scores,
+        "token_types": types,
+        "bos_id": 2,
+        "eos_id": 1,
+        "unk_id": 3,
+        "pad_id": 0,
+    }
     fields.update(overrides)
     return GG.GGUFVocab(**fields)
 
@@ -81,7 +115,9 @@ def test_byte_fallback_and_round_trip(tok):
 def test_special_tokens_and_chat_template(tok):
     assert (tok.bos_token, tok.eos_token, tok.unk_token, tok.pad_token) == ("<bos>", "<eos>", "<unk>", "<pad>")
     assert tok("the")["input_ids"][0] == tok.bos_token_id and tok("the")["input_ids"][-1] != tok.eos_token_id
-    text = tok.apply_chat_template([{"role": "user", "content": " the cat "}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": " the cat "}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<bos><start_of_turn>user\nthe cat<end_of_turn>\n<start_of_turn>model\n"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     sot, eot = tok.convert_tokens_to_ids(["<start_of_turn>", "<end_of_turn>"])
@@ -167,7 +203,12 @@ def test_real_gemma3_converts_with_a_correct_tokenizer():
     assert tok("Hello, World!")["input_ids"] == [2, 9259, 236764, 4109, 236888]
     assert pieces(tok, "The capital of France is") == ["The", "▁capital", "▁of", "▁France", "▁is"]
     assert pieces(tok, "x    = 1") == ["x", "    ", "=", "▁", "1"]
-    for text in ["naïve café 東京 🤗", "x    = [1, 22, 333]\n\tif x:\n\t\treturn None", "  two  spaces  ", "<code>a</code>"]:
+    for text in [
+        "naïve café 東京 🤗",
+        "x    = [1, 22, 333]\n\tif x:\n\t\treturn None",
+        "  two  spaces  ",
+        "<code>a</code>",
+    ]:
         assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
     chat = encode_prompt(tok, "Hi")
     assert chat[:4] == [2, 105, 2364, 107] and chat[-3:] == [105, 4368, 107]  # <bos><start_of_turn>user\n ... model\n
@@ -175,4 +216,4 @@ def test_real_gemma3_converts_with_a_correct_tokenizer():
     assert model.config.model_type == "gemma3_text" and 106 in model.generation_config.eos_token_id
     ids = tok("The capital of France is the city of", return_tensors="pt")
     gen = model.generate(**ids, max_new_tokens=4, do_sample=False)
-    assert "Paris" in tok.decode(gen[0, ids["input_ids"].shape[1]:])
+    assert "Paris" in tok.decode(gen[0, ids["input_ids"].shape[1] :])

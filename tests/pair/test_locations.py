@@ -51,4 +51,6 @@ def test_the_product_never_imports_the_demo_pair(module):
     folder = Path(surgery.__file__).resolve().parent / module.split(".")[1]
     for path in folder.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
-        assert not re.search(r"^\s*from \.\.pair\b|^\s*from surgery\.pair\b|^\s*import surgery\.pair\b", text, re.MULTILINE), path
+        assert not re.search(
+            r"^\s*from \.\.pair\b|^\s*from surgery\.pair\b|^\s*import surgery\.pair\b", text, re.MULTILINE
+        ), path

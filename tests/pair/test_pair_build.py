@@ -60,7 +60,15 @@ def test_recipe_records_every_hyper_parameter(name):
     assert B.packaged_base(recipe).requirement == recipe["base"]["package"]
     for stage in ("m0", "m1"):
         assert set(recipe[stage]["lora"]) - {"response_logits_only"} == {
-            "r", "alpha", "lr", "epochs", "batch_size", "max_length", "seed", "target_modules"}
+            "r",
+            "alpha",
+            "lr",
+            "epochs",
+            "batch_size",
+            "max_length",
+            "seed",
+            "target_modules",
+        }
         assert recipe[stage]["storage_dtype"] in B.DTYPES
     lock = B.load_lock(recipe_dir)
     for stage in ("m0", "m1"):
@@ -91,8 +99,25 @@ def test_recipes_are_found_by_name_and_unknown_ones_are_one_clear_error(tmp_path
 def test_calib_command_on_a_tiny_model(tiny_models, tmp_path, shared_data):
     from surgery.cli import main
 
-    res = CliRunner().invoke(main, ["-q", "calib", "-o", str(tmp_path / "c"), "--model", str(tiny_models("llama")),
-                                    "--n-hon", "8", "--n-task", "4", "--probe", "4", "--data-dir", str(shared_data)])
+    res = CliRunner().invoke(
+        main,
+        [
+            "-q",
+            "calib",
+            "-o",
+            str(tmp_path / "c"),
+            "--model",
+            str(tiny_models("llama")),
+            "--n-hon",
+            "8",
+            "--n-task",
+            "4",
+            "--probe",
+            "4",
+            "--data-dir",
+            str(shared_data),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "D_hon" in res.output and "D_task" in res.output
     assert len((tmp_path / "c" / "d_hon.jsonl").read_text().splitlines()) == 8

@@ -1,4 +1,7 @@
-"""Calibration sets (surgery.hcnr.calibration_sets) and the demo pair's alignment and SFT sets: sizes, seeds, and disjointness from each other and from eval."""
+"""Calibration sets (surgery.hcnr.calibration_sets) and the demo pair's alignment and SFT sets.
+
+Sizes, seeds, and disjointness from each other and from eval.
+"""
 
 from __future__ import annotations
 
@@ -77,8 +80,9 @@ def test_probe_keeps_what_the_model_answers_correctly():
 
 def test_write_calibration_files_and_summary(shared_data, tmp_path):
     pool = C.known_candidates(data_dir=shared_data, purpose="calib", n=20, seed=0)
-    summary = C.write_calibration(tmp_path, generator=_Echo(pool), data_dir=shared_data, n_hon=16, n_task=8,
-                                  probe=20, probe_model="echo")
+    summary = C.write_calibration(
+        tmp_path, generator=_Echo(pool), data_dir=shared_data, n_hon=16, n_task=8, probe=20, probe_model="echo"
+    )
     lines = [json.loads(x) for x in (tmp_path / "d_hon.jsonl").read_text().splitlines()]
     assert len(lines) == 16 and all(set(x) == {"id", "prompt", "response"} for x in lines)
     assert summary["honesty"]["n_known_probed"] == 8 and summary["honesty"]["n_idk"] == 8

@@ -53,12 +53,22 @@ def write_tiny_gguf(model_dir, path):
     w.add_bos_token_id(added["<s>"])
     w.add_eos_token_id(added["<|end|>"])
     w.add_pad_token_id(added["<pad>"])
-    w.add_chat_template((model_dir / "chat_template.jinja").read_text()
-                        if (model_dir / "chat_template.jinja").is_file()
-                        else json.loads((model_dir / "tokenizer_config.json").read_text())["chat_template"])
-    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    w.add_chat_template(
+        (model_dir / "chat_template.jinja").read_text()
+        if (model_dir / "chat_template.jinja").is_file()
+        else json.loads((model_dir / "tokenizer_config.json").read_text())["chat_template"]
+    )
+    names = {
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+    }
     w.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
     w.add_tensor("output_norm.weight", state["model.norm.weight"])
     w.add_tensor("output.weight", state["lm_head.weight"])

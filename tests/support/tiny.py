@@ -13,20 +13,60 @@ import torch
 
 #: small config overrides per family; every model has 2 blocks, hidden 32-64, vocab = tokenizer's
 FAMILIES: dict[str, dict] = {
-    "llama": dict(model_type="llama", hidden_size=48, intermediate_size=96, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=12),
-    "qwen2": dict(model_type="qwen2", hidden_size=48, intermediate_size=96, num_attention_heads=4,
-                  num_key_value_heads=2),
-    "qwen3": dict(model_type="qwen3", hidden_size=48, intermediate_size=96, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=12),
-    "mistral": dict(model_type="mistral", hidden_size=48, intermediate_size=96, num_attention_heads=4,
-                    num_key_value_heads=2, head_dim=12, sliding_window=64),
-    "gemma": dict(model_type="gemma", hidden_size=48, intermediate_size=96, num_attention_heads=4,
-                  num_key_value_heads=1, head_dim=12),
-    "gemma3": dict(model_type="gemma3_text", hidden_size=48, intermediate_size=96, num_attention_heads=4,
-                   num_key_value_heads=1, head_dim=12, sliding_window=16, layer_types=None),
-    "phi3": dict(model_type="phi3", hidden_size=48, intermediate_size=96, num_attention_heads=4,
-                 num_key_value_heads=4, pad_token_id=0),
+    "llama": dict(
+        model_type="llama",
+        hidden_size=48,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=12,
+    ),
+    "qwen2": dict(
+        model_type="qwen2", hidden_size=48, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "qwen3": dict(
+        model_type="qwen3",
+        hidden_size=48,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=12,
+    ),
+    "mistral": dict(
+        model_type="mistral",
+        hidden_size=48,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=12,
+        sliding_window=64,
+    ),
+    "gemma": dict(
+        model_type="gemma",
+        hidden_size=48,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=12,
+    ),
+    "gemma3": dict(
+        model_type="gemma3_text",
+        hidden_size=48,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=12,
+        sliding_window=16,
+        layer_types=None,
+    ),
+    "phi3": dict(
+        model_type="phi3",
+        hidden_size=48,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        pad_token_id=0,
+    ),
     "gpt2": dict(model_type="gpt2", n_embd=48, n_head=4, n_layer=2, n_positions=128),
 }
 
@@ -56,12 +96,18 @@ def build_tokenizer(vocab_size: int = 384):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS * 4, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="<|end|>", pad_token="<pad>", unk_token=None,
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="<|end|>",
+        pad_token="<pad>",
+        unk_token=None,
         additional_special_tokens=["<|user|>", "<|assistant|>", "<|system|>", "</s>"],
         model_input_names=["input_ids", "attention_mask"],
     )
@@ -82,8 +128,11 @@ def build_config(family: str, vocab_size: int, tokenizer=None):
     if family != "gpt2":
         common.update(num_hidden_layers=2, max_position_embeddings=256)
     if tokenizer is not None:
-        common.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id)
+        common.update(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     return AutoConfig.for_model(model_type, **{**common, **over})
 
 

@@ -26,12 +26,14 @@ EXAMPLES = [
 def _load(path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32), AutoTokenizer.from_pretrained(str(path))
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32), AutoTokenizer.from_pretrained(
+        str(path)
+    )
 
 
 def test_labels_cover_only_the_response(tiny_models):
     _, tok = _load(tiny_models("llama"))
-    (ids, labels), = encode_examples(tok, [("What is the capital of France?", "Paris.")], max_length=96)
+    ((ids, labels),) = encode_examples(tok, [("What is the capital of France?", "Paris.")], max_length=96)
     answer = [t for t in labels if t != -100]
     assert tok.decode(answer).startswith("Paris.")
     assert labels[: len(labels) - len(answer)] == [-100] * (len(labels) - len(answer))
@@ -49,7 +51,9 @@ def test_training_is_deterministic_and_lowers_the_loss(tiny_models, tmp_path):
         losses = peft_model.training_losses
         assert losses[-1] < losses[0]
         saved.append(save_adapter(peft_model, tmp_path / f"a{run}", base_model_name_or_path=str(path)))
-    assert (saved[0] / "adapter_model.safetensors").read_bytes() == (saved[1] / "adapter_model.safetensors").read_bytes()
+    assert (saved[0] / "adapter_model.safetensors").read_bytes() == (
+        saved[1] / "adapter_model.safetensors"
+    ).read_bytes()
     assert (saved[0] / "adapter_config.json").read_text() == (saved[1] / "adapter_config.json").read_text()
 
 
@@ -58,7 +62,15 @@ def test_saved_adapter_is_fp16_and_merges_to_a_changed_model(tiny_models, tmp_pa
 
     path = tiny_models("llama")
     model, tok = _load(path)
-    assert set(default_target_modules(model)) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert set(default_target_modules(model)) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     peft_model = train_lora(model, tok, EXAMPLES[:4], r=4, alpha=8, lr=5e-3, epochs=1, batch_size=2, seed=0)
     out = save_adapter(peft_model, tmp_path / "adapter", base_model_name_or_path=str(path))
     with safe_open(str(out / "adapter_model.safetensors"), framework="pt") as h:
@@ -83,8 +95,9 @@ def test_response_only_loss_equals_the_full_loss(tiny_models, family):
     batch = collate(encode_examples(tok, EXAMPLES[:3], max_length=96), pad)
     assert (batch["attention_mask"] == 0).any()  # the rows differ in length: padding is exercised
     torch.manual_seed(0)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=default_target_modules(model),
-                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=default_target_modules(model), init_lora_weights=False)
+    )
     grads = []
     for loss_fn in (lambda: peft_model(**batch).loss, lambda: response_only_loss(peft_model, batch)):
         peft_model.zero_grad()
@@ -103,7 +116,10 @@ def test_response_logits_only_training_learns_like_the_plain_loss(tiny_models):
     runs = []
     for fast in (False, True):
         model, tok = _load(path)
-        runs.append(train_lora(model, tok, EXAMPLES, r=4, alpha=8, lr=5e-3, epochs=2, batch_size=4, seed=3,
-                               response_logits_only=fast).training_losses)
+        runs.append(
+            train_lora(
+                model, tok, EXAMPLES, r=4, alpha=8, lr=5e-3, epochs=2, batch_size=4, seed=3, response_logits_only=fast
+            ).training_losses
+        )
     assert runs[1][-1] < runs[1][0]
     torch.testing.assert_close(torch.tensor(runs[1]), torch.tensor(runs[0]), rtol=1e-3, atol=1e-4)
