@@ -15,6 +15,7 @@ from typing import Sequence
 
 from ..errors import SurgeryError
 from . import metrics as M
+from .evaluate import load_json
 
 ROLES = ("base", "sft")
 
@@ -92,3 +93,9 @@ def labels_for(paths: Sequence[str | Path]) -> list[str]:
     """Short, distinct names for result files: the file stem, or the full path where stems clash."""
     stems = [Path(p).stem for p in paths]
     return stems if len(set(stems)) == len(stems) else [str(p) for p in paths]
+
+
+def compare_files(paths: Sequence[str | Path]) -> tuple[dict, list[dict]]:
+    """``surgery eval --compare`` as a library call: the comparison of saved results, and those results."""
+    results = [load_json(p) for p in paths]
+    return compare(results, labels_for(paths)), results
