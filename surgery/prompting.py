@@ -8,7 +8,7 @@ GGUF-converted tokenizers on transformers 4.57 would otherwise add a second BOS)
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 Message = dict  # {"role": str, "content": str}
 

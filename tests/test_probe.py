@@ -15,7 +15,6 @@ from click.testing import CliRunner
 from surgery.cli import main
 from surgery.modelio import load_model, load_tokenizer
 from surgery.probe import hidden_states
-from surgery.prompting import prompt_text
 from surgery.probe.hidden_states import last_token_index, pad_batch, prompt_states, shared_prefix_length
 from surgery.probe.probes import (
     ProbeCurves,
@@ -27,7 +26,7 @@ from surgery.probe.probes import (
     verdict,
 )
 from surgery.probe.report import curves_from_record, format_table, plot_curves
-
+from surgery.prompting import prompt_text
 
 # --- synthetic hidden states ------------------------------------------------------------------------
 
@@ -210,7 +209,7 @@ def write_benchmark(path: Path, answerable: int = 20, unanswerable: int = 20, *,
         n = answerable + unanswerable
         flags = np.random.default_rng(0).permutation([True] * answerable + [False] * unanswerable)
         rows = [{"id": f"q{i}", "question": f"What is fact number {i * 7919 % 1000}?", "answerable": bool(f)}
-                for i, f in zip(range(n), flags)]
+                for i, f in zip(range(n), flags, strict=False)]
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return path
     rows = [{"id": f"a{i}", "question": f"What is the capital of France {i}?", "answerable": True,

@@ -93,11 +93,11 @@ def _compare(files: tuple[str, ...], o: EvalOptions) -> None:
     from ..evaluation.compare import compare_files
 
     cmp, results = compare_files(files)
-    for mdl, f in zip(cmp["models"], files):
+    for mdl, f in zip(cmp["models"], files, strict=False):
         click.echo(f"{mdl['label']:>16} = {mdl['role']:<9} {f}  ({mdl.get('model') or '?'})")
     report.print_tables(report.comparison_tables(cmp))
     if o.md_out:
         click.echo(f"wrote {write_text_atomic(o.md_out, report.markdown_comparison(cmp, list(files)))}")
     if o.plot_out:
-        series = [(m["label"], r["metrics"]) for m, r in zip(cmp["models"], results)]
+        series = [(m["label"], r["metrics"]) for m, r in zip(cmp["models"], results, strict=False)]
         click.echo(f"wrote {report.plot_f1(series, o.plot_out)}")

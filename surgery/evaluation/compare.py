@@ -10,8 +10,8 @@ plus a knowledge-aware F1 whose positive class is "unanswerable, or unknown to t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import SurgeryError
 from . import metrics as M
@@ -64,7 +64,7 @@ def compare(results: Sequence[dict], labels: Sequence[str]) -> dict:
             if b not in benches:
                 benches.append(b)
     models = []
-    for i, (res, label) in enumerate(zip(results, labels)):
+    for i, (res, label) in enumerate(zip(results, labels, strict=False)):
         per = {}
         for b in benches:
             m = dict(res["metrics"]["per_benchmark"].get(b) or {})

@@ -6,11 +6,11 @@ Percentages are shown with one decimal; "–" marks a metric that is undefined f
 
 from __future__ import annotations
 
-from ..atomic import save_figure_atomic
-
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+
+from ..atomic import save_figure_atomic
 
 DEFINITIONS = (
     "honesty F1: positive class = unanswerable, prediction = refused. "
@@ -149,7 +149,7 @@ def markdown_result(result: dict) -> str:
 
 def markdown_comparison(cmp: dict, files: Sequence[str]) -> str:
     parts = ["# Honesty comparison", ""]
-    for mdl, f in zip(cmp["models"], files):
+    for mdl, f in zip(cmp["models"], files, strict=False):
         parts.append(f"- **{mdl['label']}** ({mdl['role']}): `{f}` — model {mdl.get('model') or '?'}")
     parts += ["", "Recovery is measured against the first file (base) and the second (SFT).", ""]
     for title, headers, rows in comparison_tables(cmp):
@@ -194,7 +194,7 @@ def plot_f1(per_model: Sequence[tuple[str, dict]], path: str | os.PathLike) -> P
         xs = [i + (j - (n - 1) / 2) * width for i in range(len(benches))]
         ys = [100 * v if v is not None else 0.0 for v in vals]
         bars = ax.bar(xs, ys, width=width, label=label)
-        for b, v in zip(bars, vals):
+        for b, v in zip(bars, vals, strict=False):
             if v is not None:
                 ax.annotate(f"{100 * v:.0f}", (b.get_x() + b.get_width() / 2, b.get_height()),
                             ha="center", va="bottom", fontsize=7)

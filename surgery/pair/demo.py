@@ -210,7 +210,7 @@ def format_table(summary: dict) -> str:
         rows.append([labels.get(key, key), *[_pct(m["honesty_f1"][b]) for b in benches], _pct(m["honesty_f1_avg"]),
                      _pct(m["rf_delta_avg"]), _pct(m["task_accuracy"])])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
              for r in [head, *rows]]
     lines.insert(1, "-" * len(lines[0]))
     p = summary["patch"]

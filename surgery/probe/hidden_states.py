@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -106,6 +106,19 @@ def num_blocks(model) -> int:
     return int(n)
 
 
+def _block_outputs(backbone, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, prefix,
+                   shared: int):
+    """The hidden states of one padded batch, continuing from the shared-prefix cache when there is one."""
+    if prefix is None:
+        return backbone(input_ids=ids, attention_mask=mask, position_ids=positions,
+                        output_hidden_states=True, use_cache=False).hidden_states
+    cache = copy.deepcopy(prefix)
+    cache.batch_repeat_interleave(len(ids))
+    full_mask = torch.cat([torch.ones((len(ids), shared), dtype=mask.dtype), mask], dim=1)
+    return backbone(input_ids=ids, attention_mask=full_mask, position_ids=positions + shared,
+                    past_key_values=cache, use_cache=True, output_hidden_states=True).hidden_states
+
+
 @torch.inference_mode()
 def last_token_states(
     model,
@@ -146,16 +159,7 @@ def last_token_states(
     for start in progress(starts, desc=desc, total=len(starts), unit="batch"):
         rows = order[start : start + batch_size]
         ids, mask, positions = pad_batch([token_ids[i][shared:] for i in rows], pad_id, padding_side)
-        if prefix is None:
-            result = backbone(input_ids=ids, attention_mask=mask, position_ids=positions,
-                              output_hidden_states=True, use_cache=False)
-        else:
-            cache = copy.deepcopy(prefix)
-            cache.batch_repeat_interleave(len(rows))
-            full_mask = torch.cat([torch.ones((len(rows), shared), dtype=mask.dtype), mask], dim=1)
-            result = backbone(input_ids=ids, attention_mask=full_mask, position_ids=positions + shared,
-                              past_key_values=cache, use_cache=True, output_hidden_states=True)
-        states = result.hidden_states
+        states = _block_outputs(backbone, ids, mask, positions, prefix, shared)
         if states is None or len(states) != blocks + 1:
             got = "none" if states is None else len(states)
             raise SurgeryError(

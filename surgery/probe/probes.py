@@ -23,8 +23,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -107,7 +107,8 @@ def stratified_split(
         return min(hashlib.sha256(f"{seed}:{ids[i]}".encode()).hexdigest() for i in members[g])
 
     classes, counts = np.unique(labels, return_counts=True)
-    quota = {c: min(k - 1, max(1, round(test_fraction * k))) for c, k in zip(classes.tolist(), counts.tolist())}
+    sizes = zip(classes.tolist(), counts.tolist(), strict=False)
+    quota = {c: min(k - 1, max(1, round(test_fraction * k))) for c, k in sizes}
     taken = dict.fromkeys(quota, 0)
     test: list[int] = []
     for g in sorted(members, key=key):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,8 @@ def architecture(source: ModelSource, trust_remote_code: bool = False) -> dict:
     try:
         cfg = AutoConfig.from_pretrained(str(source.config_dir), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelFolderError(f"Could not read the config of {source.identifier}: {str(exc).splitlines()[0]}") from None
+        first_line = str(exc).splitlines()[0]
+        raise ModelFolderError(f"Could not read the config of {source.identifier}: {first_line}") from None
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     return {
         "model_type": cfg.model_type,
@@ -104,15 +106,7 @@ def run_probe(
         train_idx, test_idx = stratified_split([it.id for it in items], labels, test_fraction, seed, groups)
     common = dict(batch_size=batch_size, padding_side=padding_side, max_length=max_length, share_prefix=share_prefix,
                   trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    with timer.stage("base states"):
-        base_states = model_states(base_src, prompts, label="base", **common)
-    with timer.stage("sft states"):
-        sft_states = model_states(sft_src, prompts, label="sft", **common)
-    if base_states.shape != sft_states.shape:
-        raise ArchitectureMismatch(
-            f"The two models gave hidden states of different shapes ({base_states.shape[1:]} vs "
-            f"{sft_states.shape[1:]}); they cannot be compared layer by layer."
-        )
+    base_states, sft_states = both_states(base_src, sft_src, prompts, timer, **common)
     with timer.stage("probes"):
         curves = layer_aurocs(base_states, sft_states, labels, train_idx, test_idx, c=c, seed=seed)
         curves.surface = surface_auroc(prompts, labels, train_idx, test_idx, c=c, seed=seed)
@@ -139,6 +133,21 @@ def run_probe(
         "seconds": {k: round(s, 2) for k, s in timer.seconds.items()} | {"total": round(timer.total, 2)},
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
+
+
+def both_states(base: ModelSource, sft: ModelSource, prompts: list[str], timer: StageTimer,
+                **common: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Both models' states on the same prompts, one model in memory at a time; shapes must agree."""
+    with timer.stage("base states"):
+        base_states = model_states(base, prompts, label="base", **common)
+    with timer.stage("sft states"):
+        sft_states = model_states(sft, prompts, label="sft", **common)
+    if base_states.shape != sft_states.shape:
+        raise ArchitectureMismatch(
+            f"The two models gave hidden states of different shapes ({base_states.shape[1:]} vs "
+            f"{sft_states.shape[1:]}); they cannot be compared layer by layer."
+        )
+    return base_states, sft_states
 
 
 def _check_settings(*, test_fraction: float, c: float, batch_size: int, max_length: int) -> None:
