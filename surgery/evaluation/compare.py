@@ -21,6 +21,7 @@ ROLES = ("base", "sft")
 
 
 def role_of(index: int) -> str:
+    """The role of the n-th compared result: base, sft, then candidates."""
     return ROLES[index] if index < len(ROLES) else "candidate"
 
 

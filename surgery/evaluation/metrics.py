@@ -15,6 +15,7 @@ T = TypeVar("T")
 
 
 def rate(flags: Sequence[bool]) -> float | None:
+    """Share of true flags; None for no flags (undefined, not 0)."""
     return sum(map(bool, flags)) / len(flags) if flags else None
 
 

@@ -25,6 +25,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -131,7 +132,7 @@ def stratified_split(
     return train_idx, test_idx
 
 
-def train_probe(features: np.ndarray, labels: np.ndarray, *, c: float = 1.0, seed: int = 0):
+def train_probe(features: np.ndarray, labels: np.ndarray, *, c: float = 1.0, seed: int = 0) -> Any:
     """A standardised L2 logistic-regression probe (scikit-learn pipeline) fitted on (n, d) features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -142,7 +143,7 @@ def train_probe(features: np.ndarray, labels: np.ndarray, *, c: float = 1.0, see
     return probe
 
 
-def probe_auroc(probe, features: np.ndarray, labels: np.ndarray) -> float:
+def probe_auroc(probe: Any, features: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve of the probe's score (positive class: label 1)."""
     from sklearn.metrics import roc_auc_score
 
