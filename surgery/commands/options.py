@@ -96,7 +96,7 @@ def _shows_default(default: Any) -> bool:
 def _option_for(f: Field[Any], annotation: Any, unset: str | None = None) -> Callable[[F], F]:
     meta = f.metadata
     long = flag_of(f)
-    names = [long, *([meta["short"]] if meta.get("short") else [])]
+    names = [*([meta["short"]] if meta.get("short") else []), long]  # click names errors by the first
     default = f.default if f.default is not dataclasses.MISSING else None
     kwargs: dict[str, Any] = {"help": meta.get("help", ""), "show_default": _shows_default(default)}
     if unset is not None:
@@ -112,6 +112,8 @@ def _option_for(f: Field[Any], annotation: Any, unset: str | None = None) -> Cal
         return click.option(*decls, default=default, **kwargs)
     kwargs.update(type=_click_type(annotation, meta.get("choices")), default=default,
                   multiple=bool(meta.get("multiple")), metavar=meta.get("metavar"))
+    if meta.get("required"):
+        del kwargs["default"]  # click (8.3+) counts an explicit default=None as a value and stops asking
     option = click.option(*names, f.name, **kwargs)
     aliases = tuple(meta.get("aliases") or ())
     if not aliases:
