@@ -41,3 +41,16 @@ def test_command_modules_load_no_model_code():
               "'surgery.hcnr.pipeline', 'surgery.evaluation.evaluate') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_missing_extra_is_one_sentence(monkeypatch, tmp_path):
+    (tmp_path / "needs_extra_cmd.py").write_text("import onnxruntime_not_installed_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(COMMANDS, "fake", "needs_extra_cmd:fake")
+    listing = CliRunner().invoke(main, ["--help"], catch_exceptions=False)
+    assert listing.exit_code == 0 and "fake" in listing.output
+    result = CliRunner().invoke(main, ["fake"])
+    assert result.exit_code == 2
+    message = result.stderr.strip()
+    assert message == ("error: 'surgery fake' needs onnxruntime_not_installed_xyz: install it with  "
+                       "pip install 'surgery[dev]'.")
