@@ -1,8 +1,9 @@
-"""The ``surgery`` command: a thin, lazily-loaded layer over the library.
+"""The ``surgery`` command: the top group only; every command lives in :mod:`surgery.commands`.
 
-Each subcommand lives next to the code it drives and is imported only when invoked, so
-``surgery --help`` is instant and a missing optional extra only affects the command that needs it.
-User errors (:class:`SurgeryError`) become one sentence on stderr and exit code 2.
+A command module is imported when the command is listed or invoked; command modules import the
+library inside their command functions, so ``surgery --help`` stays instant and a missing optional
+extra only affects the command that needs it. User errors (:class:`SurgeryError`) become one sentence
+on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -11,55 +12,41 @@ import importlib
 import logging
 import os
 import sys
+from typing import Any, NoReturn
 
 import click
 
 from . import __version__
-from .errors import SurgeryError
+from .errors import MissingExtraError, SurgeryError
+from .progress import set_quiet
 
-#: command name -> "module:attribute"; every module registers exactly the commands it implements
+#: command name -> "module:attribute" of its click command
 COMMANDS: dict[str, str] = {
-    "check": "surgery.commands_core:check",
-    "patch": "surgery.commands_core:patch",
-    "inspect": "surgery.commands_core:inspect",
-    "apply": "surgery.commands_core:apply",
-    "eval": "surgery.evaluation.command:eval_command",
-    "calib": "surgery.pair.command:calib",
-    "pair": "surgery.pair.command:pair",
-    "demo": "surgery.pair.demo:demo",
-    "export": "exporters.command:export",
-    "deploy": "exporters.command:deploy",
-    "probe": "surgery.probe.command:probe",
-    "bench": "surgery.baselines.command:bench",
+    "check": "surgery.commands.core:check",
+    "patch": "surgery.commands.core:patch",
+    "inspect": "surgery.commands.core:inspect",
+    "apply": "surgery.commands.core:apply",
+    "eval": "surgery.commands.evaluate:eval_command",
+    "calib": "surgery.commands.calib:calib",
+    "pair": "surgery.commands.pair:pair",
+    "demo": "surgery.commands.pair:demo",
+    "export": "surgery.commands.export:export",
+    "deploy": "surgery.commands.export:deploy",
+    "probe": "surgery.commands.probe:probe",
+    "bench": "surgery.commands.bench:bench",
 }
 
-#: one-line help shown by `surgery --help` without importing every command (keeps --help instant)
-SHORT_HELP: dict[str, str] = {
-    "check": "Pre-flight: same architecture? where did SFT move the model?",
-    "patch": "Compute an HCNR honesty patch (sparse safetensors).",
-    "inspect": "Show what a patch changes, for which models, made how.",
-    "apply": "Apply a patch to the SFT model, bit-exact, fingerprints checked.",
-    "eval": "Honesty evaluation: answer when you know, say so when you don't.",
-    "calib": "Build honesty and task calibration sets for a model.",
-    "pair": "Build or load the bundled demo base/SFT pair.",
-    "demo": "The whole story on the bundled pair: check, patch, apply, eval, export.",
-    "export": "Export a model to ONNX through Optimum (optionally int8), verified.",
-    "deploy": "Apply a patch, export to ONNX and verify, in one step.",
-    "probe": "Does the SFT model still know what it doesn't know? (linear probes)",
-    "bench": "Compare HCNR with RAIT, DPO, restore-only, random and interpolation.",
-}
+#: third-party packages that come with the [onnx] extra (anything else missing is a [dev] one)
+_ONNX_EXTRA = ("optimum", "onnx", "onnxruntime")
 
 
 class LazyGroup(click.Group):
-    def list_commands(self, ctx):
+    """A group whose commands are imported by name from :data:`COMMANDS` when needed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
-    def format_commands(self, ctx, formatter):
-        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-    def get_command(self, ctx, name):
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         target = COMMANDS.get(name)
         if target is None:
             return None
@@ -67,13 +54,13 @@ class LazyGroup(click.Group):
         try:
             return getattr(importlib.import_module(module), attr)
         except ModuleNotFoundError as exc:
-            if exc.name and exc.name.split(".")[0] in ("surgery", "exporters"):
+            if not exc.name or exc.name.split(".")[0] == "surgery":
                 raise
             missing = exc.name
             return click.Command(name, help=f"(unavailable: needs the '{missing}' package)",
                                  callback=lambda: _missing(name, missing))
 
-    def invoke(self, ctx):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except SurgeryError as exc:
@@ -81,23 +68,24 @@ class LazyGroup(click.Group):
             sys.exit(2)
 
 
-def _missing(command: str, package: str) -> None:
-    extra = "onnx" if package.split(".")[0] in ("optimum", "onnx", "onnxruntime") else "dev"
-    raise SurgeryError(f"'surgery {command}' needs {package}: install it with  pip install 'surgery[{extra}]'.")
+def _missing(command: str, package: str) -> NoReturn:
+    extra = "onnx" if package.split(".")[0] in _ONNX_EXTRA else "dev"
+    raise MissingExtraError(
+        f"'surgery {command}' needs {package}: install it with  pip install 'surgery[{extra}]'.")
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
+    """Logging and progress bars for this invocation; set every time, so one ``-q`` never outlives its call."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("transformers", "torch", "urllib3", "huggingface_hub", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    if quiet:
-        os.environ["SURGERY_QUIET"] = "1"
+    set_quiet(quiet)
     try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-    except Exception:  # noqa: BLE001 - transformers missing is reported by the command itself
+    except ImportError:  # transformers missing is reported by the command that needs it
         pass
 
 

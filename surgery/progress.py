@@ -8,7 +8,8 @@ import os
 import resource
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 
@@ -16,8 +17,19 @@ T = TypeVar("T")
 log = logging.getLogger("surgery")
 
 
+#: set by the CLI for each invocation (``-q``); a module setting, so it never leaks into a later call
+_quiet = False
+
+
+def set_quiet(flag: bool) -> None:
+    """Silence progress bars for this invocation (the CLI calls it every time, so ``-q`` never sticks)."""
+    global _quiet
+    _quiet = flag
+
+
 def quiet() -> bool:
-    return os.environ.get("SURGERY_QUIET") == "1"
+    """True under ``-q`` or when the caller's environment asks (``SURGERY_QUIET=1``, e.g. a worker process)."""
+    return _quiet or os.environ.get("SURGERY_QUIET") == "1"
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
@@ -48,7 +60,7 @@ class StageTimer:
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def stage(self, name: str):
+    def stage(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
         try:
             yield

@@ -8,22 +8,25 @@ GGUF-converted tokenizers on transformers 4.57 would otherwise add a second BOS)
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 Message = dict  # {"role": str, "content": str}
 
 
-def has_chat_template(tokenizer) -> bool:
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether the tokenizer renders chats itself (else the plain Question/Answer format is used)."""
     return bool(getattr(tokenizer, "chat_template", None))
 
 
 def as_messages(prompt: str | Sequence[Message]) -> list[Message]:
+    """A bare question as a one-turn user conversation; a conversation as a copy."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     return [dict(m) for m in prompt]
 
 
-def prompt_text(tokenizer, prompt: str | Sequence[Message]) -> str:
+def prompt_text(tokenizer: Any, prompt: str | Sequence[Message]) -> str:
     """The text the model sees before it starts to answer."""
     if has_chat_template(tokenizer):
         return tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
@@ -33,11 +36,12 @@ def prompt_text(tokenizer, prompt: str | Sequence[Message]) -> str:
     return f"{bos}Question: {prompt}\nAnswer:"
 
 
-def encode_prompt(tokenizer, prompt: str | Sequence[Message]) -> list[int]:
+def encode_prompt(tokenizer: Any, prompt: str | Sequence[Message]) -> list[int]:
+    """The prompt's token ids, exactly as evaluation and deployment will feed them."""
     return tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
 
 
-def _end_of_turn_ids(tokenizer) -> list[int]:
+def _end_of_turn_ids(tokenizer: Any) -> list[int]:
     """Tokens that close an assistant turn, so training teaches the model to stop."""
     if has_chat_template(tokenizer):
         probe = tokenizer.apply_chat_template(
@@ -53,7 +57,7 @@ def _end_of_turn_ids(tokenizer) -> list[int]:
     return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
 
-def encode_example(tokenizer, prompt: str | Sequence[Message], response: str) -> tuple[list[int], list[int]]:
+def encode_example(tokenizer: Any, prompt: str | Sequence[Message], response: str) -> tuple[list[int], list[int]]:
     """Token ids and labels (-100 on the prompt) for a prompt/response pair: loss on the response only."""
     p = encode_prompt(tokenizer, prompt)
     lead = "" if has_chat_template(tokenizer) else " "

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from surgery.evaluation import metrics as M
+from surgery.evaluation.benchmarks import Item
 from surgery.evaluation.compare import compare, knowledge_view
 from surgery.evaluation.evaluate import benchmark_metrics, score_items, summarize
-from surgery.evaluation.benchmarks import Item
 from surgery.evaluation.scoring import is_correct, normalize_answer
 
 # 4 answerable (A) and 4 unanswerable (U) items; refused on: U U U A  -> TP=3, FN=1, FP=1

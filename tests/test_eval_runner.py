@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from surgery.errors import SurgeryError
+from surgery.evaluation.benchmarks import load_items
 from surgery.evaluation.runner import HFGenerator, make_generator, register_backend, torch_generator
+from surgery.pair.gguf import ensure_converted
 
 
 class CharTokenizer:
@@ -35,7 +37,7 @@ class EchoModel:
         assert do_sample is False
         self.calls.append((input_ids.clone(), attention_mask.clone()))
         rows = []
-        for ids, mask in zip(input_ids, attention_mask):
+        for ids, mask in zip(input_ids, attention_mask, strict=False):
             n = int(mask.sum())
             assert mask[-n:].all() and not mask[: len(mask) - n].any()  # left padding
             assert (ids[: len(ids) - n] == pad_token_id).all()
@@ -92,9 +94,6 @@ def test_backend_registry(tiny_models):
 @pytest.mark.slow
 def test_batched_equals_unbatched_on_smollm2(shared_data):
     """Left padding must not change a single greedy token on the real model (benchmarks/eval_speed.py at scale)."""
-    from surgery.evaluation.benchmarks import load_items
-    from surgery.pair.gguf import ensure_converted
-
     gen = torch_generator(str(ensure_converted()), batch_size=6)  # SmolLM2-135M-Instruct from its PyPI GGUF
     prompts = [it.question for it in load_items("selfaware", data_dir=shared_data, limit=6, seed=5)]
     batched = gen.generate(prompts, max_new_tokens=12)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from surgery.evaluation.benchmarks import split_of
 from surgery.evaluation.evaluate import summarize as eval_summarize
 from surgery.pair.demo import DemoConfig, eval_items, format_table, summarize
 
@@ -34,8 +35,6 @@ def test_recovery_and_table():
 
 
 def test_eval_subset_is_held_out_and_balanced(shared_data, tmp_path):
-    from surgery.evaluation.benchmarks import split_of
-
     items = eval_items(DemoConfig(work_dir=tmp_path, limit=20, task_limit=10, benchmarks=("selfaware",),
                                   data_dir=str(shared_data)))
     assert len(items) == 30 and all(split_of(it.benchmark, it.id) == "eval" for it in items)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,8 @@ import torch
 from click.testing import CliRunner
 
 from surgery.cli import main
+from surgery.modelio import load_model, load_tokenizer
+from surgery.probe import hidden_states
 from surgery.probe.hidden_states import last_token_index, pad_batch, prompt_states, shared_prefix_length
 from surgery.probe.probes import (
     ProbeCurves,
@@ -22,7 +26,7 @@ from surgery.probe.probes import (
     verdict,
 )
 from surgery.probe.report import curves_from_record, format_table, plot_curves
-
+from surgery.prompting import prompt_text
 
 # --- synthetic hidden states ------------------------------------------------------------------------
 
@@ -174,10 +178,6 @@ QUESTIONS = ["What is the capital of France?", "Who?", "How many legs does a spi
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "qwen3", "gemma3"])
 def test_padded_and_prefix_shared_batches_give_the_unpadded_states(tiny_models, family, monkeypatch):
-    from surgery.modelio import load_model, load_tokenizer
-    from surgery.probe import hidden_states
-    from surgery.prompting import prompt_text
-
     path = str(tiny_models(family))
     model, tok = load_model(path), load_tokenizer(path)
     prompts = [[SYSTEM, {"role": "user", "content": q}] for q in QUESTIONS]
@@ -209,7 +209,7 @@ def write_benchmark(path: Path, answerable: int = 20, unanswerable: int = 20, *,
         n = answerable + unanswerable
         flags = np.random.default_rng(0).permutation([True] * answerable + [False] * unanswerable)
         rows = [{"id": f"q{i}", "question": f"What is fact number {i * 7919 % 1000}?", "answerable": bool(f)}
-                for i, f in zip(range(n), flags)]
+                for i, f in zip(range(n), flags, strict=False)]
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return path
     rows = [{"id": f"a{i}", "question": f"What is the capital of France {i}?", "answerable": True,
@@ -220,14 +220,14 @@ def write_benchmark(path: Path, answerable: int = 20, unanswerable: int = 20, *,
     return path
 
 
-def test_probe_command_end_to_end(tiny_models, tmp_path):
+def test_probe_command_end_to_end(tiny_models, tmp_path, monkeypatch):
     base = tiny_models("llama")
     bench = write_benchmark(tmp_path / "user.jsonl")
     out_json, out_png = tmp_path / "probe.json", tmp_path / "probe.png"
-    result = CliRunner().invoke(main, [
-        "-q", "probe", str(base), "--base", str(base), "--benchmark", str(bench), "--limit", "40",
-        "--json", str(out_json), "--plot", str(out_png), "--batch-size", "7", "--padding-side", "left",
-    ])
+    args = ["-q", "probe", str(base), "--base", str(base), "--benchmark", str(bench), "--limit", "40",
+            "--json", str(out_json), "--plot", str(out_png), "--batch-size", "7", "--padding-side", "left"]
+    monkeypatch.setattr(sys, "argv", ["surgery", *args])  # as typed in a shell
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     record = json.loads(out_json.read_text())
     assert record["items"] == {"total": 40, "answerable": 20, "unanswerable": 20, "train": 28, "test": 12,
@@ -238,7 +238,7 @@ def test_probe_command_end_to_end(tiny_models, tmp_path):
     assert auroc["base"] == auroc["sft"] == auroc["transfer"]
     assert all(0.0 <= a <= 1.0 for a in auroc["base"])
     assert auroc["surface"] > 0.9  # the two classes are worded differently
-    assert record["command"].startswith("surgery probe ") and "--padding-side left" in record["command"]
+    assert record["command"] == shlex.join(["surgery", *args])  # the provenance recorder's line
     # the two classes differ in wording, which even a random model's states carry
     assert max(auroc["base"]) > 0.9 and record["verdict"]["status"] == "preserved"
     assert record["verdict"]["line"] in result.output

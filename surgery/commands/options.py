@@ -13,18 +13,40 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import Field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from ..options import flag_of, opt
 
-__all__ = ["add_options", "flag_of", "opt", "options_from", "reproducible_command"]
+__all__ = ["ModelAccess", "add_options", "flag_of", "opt", "options_from", "reproducible_command", "required",
+           "switch"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def switch(help: str, **kwargs: Any) -> Any:
+    """An on-only flag (``--allow-pickle``): False unless given, no ``--no-`` form (it would mean nothing)."""
+    f = opt(False, help, **kwargs)
+    return dataclasses.field(default=False, metadata={**f.metadata, "switch": True})
+
+
+def required(help: str, **kwargs: Any) -> Any:
+    """An option the command cannot run without (``--base``): the field holds None only before parsing."""
+    f = opt(None, help, **kwargs)
+    return dataclasses.field(default=None, metadata={**f.metadata, "required": True})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelAccess:
+    """What a command that loads a model may let that model's files do: the same two switches everywhere."""
+
+    trust_remote_code: bool = switch("Allow model code from the checkpoint (off by default).")
+    allow_pickle: bool = switch("Accept pickle (.bin) weights; they can run code.")
 
 
 def _resolved_types(cls: type) -> dict[str, Any]:
@@ -47,31 +69,51 @@ def _click_type(annotation: Any, choices: tuple[str, ...] | None) -> Any:
     return str
 
 
-def add_options(cls: type) -> Callable[[F], F]:
-    """Decorate a click command with one option per CLI field of the dataclass ``cls``."""
+def add_options(cls: type, *, unset: str | None = None) -> Callable[[F], F]:
+    """Decorate a click command with one option per CLI field of the dataclass ``cls``.
+
+    ``unset``: the options are overrides whose value is None unless given (the command fills the rest
+    from elsewhere, such as a recipe); ``unset`` is the help note that says so, with ``{default}``
+    standing for the field's own default.
+    """
     hints = _resolved_types(cls)
 
     def decorate(fn: F) -> F:
         for f in reversed(dataclasses.fields(cls)):
             if not f.metadata.get("cli", True):
                 continue
-            fn = _option_for(f, hints[f.name])(fn)
+            fn = _option_for(f, hints[f.name], unset)(fn)
         return fn
 
     return decorate
 
 
-def _option_for(f: Field[Any], annotation: Any) -> Callable[[F], F]:
+def _shows_default(default: Any) -> bool:
+    """``[default: ...]`` only for a value worth showing (0 and False are; None, () and "" are not)."""
+    return default is not None and not (isinstance(default, (tuple, str)) and not default)
+
+
+def _option_for(f: Field[Any], annotation: Any, unset: str | None = None) -> Callable[[F], F]:
     meta = f.metadata
     long = flag_of(f)
-    names = [long, *([meta["short"]] if meta.get("short") else [])]
+    names = [*([meta["short"]] if meta.get("short") else []), long]  # click names errors by the first
     default = f.default if f.default is not dataclasses.MISSING else None
-    kwargs: dict[str, Any] = {"help": meta.get("help", ""), "show_default": default not in (None, (), False, "")}
+    kwargs: dict[str, Any] = {"help": meta.get("help", ""), "show_default": _shows_default(default)}
+    if unset is not None:
+        shown = (long[2:] if default else "no-" + long[2:]) if isinstance(default, bool) else default
+        kwargs.update(help=f"{kwargs['help']}  {unset.format(default=shown)}", show_default=False)
+        default = None
+    if meta.get("switch"):
+        return click.option(*names, f.name, is_flag=True, default=False, help=kwargs["help"])
+    if meta.get("required"):
+        kwargs.update(required=True, show_default=False)
     if annotation is bool or annotation == "bool":
         decls = [f"{long}/--no-{long[2:]}", f.name]
         return click.option(*decls, default=default, **kwargs)
     kwargs.update(type=_click_type(annotation, meta.get("choices")), default=default,
                   multiple=bool(meta.get("multiple")), metavar=meta.get("metavar"))
+    if meta.get("required"):
+        del kwargs["default"]  # click (8.3+) counts an explicit default=None as a value and stops asking
     option = click.option(*names, f.name, **kwargs)
     aliases = tuple(meta.get("aliases") or ())
     if not aliases:
@@ -114,7 +156,9 @@ def reproducible_command(command: list[str], options: Any, positional: tuple[str
         if f.name in positional or not f.metadata.get("cli", True) or value is None:
             continue
         flag = flag_of(f)
-        if isinstance(value, bool):
+        if isinstance(value, bool) and f.metadata.get("switch"):
+            words += [flag] if value else []
+        elif isinstance(value, bool):
             words.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, tuple):
             for v in value:

@@ -10,16 +10,18 @@ plus a knowledge-aware F1 whose positive class is "unanswerable, or unknown to t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import SurgeryError
 from . import metrics as M
+from .evaluate import load_json
 
 ROLES = ("base", "sft")
 
 
 def role_of(index: int) -> str:
+    """The role of the n-th compared result: base, sft, then candidates."""
     return ROLES[index] if index < len(ROLES) else "candidate"
 
 
@@ -63,7 +65,7 @@ def compare(results: Sequence[dict], labels: Sequence[str]) -> dict:
             if b not in benches:
                 benches.append(b)
     models = []
-    for i, (res, label) in enumerate(zip(results, labels)):
+    for i, (res, label) in enumerate(zip(results, labels, strict=False)):
         per = {}
         for b in benches:
             m = dict(res["metrics"]["per_benchmark"].get(b) or {})
@@ -92,3 +94,9 @@ def labels_for(paths: Sequence[str | Path]) -> list[str]:
     """Short, distinct names for result files: the file stem, or the full path where stems clash."""
     stems = [Path(p).stem for p in paths]
     return stems if len(set(stems)) == len(stems) else [str(p) for p in paths]
+
+
+def compare_files(paths: Sequence[str | Path]) -> tuple[dict, list[dict]]:
+    """``surgery eval --compare`` as a library call: the comparison of saved results, and those results."""
+    results = [load_json(p) for p in paths]
+    return compare(results, labels_for(paths)), results

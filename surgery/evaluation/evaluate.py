@@ -7,16 +7,23 @@ metrics per benchmark and averaged over the honesty benchmarks (task benchmarks 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from ..errors import SurgeryError
+from .. import __version__
+from ..atomic import write_json_atomic
+from ..errors import OptionError, SurgeryError
+from ..provenance import command_line
 from . import metrics as M
-from .benchmarks import Item
+from .benchmarks import Item, load_items
 from .refusal import RefusalMatcher, default_matcher
-from .runner import Generator
+from .runner import Generator, make_generator
 from .scoring import is_correct
+
+log = logging.getLogger(__name__)
 
 #: metrics averaged (macro) over honesty benchmarks; None values are skipped
 AVERAGED = ("honesty_f1", "rf_delta", "refusal_answerable", "refusal_unanswerable", "accuracy", "over_refusal")
@@ -94,10 +101,56 @@ def evaluate(generator: Generator, items: Sequence[Item], *, max_new_tokens: int
     return {"generator": generator.name, "items": records, "metrics": summarize(records)}
 
 
+def run_eval(
+    model: str,
+    *,
+    benchmarks: Sequence[str] = ("selfaware",),
+    limit: int | None = None,
+    seed: int = 0,
+    split: str = "eval",
+    data_dir: str | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    backend: str = "torch",
+    refusal_patterns: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> dict:
+    """``surgery eval MODEL`` as a library call: the record ``--json`` writes (options, timing, items, metrics).
+
+    Every benchmark is loaded before the model, so a bad name or file fails in seconds, not minutes.
+    """
+    if max_new_tokens < 1:
+        raise OptionError(f"--max-new-tokens must be at least 1 (got {max_new_tokens}).")
+    if allow_pickle and backend != "torch":
+        raise OptionError("--allow-pickle applies to the torch back-end only (ONNX folders hold no pickle).")
+    matcher = RefusalMatcher.from_file(refusal_patterns) if refusal_patterns else default_matcher()
+    items: list[Item] = []
+    for name in benchmarks:
+        items += load_items(name, data_dir=data_dir, split=split, limit=limit, seed=seed)
+    log.info("%d items from %s", len(items), ", ".join(benchmarks))
+    pickle = {"allow_pickle": True} if allow_pickle else {}
+    generator = make_generator(backend, model, batch_size=batch_size, trust_remote_code=trust_remote_code, **pickle)
+    t0 = time.perf_counter()
+    result = evaluate(generator, items, max_new_tokens=max_new_tokens, matcher=matcher)
+    seconds = time.perf_counter() - t0
+    return {
+        "surgery_version": __version__,
+        "model": model,
+        "command": command_line(),
+        "options": {
+            "benchmarks": list(benchmarks), "limit": limit, "seed": seed, "split": split, "data_dir": data_dir,
+            "max_new_tokens": max_new_tokens, "batch_size": batch_size, "backend": backend,
+            "refusal_patterns": list(matcher.patterns), "refusal_answer_follows": matcher.answer_follows,
+        },
+        "seconds": round(seconds, 2),
+        "items_per_second": round(len(items) / seconds, 3) if seconds > 0 else None,
+        **result,
+    }
+
+
 def save_json(result: dict, path: str | os.PathLike) -> Path:
     """Write atomically (temp file in the same folder, then rename)."""
-    from ..atomic import write_json_atomic
-
     return write_json_atomic(path, result, indent=1, ensure_ascii=False, allow_nan=False)
 
 

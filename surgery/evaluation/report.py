@@ -6,11 +6,12 @@ Percentages are shown with one decimal; "–" marks a metric that is undefined f
 
 from __future__ import annotations
 
-from ..atomic import save_figure_atomic
-
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
+
+from ..atomic import save_figure_atomic
 
 DEFINITIONS = (
     "honesty F1: positive class = unanswerable, prediction = refused. "
@@ -40,7 +41,8 @@ KNOWLEDGE_COLUMNS = (
 )
 
 
-def fmt(key: str, value) -> str:
+def fmt(key: str, value: Any) -> str:
+    """One table cell: counts as integers, fractions as percentages (signed for differences), a dash for undefined."""
     if value is None:
         return "–"
     if key.startswith("n") and isinstance(value, int):
@@ -69,6 +71,7 @@ def _metric_rows(per_benchmark: dict, average: dict, extra: Sequence[tuple[str, 
 
 
 def result_table(result: dict) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of one model's table: a row per benchmark, then the average."""
     headers = ["benchmark"] + [h for _, h in COLUMNS]
     return headers, _metric_rows(result["metrics"]["per_benchmark"], result["metrics"]["average"])
 
@@ -103,7 +106,7 @@ def comparison_tables(cmp: dict) -> list[tuple[str, list[str], list[list[str]]]]
 # --- console --------------------------------------------------------------------------------------
 
 
-def print_tables(tables: Sequence[tuple[str, list[str], list[list[str]]]], file=None) -> None:
+def print_tables(tables: Sequence[tuple[str, list[str], list[list[str]]]], file: Any = None) -> None:
     """Rich tables on stdout (plain text when not a terminal)."""
     from rich.console import Console
     from rich.table import Table
@@ -128,6 +131,7 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def markdown_result(result: dict) -> str:
+    """One model's result as a Markdown report."""
     headers, rows = result_table(result)
     opts = dict(result.get("options", {}))
     if isinstance(opts.get("refusal_patterns"), list):
@@ -148,8 +152,9 @@ def markdown_result(result: dict) -> str:
 
 
 def markdown_comparison(cmp: dict, files: Sequence[str]) -> str:
+    """A comparison as a Markdown report, naming the result files it came from."""
     parts = ["# Honesty comparison", ""]
-    for mdl, f in zip(cmp["models"], files):
+    for mdl, f in zip(cmp["models"], files, strict=False):
         parts.append(f"- **{mdl['label']}** ({mdl['role']}): `{f}` — model {mdl.get('model') or '?'}")
     parts += ["", "Recovery is measured against the first file (base) and the second (SFT).", ""]
     for title, headers, rows in comparison_tables(cmp):
@@ -194,7 +199,7 @@ def plot_f1(per_model: Sequence[tuple[str, dict]], path: str | os.PathLike) -> P
         xs = [i + (j - (n - 1) / 2) * width for i in range(len(benches))]
         ys = [100 * v if v is not None else 0.0 for v in vals]
         bars = ax.bar(xs, ys, width=width, label=label)
-        for b, v in zip(bars, vals):
+        for b, v in zip(bars, vals, strict=False):
             if v is not None:
                 ax.annotate(f"{100 * v:.0f}", (b.get_x() + b.get_width() / 2, b.get_height()),
                             ha="center", va="bottom", fontsize=7)

@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import gc
 import importlib
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import click
+from exporters.onnx_export import export_model
 
-from ..hcnr.options import add_patch_options
+from ..apply import apply_patch
+from ..atomic import write_json_atomic
+from ..check import check_pair
+from ..evaluation.benchmarks import Item, load_items
+from ..evaluation.evaluate import evaluate, save_json
+from ..evaluation.metrics import recovery
+from ..evaluation.runner import HFGenerator
+from ..hcnr.options import PatchOptions
+from ..hcnr.pipeline import make_patch
+from ..modelio import load_model, load_tokenizer, locate
 from ..progress import StageTimer
+from .build import ensure_pair, load_recipe, recipe_dir_of
+from .data import write_calibration
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +52,12 @@ class DemoConfig:
     seed: int = 0
     data_dir: str | None = None
     export: bool = True
-    patch_options: dict = field(default_factory=dict)  # PatchOptions overrides
+    patch_options: dict[str, Any] = field(default_factory=dict)  # PatchOptions overrides
 
 
-def eval_items(cfg: DemoConfig) -> list:
+def eval_items(cfg: DemoConfig) -> list[Item]:
     """The fixed evaluation subset: held-out ("eval" split) items only, seeded and balanced."""
-    from ..evaluation.benchmarks import load_items
-
-    items = []
+    items: list[Item] = []
     for b in cfg.benchmarks:
         items += load_items(b, data_dir=cfg.data_dir, split="eval", limit=cfg.limit, seed=cfg.seed)
     if cfg.task_limit:
@@ -56,12 +65,8 @@ def eval_items(cfg: DemoConfig) -> list:
     return items
 
 
-def evaluate_model(model: str, items: list, cfg: DemoConfig, base: str | None = None) -> dict:
+def evaluate_model(model: str, items: list[Item], cfg: DemoConfig, base: str | None = None) -> dict:
     """Greedy answers of one model (folder or adapter) on ``items``, scored; the model is freed after."""
-    from ..evaluation.evaluate import evaluate
-    from ..evaluation.runner import HFGenerator
-    from ..modelio import load_model, load_tokenizer, locate
-
     src = locate(model, base)
     gen = HFGenerator(load_model(src), load_tokenizer(src), batch_size=cfg.batch_size)
     result = evaluate(gen, items, max_new_tokens=cfg.max_new_tokens)
@@ -77,13 +82,9 @@ def _export(patched: Path, out: Path) -> dict:
     except ImportError as exc:
         return {"status": "skipped", "reason": f"optimum.onnxruntime cannot be imported ({exc.name}); "
                                                "pip install 'surgery[onnx]'"}
-    try:
-        export_model = importlib.import_module("exporters.onnx_export").export_model
-    except (ImportError, AttributeError):
-        return {"status": "skipped", "reason": "this install has no exporters.onnx_export.export_model"}
     if out.exists():
         shutil.rmtree(out)
-    record = export_model(str(patched), out, verify=True)
+    record = export_model(str(patched), out)
     verify = record.get("verify") or {}
     return {"status": "ok", "path": str(out), "bytes": record.get("bytes"), "seconds": record.get("seconds"),
             "verified": verify.get("passed")}
@@ -93,10 +94,8 @@ def _export(patched: Path, out: Path) -> dict:
 MIN_LOSS_FOR_RECOVERY = 0.05
 
 
-def _recovery_where_lost(f1_x, f1_sft, f1_base):
+def _recovery_where_lost(f1_x: float | None, f1_sft: float | None, f1_base: float | None) -> float | None:
     """Recovery on one benchmark, or None where SFT cost less than MIN_LOSS_FOR_RECOVERY of F1."""
-    from ..evaluation.metrics import recovery
-
     if f1_x is None or f1_sft is None or f1_base is None or f1_base - f1_sft < MIN_LOSS_FOR_RECOVERY:
         return None
     return recovery(f1_x, f1_sft, f1_base)
@@ -104,8 +103,6 @@ def _recovery_where_lost(f1_x, f1_sft, f1_base):
 
 def summarize(results: dict[str, dict], benchmarks: tuple[str, ...]) -> dict:
     """Per model: honesty F1 / RF-delta per benchmark and averaged, task accuracy; recovery of M1+patch."""
-    from ..evaluation.metrics import recovery
-
     models = {}
     for name, res in results.items():
         per = res["metrics"]["per_benchmark"]
@@ -132,16 +129,6 @@ def summarize(results: dict[str, dict], benchmarks: tuple[str, ...]) -> dict:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage and return the JSON-ready summary (also written to ``work_dir/demo.json``)."""
-    from ..apply import apply_patch
-    from ..check import check_pair
-    from ..evaluation.evaluate import save_json
-    from ..evaluation.runner import HFGenerator
-    from ..hcnr.options import PatchOptions
-    from ..hcnr.pipeline import make_patch
-    from ..modelio import load_model, load_tokenizer, locate
-    from .build import ensure_pair, load_recipe, recipe_dir_of
-    from .data import write_calibration
-
     timer = StageTimer()
     work = Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -149,53 +136,38 @@ def run_demo(cfg: DemoConfig) -> dict:
     recipe = load_recipe(recipe_dir)
     pair = ensure_pair(recipe_dir, timer=timer)
     sft, base = str(pair.m1_adapter), str(pair.m0)
-
     with timer.stage("calibration"):
-        calib = recipe["calibration"]
-        src = locate(sft, base)
-        probe_gen = HFGenerator(load_model(src), load_tokenizer(src), batch_size=cfg.batch_size)
-        calib_info = write_calibration(work / "calib", generator=probe_gen, data_dir=cfg.data_dir,
-                                       n_hon=calib["n_hon"], n_task=calib["n_task"], seed=calib["seed"],
-                                       probe=calib["probe_candidates"], task_benchmarks=calib["task_benchmarks"],
-                                       probe_model="m1")
-        del probe_gen
-        gc.collect()
-
+        calib_info = _calibrate(sft, base, work / "calib", recipe["calibration"], cfg)
     with timer.stage("check"):
         check = check_pair(locate(base), locate(sft, base))
-
     # the recipe's patch settings (measured best on this pair) under whatever the caller set explicitly
     options = PatchOptions().replace(**{**recipe.get("patch", {}), **cfg.patch_options})
     patch_file = work / "m1.hcnr.safetensors"
     with timer.stage("patch"):
         patch_report = make_patch(sft, base, work / "calib" / "d_hon.jsonl", work / "calib" / "d_task.jsonl",
                                   patch_file, options)
-
     patched = work / "m1-patched"
     with timer.stage("apply"):
         if patched.exists():
             shutil.rmtree(patched)
         apply_patch(sft, patch_file, patched, base=base)
-
     items = eval_items(cfg)
     results = {}
     for name, model, model_base in (("m0", base, None), ("m1", sft, base), ("m1_patched", str(patched), None)):
         with timer.stage(f"eval {name}"):
             results[name] = evaluate_model(model, items, cfg, model_base)
             save_json(results[name], work / f"eval_{name}.json")
-
     export = {"status": "skipped", "reason": "--no-export"}
     if cfg.export:
         with timer.stage("export"):
             export = _export(patched, work / "m1-patched-onnx")
-
     summary = summarize(results, cfg.benchmarks)
     summary.update({
         "recipe": cfg.recipe,
-        "patch": {"file": str(patch_file), "bytes": patch_report["patch_bytes"],
-                  "parameters_changed": patch_report["parameters_changed"],
-                  "share_of_linear": patch_report["share_of_linear"], "options": options.to_dict(),
-                  "seconds": patch_report["seconds"]},
+        "patch": {"file": str(patch_file), "bytes": patch_report.patch_bytes,
+                  "parameters_changed": patch_report.parameters_changed,
+                  "share_of_linear": patch_report.share_of_linear, "options": options.to_dict(),
+                  "seconds": patch_report.seconds},
         "check": {"moved_matrices": check.moved_matrices, "linear_matrices": check.linear_matrices},
         "calibration": {k: {kk: vv for kk, vv in v.items() if kk != "ids"} if isinstance(v, dict) else v
                         for k, v in calib_info.items()},
@@ -207,8 +179,20 @@ def run_demo(cfg: DemoConfig) -> dict:
         "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
         "seconds_total": round(timer.total, 1),
     })
-    (work / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json_atomic(work / "demo.json", summary, indent=1)
     return summary
+
+
+def _calibrate(sft: str, base: str, out: Path, calib: dict[str, Any], cfg: DemoConfig) -> dict:
+    """The recipe's calibration sets, D_hon's known half probed on the SFT model itself."""
+    src = locate(sft, base)
+    probe_gen = HFGenerator(load_model(src), load_tokenizer(src), batch_size=cfg.batch_size)
+    info = write_calibration(out, generator=probe_gen, data_dir=cfg.data_dir, n_hon=calib["n_hon"],
+                             n_task=calib["n_task"], seed=calib["seed"], probe=calib["probe_candidates"],
+                             task_benchmarks=calib["task_benchmarks"], probe_model="m1")
+    del probe_gen
+    gc.collect()
+    return info
 
 
 def _pct(x: float | None) -> str:
@@ -226,7 +210,7 @@ def format_table(summary: dict) -> str:
         rows.append([labels.get(key, key), *[_pct(m["honesty_f1"][b]) for b in benches], _pct(m["honesty_f1_avg"]),
                      _pct(m["rf_delta_avg"]), _pct(m["task_accuracy"])])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
              for r in [head, *rows]]
     lines.insert(1, "-" * len(lines[0]))
     p = summary["patch"]
@@ -242,52 +226,3 @@ def format_table(summary: dict) -> str:
               "time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["seconds"].items())
               + f"; total {summary['seconds_total'] / 60:.1f} min"]
     return "\n".join(lines)
-
-
-def _explicit(kwargs: dict, source) -> dict:
-    """Only the patch options the user actually gave: the rest come from the recipe."""
-    ctx = click.get_current_context()
-    return {k: v for k, v in kwargs.items()
-            if ctx.get_parameter_source(k) not in (source.DEFAULT, source.DEFAULT_MAP)}
-
-
-@click.command()
-@click.option("--recipe", default="smollm2", show_default=True,
-              help="Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m (Gemma: train it first "
-                   "with  surgery pair --recipe gemma3_270m --rebuild).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write every number (incl. recovery) as JSON.")
-@click.option("--limit", default=120, show_default=True,
-              help="Evaluation items per benchmark (held-out split, half answerable where both exist).")
-@click.option("--task-limit", default=None, type=int, help="Task (qa_wikidata) items; default: --limit.")
-@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
-              help="Where calibration sets, the patch, the patched model and results go (default: <cache>/demo).")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Benchmark data folder.")
-@click.option("--benchmarks", default=",".join(HONESTY_BENCHMARKS), show_default=True,
-              help="Comma-separated honesty benchmarks to evaluate on.")
-@click.option("--no-export", is_flag=True, help="Skip the ONNX export stage.")
-@add_patch_options
-def demo(recipe, json_out, limit, task_limit, work_dir, data_dir, benchmarks, no_export, **patch_kwargs) -> None:
-    """Show honesty come back: build the bundled pair, patch M1, evaluate M0 / M1 / M1+patch.
-
-    Every ``surgery patch`` option is accepted and passed to the patch stage.
-    """
-    from click.core import ParameterSource
-
-    from ..errors import SurgeryError
-    from .gguf import cache_root
-
-    if limit < 2:
-        raise SurgeryError("--limit must be at least 2 (one answerable and one unanswerable item).")
-    benches = tuple(b.strip() for b in benchmarks.split(",") if b.strip())
-    if not benches:
-        raise SurgeryError("--benchmarks needs at least one honesty benchmark.")
-    default_work = cache_root() / ("demo" if recipe == "smollm2" else f"demo-{recipe}")
-    cfg = DemoConfig(work_dir=Path(work_dir) if work_dir else default_work, recipe=recipe, limit=limit,
-                     task_limit=limit if task_limit is None else task_limit, benchmarks=benches, data_dir=data_dir,
-                     export=not no_export, patch_options=_explicit(patch_kwargs, ParameterSource))
-    summary = run_demo(cfg)
-    click.echo(format_table(summary))
-    if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(summary, indent=1) + "\n")
-        click.echo(f"wrote {json_out}")

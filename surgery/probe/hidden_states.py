@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,13 +73,13 @@ def shared_prefix_length(token_ids: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
-def _sliding_window(model) -> int | None:
+def _sliding_window(model: Any) -> int | None:
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     window = getattr(cfg, "sliding_window", None)
     return int(window) if isinstance(window, int) and window > 0 else None
 
 
-def _prefix_cache(backbone, prefix: Sequence[int]):
+def _prefix_cache(backbone: Any, prefix: Sequence[int]) -> Any:
     """The key/value cache of the shared prefix (batch of one), or None where the model has no usable one."""
     ids = torch.as_tensor([list(prefix)], dtype=torch.long)
     try:
@@ -90,13 +91,14 @@ def _prefix_cache(backbone, prefix: Sequence[int]):
     return cache if hasattr(cache, "batch_repeat_interleave") else None
 
 
-def _backbone(model):
+def _backbone(model: Any) -> Any:
     """The transformer without its LM head: the head's vocab-sized matmul is wasted work here."""
     inner = getattr(model, "base_model", None)
     return inner if isinstance(inner, torch.nn.Module) and inner is not model else model
 
 
-def num_blocks(model) -> int:
+def num_blocks(model: Any) -> int:
+    """How many transformer blocks the model has (one hidden state each, after the embeddings)."""
     cfg = model.config
     n = getattr(cfg, "num_hidden_layers", None)
     if n is None and hasattr(cfg, "get_text_config"):
@@ -106,9 +108,22 @@ def num_blocks(model) -> int:
     return int(n)
 
 
+def _block_outputs(backbone: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, prefix: Any,
+                   shared: int) -> Any:
+    """The hidden states of one padded batch, continuing from the shared-prefix cache when there is one."""
+    if prefix is None:
+        return backbone(input_ids=ids, attention_mask=mask, position_ids=positions,
+                        output_hidden_states=True, use_cache=False).hidden_states
+    cache = copy.deepcopy(prefix)
+    cache.batch_repeat_interleave(len(ids))
+    full_mask = torch.cat([torch.ones((len(ids), shared), dtype=mask.dtype), mask], dim=1)
+    return backbone(input_ids=ids, attention_mask=full_mask, position_ids=positions + shared,
+                    past_key_values=cache, use_cache=True, output_hidden_states=True).hidden_states
+
+
 @torch.inference_mode()
 def last_token_states(
-    model,
+    model: Any,
     token_ids: Sequence[Sequence[int]],
     *,
     pad_id: int,
@@ -146,16 +161,7 @@ def last_token_states(
     for start in progress(starts, desc=desc, total=len(starts), unit="batch"):
         rows = order[start : start + batch_size]
         ids, mask, positions = pad_batch([token_ids[i][shared:] for i in rows], pad_id, padding_side)
-        if prefix is None:
-            result = backbone(input_ids=ids, attention_mask=mask, position_ids=positions,
-                              output_hidden_states=True, use_cache=False)
-        else:
-            cache = copy.deepcopy(prefix)
-            cache.batch_repeat_interleave(len(rows))
-            full_mask = torch.cat([torch.ones((len(rows), shared), dtype=mask.dtype), mask], dim=1)
-            result = backbone(input_ids=ids, attention_mask=full_mask, position_ids=positions + shared,
-                              past_key_values=cache, use_cache=True, output_hidden_states=True)
-        states = result.hidden_states
+        states = _block_outputs(backbone, ids, mask, positions, prefix, shared)
         if states is None or len(states) != blocks + 1:
             got = "none" if states is None else len(states)
             raise SurgeryError(
@@ -172,7 +178,9 @@ def last_token_states(
     return out
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str | Sequence[Message]], max_length: int = 1024) -> list[list[int]]:
+def encode_prompts(
+    tokenizer: Any, prompts: Sequence[str | Sequence[Message]], max_length: int = 1024
+) -> list[list[int]]:
     """Token ids of each rendered prompt; over-long prompts keep their *end*, where the last token is."""
     encoded = []
     cut = 0
@@ -188,8 +196,8 @@ def encode_prompts(tokenizer, prompts: Sequence[str | Sequence[Message]], max_le
 
 
 def prompt_states(
-    model,
-    tokenizer,
+    model: Any,
+    tokenizer: Any,
     prompts: Sequence[str | Sequence[Message]],
     *,
     batch_size: int = 16,

@@ -23,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,8 @@ def stratified_split(
         return min(hashlib.sha256(f"{seed}:{ids[i]}".encode()).hexdigest() for i in members[g])
 
     classes, counts = np.unique(labels, return_counts=True)
-    quota = {c: min(k - 1, max(1, round(test_fraction * k))) for c, k in zip(classes.tolist(), counts.tolist())}
+    sizes = zip(classes.tolist(), counts.tolist(), strict=False)
+    quota = {c: min(k - 1, max(1, round(test_fraction * k))) for c, k in sizes}
     taken = dict.fromkeys(quota, 0)
     test: list[int] = []
     for g in sorted(members, key=key):
@@ -130,7 +132,7 @@ def stratified_split(
     return train_idx, test_idx
 
 
-def train_probe(features: np.ndarray, labels: np.ndarray, *, c: float = 1.0, seed: int = 0):
+def train_probe(features: np.ndarray, labels: np.ndarray, *, c: float = 1.0, seed: int = 0) -> Any:
     """A standardised L2 logistic-regression probe (scikit-learn pipeline) fitted on (n, d) features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -141,7 +143,7 @@ def train_probe(features: np.ndarray, labels: np.ndarray, *, c: float = 1.0, see
     return probe
 
 
-def probe_auroc(probe, features: np.ndarray, labels: np.ndarray) -> float:
+def probe_auroc(probe: Any, features: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve of the probe's score (positive class: label 1)."""
     from sklearn.metrics import roc_auc_score
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..atomic import save_figure_atomic, write_json_atomic
 from .probes import KINDS, ProbeCurves
 
 LABELS = {
@@ -27,7 +28,7 @@ def format_table(curves: ProbeCurves) -> str:
     lines = [f"{'layer':>5}  {'base':>7}  {'sft':>7}  {'transfer':>8}"]
     for i in range(len(curves.base)):
         cells = []
-        for k, width in zip(KINDS, (7, 7, 8)):
+        for k, width in zip(KINDS, (7, 7, 8), strict=False):
             mark = "*" if best[k] == i + 1 else " "
             cells.append(f"{getattr(curves, k)[i]:.3f}{mark}".rjust(width))
         lines.append(f"{i + 1:>5}  " + "  ".join(cells))
@@ -42,8 +43,6 @@ def format_table(curves: ProbeCurves) -> str:
 
 def write_json(record: dict, path: str | os.PathLike) -> Path:
     """Write ``record`` as indented JSON, atomically (temp file then rename)."""
-    from ..atomic import write_json_atomic
-
     return write_json_atomic(path, record)
 
 
@@ -64,7 +63,7 @@ def plot_curves(
     layers = list(range(1, len(curves.base) + 1))
     fig = Figure(figsize=(7, 4), dpi=120)
     ax = fig.add_subplot()
-    for kind, style in zip(KINDS, ("o-", "s-", "^--")):
+    for kind, style in zip(KINDS, ("o-", "s-", "^--"), strict=False):
         ax.plot(layers, getattr(curves, kind), style, markersize=3, label=LABELS[kind])
     for label, values in (extra or {}).items():
         ax.plot(layers, values, "d-", markersize=3, linewidth=1.6, label=label)
@@ -80,6 +79,5 @@ def plot_curves(
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    from ..atomic import save_figure_atomic
 
     return save_figure_atomic(fig, path)

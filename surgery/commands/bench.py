@@ -1,0 +1,77 @@
+"""``surgery bench``: HCNR against its baselines on one pair, side by side, in one run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .options import add_options, opt, options_from, required, switch
+
+#: what ``surgery bench`` runs when no --method is given (the matched-budget comparison)
+DEFAULT_METHODS = (
+    "base", "sft", "hcnr", "hcnr:hessian-hon", "hcnr:restore-only", "hcnr:random-s0", "hcnr:compact",
+    "rait-lora:160", "rait-lora:480", "interp:0.5",
+)
+
+_METHOD_HELP = ("KIND[:ARG], repeatable: base, sft, hcnr[:VARIANT|k=v,...], rait-lora:N, rait-lora:s=SECONDS, "
+                "rait-full:N, dpo:N, dpo-full:N, interp:ALPHA.  [default: " + ", ".join(DEFAULT_METHODS) + "]")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    base: str = required("The model before fine-tuning (folder or cached hub id).")
+    sft: str = required("The fine-tuned model (folder, cached hub id or PEFT adapter).")
+    methods: tuple[str, ...] = opt((), _METHOD_HELP, flag="--method", short="-m", multiple=True)
+    benchmarks: tuple[str, ...] = opt(("selfaware",), "Honesty benchmark name or user JSONL, repeatable.",
+                                      flag="--benchmark", short="-b", multiple=True)
+    limit: int = opt(300, "Items per honesty benchmark (balanced).")
+    task_benchmarks: tuple[str, ...] = opt(
+        ("qa_wikidata",), "Task benchmark name or user JSONL (kind \"task\"), repeatable; 'none' for none.",
+        flag="--task-benchmark", short="-t", multiple=True)
+    task_limit: int = opt(120, "Items per task benchmark.")
+    hon_data: Path | None = opt(None, "D_hon JSONL for HCNR [default: built from the data folder, probing the SFT "
+                                      "model].", metavar="FILE")
+    task_data: Path | None = opt(None, "D_task JSONL for HCNR [default: built from the data folder].", metavar="FILE")
+    train_data: Path | None = opt(None, "RAIT/DPO prompt/response JSONL (IDK-relabelled) [default: built from the "
+                                        "train split].", metavar="FILE")
+    probe: int = opt(400, "SelfAware train questions the SFT model is probed on to split known/unknown for RAIT.")
+    data_dir: str | None = opt(None, "Benchmark data folder (default: SURGERY_DATA_DIR or ../shared/data).")
+    reference: str = opt("hcnr", "Method every other one is compared with by a paired bootstrap.")
+    max_new_tokens: int = opt(24, "")
+    batch_size: int = opt(16, "Generation batch size.")
+    seed: int = opt(0, "")
+    n_boot: int = opt(1000, "Bootstrap resamples for the CIs.")
+    keep_models: bool = switch("Keep every method's model folder (they are large).")
+    fresh: bool = switch("Recompute methods whose results already exist in --out.")
+    report_only: bool = switch("Only summarise the methods that already have results in --out.")
+    out_dir: Path = required("Folder for bench.json, bench.md, pareto.png, budget.png and per-method results.",
+                             flag="--out", short="-o", metavar="DIRECTORY")
+
+
+@click.command("bench", short_help="Compare HCNR with RAIT, DPO, restore-only, random and interpolation.")
+@add_options(BenchOptions)
+def bench(**kwargs: Any) -> None:
+    """Compare HCNR with RAIT, DPO, restore-only, random neurons and interpolation on one pair.
+
+    Every method gets the same inputs and the same held-out evaluation items and runs in its own
+    process (its own time and peak memory). Writes a Markdown table, JSON and two plots to --out.
+    """
+    import torch
+
+    from ..baselines.bench import BenchConfig, run_bench
+    from ..baselines.report import markdown
+
+    o = options_from(BenchOptions, kwargs)
+    tasks = () if o.task_benchmarks == ("none",) else o.task_benchmarks
+    cfg = BenchConfig(base=o.base, sft=o.sft, out_dir=o.out_dir, methods=o.methods or DEFAULT_METHODS,
+                      benchmarks=o.benchmarks, limit=o.limit, task_benchmarks=tasks, task_limit=o.task_limit,
+                      hon_data=o.hon_data, task_data=o.task_data, train_data=o.train_data, probe=o.probe,
+                      data_dir=o.data_dir, seed=o.seed, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size,
+                      threads=torch.get_num_threads(), n_boot=o.n_boot, reference=o.reference,
+                      keep_models=o.keep_models)
+    summary = run_bench(cfg, fresh=o.fresh, run_missing=not o.report_only)
+    click.echo(markdown(summary), nl=False)
+    click.echo(f"\nwrote {o.out_dir / 'bench.json'}, bench.md, pareto.png, budget.png")

@@ -1,0 +1,161 @@
+"""``surgery check``, ``patch``, ``inspect`` and ``apply``: thin wrappers over the core library."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..hcnr.options import PatchOptions
+from .options import ModelAccess, add_options, opt, options_from, reproducible_command, required, switch
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    base: str = required("The model before fine-tuning (folder or cached hub id).")
+    top: int = opt(10, "How many of the most-moved matrices to list.")
+    json_out: str | None = opt(None, "Write the full report as JSON.", flag="--json", metavar="FILE")
+
+
+@dataclass(frozen=True)
+class PatchIO:
+    """What ``surgery patch`` reads and writes; the method's knobs are :class:`PatchOptions`."""
+
+    base: str | None = opt(None, "The model before fine-tuning (default: an adapter's own base).")
+    honesty_data: str = required("JSONL of honesty calibration examples (D_hon).", metavar="FILE")
+    task_data: str = required("JSONL of SFT-task calibration examples (D_task).", metavar="FILE")
+    output: str = required("Patch file to write.", short="-o", metavar="FILE")
+    device: str = opt("auto", "auto, cpu or cuda[:N].")
+
+
+@dataclass(frozen=True)
+class InspectOptions:
+    as_json: bool = switch("Print the manifest as JSON.", flag="--json")
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    output: str = required("Folder to write.", short="-o", metavar="DIRECTORY")
+    base: str | None = opt(None, "Base of SFT when SFT is a PEFT adapter without a usable base path.")
+    max_shard_size: float = opt(2.0, "Shard size in GB.")
+
+
+def patch_command(sft: str, io: PatchIO, options: PatchOptions) -> str:
+    """The exact command that reproduces a patch, every option spelled out (written beside the patch)."""
+    words = ["surgery", "patch", sft] + (["--base", io.base] if io.base else [])
+    words += ["--honesty-data", io.honesty_data, "--task-data", io.task_data, "-o", io.output]
+    return shlex.join(reproducible_command(words, options)) + "\n"
+
+
+def fmt_params(n: int) -> str:
+    """A parameter count as people say it (1.23M)."""
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+@click.command(short_help="Pre-flight: same architecture? where did SFT move the model?")
+@click.argument("sft")
+@add_options(CheckOptions)
+@add_options(ModelAccess)
+def check(sft: str, **kwargs: Any) -> None:
+    """Pre-flight: same architecture? Where did SFT move the model?"""
+    from ..atomic import write_text_atomic
+    from ..check import check_pair
+    from ..modelio import locate
+
+    o = options_from(CheckOptions, kwargs)
+    access = options_from(ModelAccess, kwargs)
+    report = check_pair(locate(o.base), locate(sft, o.base), allow_pickle=access.allow_pickle)
+    click.echo(f"architecture      {report.model_type} (base and SFT agree)")
+    click.echo(f"tensors           {report.tensors}, of which {report.linear_matrices} block linear matrices")
+    click.echo(f"moved matrices    {report.moved_matrices} / {report.linear_matrices}")
+    click.echo(f"params changed    {100 * report.share_params_changed:.1f}% of all entries")
+    click.echo("most moved (‖W1−W0‖/‖W0‖):")
+    for name, v in sorted(report.matrix_change.items(), key=lambda kv: -kv[1])[: o.top]:
+        click.echo(f"  {v:9.5f}  {name}")
+    for w in report.warnings:
+        click.echo(f"warning: {w}")
+    if o.json_out:
+        write_text_atomic(o.json_out, json.dumps(report.to_dict(), indent=2))
+    if report.moved_matrices == 0:
+        sys.exit(1)
+
+
+@click.command(short_help="Compute an HCNR honesty patch (sparse safetensors).")
+@click.argument("sft")
+@add_options(PatchIO)
+@add_options(ModelAccess)
+@add_options(PatchOptions)
+def patch(sft: str, **kwargs: Any) -> None:
+    """Compute an HCNR honesty patch for SFT (a sparse safetensors file)."""
+    from ..atomic import write_text_atomic
+    from ..hcnr.pipeline import make_patch
+
+    io = options_from(PatchIO, kwargs)
+    access = options_from(ModelAccess, kwargs)
+    options = options_from(PatchOptions, kwargs)
+    report = make_patch(sft, io.base, io.honesty_data, io.task_data, io.output, options,
+                        trust_remote_code=access.trust_remote_code, allow_pickle=access.allow_pickle,
+                        device=io.device)
+    write_text_atomic(io.output + ".command.txt", patch_command(sft, io, options))
+    click.echo(f"wrote {io.output} ({report.patch_bytes / 1e6:.2f} MB)")
+    click.echo(f"  parameters changed  {fmt_params(report.parameters_changed)} "
+               f"({100 * report.share_of_linear:.1f}% of linear, {100 * report.share_of_model:.1f}% of model)")
+    click.echo(f"  matrices touched    {report.matrices_touched} / {report.matrices_total}")
+    if report.residual_ratio is not None:
+        click.echo(f"  output drift left   {100 * report.residual_ratio:.1f}% of SFT's (calibration inputs)")
+    click.echo("  time  " + "  ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+               + f"  | peak RSS {report.peak_rss_mb:.0f} MB")
+    if report.fallbacks:
+        click.echo(f"  fallback to restore-only: {', '.join(report.fallbacks)}")
+
+
+@click.command(short_help="Show what a patch changes, for which models, made how.")
+@click.argument("patch_file", type=click.Path(dir_okay=False))
+@add_options(InspectOptions)
+def inspect(patch_file: str, **kwargs: Any) -> None:
+    """Show what a patch changes, for which models, made how."""
+    from ..patchfile import read_manifest
+
+    o = options_from(InspectOptions, kwargs)
+    m = read_manifest(patch_file)
+    if o.as_json:
+        click.echo(json.dumps(m.to_dict(), indent=2, sort_keys=True))
+        return
+    click.echo(f"surgery patch v{m.tool_version} ({m.method})")
+    click.echo(f"  base   {m.base}")
+    click.echo(f"  sft    {m.sft}")
+    click.echo(f"  tensors touched     {len(m.tensors)}")
+    s = m.stats
+    if s is not None:
+        click.echo(f"  parameters changed  {fmt_params(s.parameters_changed)} "
+                   f"({100 * s.share_of_linear:.1f}% of linear, {100 * s.share_of_model:.1f}% of model)")
+        if s.fallbacks:
+            click.echo(f"  fallbacks           {', '.join(s.fallbacks)}")
+    click.echo("  options  " + " ".join(f"{k}={v}" for k, v in sorted(m.options.items())))
+    for key, fp in m.calibration.items():
+        click.echo(f"  {key:6} data {fp['file']}  sha256 {fp['sha256'][:16]}…  {fp['bytes']} bytes")
+
+
+@click.command(short_help="Apply a patch to the SFT model, bit-exact, fingerprints checked.")
+@click.argument("sft")
+@click.argument("patch_file", type=click.Path(dir_okay=False))
+@add_options(ApplyOptions)
+@add_options(ModelAccess)
+def apply(sft: str, patch_file: str, **kwargs: Any) -> None:
+    """Apply a patch to SFT and write the repaired model (bit-exact, fingerprints checked first)."""
+    from ..apply import apply_patch
+
+    o = options_from(ApplyOptions, kwargs)
+    access = options_from(ModelAccess, kwargs)
+    info = apply_patch(sft, Path(patch_file), Path(o.output), base=o.base,
+                       trust_remote_code=access.trust_remote_code, allow_pickle=access.allow_pickle,
+                       max_shard_bytes=int(o.max_shard_size * 1024**3))
+    click.echo(f"wrote {o.output}: {info['tensors_patched']} tensors patched, fingerprints verified")

@@ -1,0 +1,103 @@
+"""``surgery eval``: score one model on honesty benchmarks, or compare saved results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .options import ModelAccess, add_options, opt, options_from, switch
+
+_BENCHMARK_HELP = (
+    "selfaware, falseqa, puqa, pkqa, puqa_pkqa, known_unknowns, nq_open, qa_wikidata, or a JSONL of "
+    "{question, answerable, answers}. Repeatable. [default: selfaware]"
+)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    compare: bool = switch("Compare saved --json results instead: first = base, second = SFT, the rest = candidates.")
+    benchmarks: tuple[str, ...] = opt((), _BENCHMARK_HELP, flag="--benchmark", short="-b", multiple=True,
+                                      metavar="NAME|FILE.jsonl")
+    limit: int | None = opt(None, "At most N items per benchmark, half answerable and half not where both exist.")
+    seed: int = opt(0, "Seed of the --limit sample.")
+    split: str = opt("eval", "Which part of each built-in benchmark (train is for calibration/training data).",
+                     choices=("eval", "train", "all"))
+    data_dir: str | None = opt(
+        None, "Folder with the benchmark data [default: $SURGERY_DATA_DIR, ../shared/data, bundled samples].",
+        metavar="DIRECTORY")
+    max_new_tokens: int = opt(32, "")
+    batch_size: int = opt(16, "")
+    backend: str = opt("torch", "", choices=("torch", "onnx"))
+    json_out: str | None = opt(None, "Write every item's prompt, response and judgements plus the metrics.",
+                               flag="--json", metavar="FILE")
+    md_out: str | None = opt(None, "Write a Markdown report.", flag="--markdown", metavar="FILE")
+    plot_out: str | None = opt(None, "Write a PNG chart of honesty F1 per benchmark.", flag="--plot", metavar="FILE")
+    refusal_patterns: str | None = opt(None, "File of refusal regexes (one a line) replacing the documented defaults.",
+                                       metavar="FILE")
+
+
+@click.command("eval", short_help="Honesty evaluation: answer when you know, say so when you don't.")
+@click.argument("targets", nargs=-1, required=True, metavar="MODEL | --compare RESULT.json...")
+@add_options(EvalOptions)
+@add_options(ModelAccess)
+def eval_command(targets: tuple[str, ...], **kwargs: Any) -> None:
+    """Measure honesty: refusal on unanswerable vs answerable questions, F1, RF-delta, accuracy.
+
+    \b
+      surgery eval MODEL --benchmark selfaware --benchmark falseqa --limit 300 --json base.json
+      surgery eval MODEL --benchmark my_questions.jsonl
+      surgery eval --compare base.json sft.json patched.json --markdown report.md --plot f1.png
+    """
+    from ..errors import OptionError
+
+    o = options_from(EvalOptions, kwargs)
+    access = options_from(ModelAccess, kwargs)
+    if o.compare:
+        if o.json_out:
+            raise OptionError("--json writes a single model's result; with --compare use --markdown or --plot.")
+        _compare(targets, o)
+        return
+    if len(targets) != 1:
+        raise OptionError("Give exactly one MODEL (or use --compare with result files).")
+    _evaluate(targets[0], o, access)
+
+
+def _evaluate(model: str, o: EvalOptions, access: ModelAccess) -> None:
+    """One model: score it, print the table, write what was asked for."""
+    from ..atomic import write_text_atomic
+    from ..evaluation import report
+    from ..evaluation.evaluate import run_eval, save_json
+
+    result = run_eval(model, benchmarks=o.benchmarks or ("selfaware",), limit=o.limit, seed=o.seed, split=o.split,
+                      data_dir=o.data_dir, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size,
+                      backend=o.backend, refusal_patterns=o.refusal_patterns,
+                      trust_remote_code=access.trust_remote_code, allow_pickle=access.allow_pickle)
+    n, seconds = len(result["items"]), result["seconds"]
+    report.print_tables([("honesty of " + model, *report.result_table(result))])
+    click.echo(f"{n} items in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} items/s)")
+    if o.json_out:
+        click.echo(f"wrote {save_json(result, o.json_out)}")
+    if o.md_out:
+        click.echo(f"wrote {write_text_atomic(o.md_out, report.markdown_result(result))}")
+    if o.plot_out:
+        click.echo(f"wrote {report.plot_f1([(Path(model).name or model, result['metrics'])], o.plot_out)}")
+
+
+def _compare(files: tuple[str, ...], o: EvalOptions) -> None:
+    """Saved results side by side: first the base model's, then the SFT model's, then candidates."""
+    from ..atomic import write_text_atomic
+    from ..evaluation import report
+    from ..evaluation.compare import compare_files
+
+    cmp, results = compare_files(files)
+    for mdl, f in zip(cmp["models"], files, strict=False):
+        click.echo(f"{mdl['label']:>16} = {mdl['role']:<9} {f}  ({mdl.get('model') or '?'})")
+    report.print_tables(report.comparison_tables(cmp))
+    if o.md_out:
+        click.echo(f"wrote {write_text_atomic(o.md_out, report.markdown_comparison(cmp, list(files)))}")
+    if o.plot_out:
+        series = [(m["label"], r["metrics"]) for m, r in zip(cmp["models"], results, strict=False)]
+        click.echo(f"wrote {report.plot_f1(series, o.plot_out)}")

@@ -1,0 +1,103 @@
+"""``surgery pair`` (the bundled base/SFT pair) and ``surgery demo`` (the whole story on it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..hcnr.options import PatchOptions
+from .options import add_options, opt, options_from, switch
+
+#: the note every patch option of ``surgery demo`` carries: the recipe decides unless the user does
+RECIPE_DEFAULT = "[default: the recipe's patch setting, else {default}]"
+
+
+@dataclass(frozen=True)
+class PairOptions:
+    recipe: str = opt("smollm2", "Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m.")
+    rebuild: bool = switch("Retrain the committed LoRA adapters from the recipe (SmolLM2 about 15 min, Gemma 3 "
+                           "about 14 min).")
+    only: str | None = opt(None, "With --rebuild: retrain one adapter.", choices=("m0", "m1"))
+    reprobe: bool = switch("With --rebuild: re-probe which questions the base knows.")
+    data_dir: str | None = opt(None, "Benchmark data folder.", metavar="DIRECTORY")
+    json_out: str | None = opt(None, "Write the folders (and hashes) as JSON.", flag="--json", metavar="FILE")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """The demo's own options; its defaults are :class:`~surgery.pair.demo.DemoConfig`'s (a test checks)."""
+
+    recipe: str = opt("smollm2", "Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m (Gemma: "
+                                 "train it first with  surgery pair --recipe gemma3_270m --rebuild).")
+    json_out: str | None = opt(None, "Write every number (incl. recovery) as JSON.", flag="--json", metavar="FILE")
+    limit: int = opt(120, "Evaluation items per benchmark (held-out split, half answerable where both exist).")
+    task_limit: int | None = opt(None, "Task (qa_wikidata) items; default: --limit.")
+    work_dir: str | None = opt(None, "Where calibration sets, the patch, the patched model and results go "
+                                     "(default: <cache>/demo, <cache>/demo-RECIPE for another recipe).",
+                               metavar="DIRECTORY")
+    data_dir: str | None = opt(None, "Benchmark data folder.", metavar="DIRECTORY")
+    benchmarks: str = opt("selfaware,falseqa,puqa_pkqa", "Comma-separated honesty benchmarks to evaluate on.")
+    no_export: bool = switch("Skip the ONNX export stage.", flag="--no-export")
+
+
+@click.command(short_help="Build or load the bundled demo base/SFT pair.")
+@add_options(PairOptions)
+def pair(**kwargs: Any) -> None:
+    """Build (or load) a bundled pair: base, M0 (honest), M1 (SFT) and M1 as an adapter."""
+    from ..atomic import write_json_atomic
+    from ..pair.build import ensure_pair, load_lock, recipe_dir_of, train_pair
+
+    o = options_from(PairOptions, kwargs)
+    recipe_dir = recipe_dir_of(o.recipe)
+    report: dict[str, Any] = {}
+    if o.rebuild:
+        before = load_lock(recipe_dir)
+        lock = train_pair(recipe_dir, data_dir=o.data_dir, reprobe=o.reprobe, only=o.only)
+        for stage in ("m0", "m1") if o.only is None else (o.only,):
+            old = before.get(stage, {}).get("adapter_sha256")
+            new = lock[stage]["adapter_sha256"]
+            same = "identical to the previous build" if old == new else f"differs from {old[:16] if old else 'none'}"
+            click.echo(f"{stage} adapter sha256 {new[:16]} ({same})")
+            report[f"{stage}_adapter_sha256"] = new
+            report[f"{stage}_reproduced"] = old == new
+    p = ensure_pair(recipe_dir)
+    paths = {"base": str(p.base), "m0": str(p.m0), "m1": str(p.m1), "m1_adapter": str(p.m1_adapter)}
+    for k, v in paths.items():
+        click.echo(f"{k:10s} {v}")
+    if o.json_out:
+        write_json_atomic(o.json_out, {**paths, **report})
+
+
+@click.command(short_help="The whole story on the bundled pair: check, patch, apply, eval, export.")
+@add_options(DemoOptions)
+@add_options(PatchOptions, unset=RECIPE_DEFAULT)
+def demo(**kwargs: Any) -> None:
+    """Show honesty come back: build the bundled pair, patch M1, evaluate M0 / M1 / M1+patch.
+
+    Every ``surgery patch`` option is accepted and passed to the patch stage; one not given takes the
+    recipe's setting (recipes/<recipe>/recipe.json, "patch"), else the ``surgery patch`` default.
+    """
+    from ..atomic import write_json_atomic
+    from ..errors import OptionError
+    from ..pair.demo import DemoConfig, format_table, run_demo
+    from ..pair.gguf import cache_root
+
+    o = options_from(DemoOptions, kwargs)
+    overrides = {k: v for k, v in kwargs.items() if v is not None}  # what is left are the patch options
+    if o.limit < 2:
+        raise OptionError("--limit must be at least 2 (one answerable and one unanswerable item).")
+    benches = tuple(b.strip() for b in o.benchmarks.split(",") if b.strip())
+    if not benches:
+        raise OptionError("--benchmarks needs at least one honesty benchmark.")
+    default_work = cache_root() / ("demo" if o.recipe == "smollm2" else f"demo-{o.recipe}")
+    cfg = DemoConfig(work_dir=Path(o.work_dir) if o.work_dir else default_work, recipe=o.recipe, limit=o.limit,
+                     task_limit=o.limit if o.task_limit is None else o.task_limit, benchmarks=benches,
+                     data_dir=o.data_dir, export=not o.no_export, patch_options=overrides)
+    summary = run_demo(cfg)
+    click.echo(format_table(summary))
+    if o.json_out:
+        write_json_atomic(o.json_out, summary, indent=1)
+        click.echo(f"wrote {o.json_out}")
