@@ -57,8 +57,9 @@ class LazyGroup(click.Group):
             if not exc.name or exc.name.split(".")[0] == "surgery":
                 raise
             missing = exc.name
-            return click.Command(name, help=f"(unavailable: needs the '{missing}' package)",
-                                 callback=lambda: _missing(name, missing))
+            return click.Command(
+                name, help=f"(unavailable: needs the '{missing}' package)", callback=lambda: _missing(name, missing)
+            )
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -70,8 +71,7 @@ class LazyGroup(click.Group):
 
 def _missing(command: str, package: str) -> NoReturn:
     extra = "onnx" if package.split(".")[0] in _ONNX_EXTRA else "dev"
-    raise MissingExtraError(
-        f"'surgery {command}' needs {package}: install it with  pip install 'surgery[{extra}]'.")
+    raise MissingExtraError(f"'surgery {command}' needs {package}: install it with  pip install 'surgery[{extra}]'.")
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
@@ -93,8 +93,13 @@ def setup_logging(verbose: int, quiet: bool) -> None:
 @click.version_option(__version__, prog_name="surgery")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings, errors and results; no progress bars.")
-@click.option("--threads", type=int, default=None, envvar="SURGERY_THREADS",
-              help="Torch CPU threads (default: all cores, at most 8).")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    envvar="SURGERY_THREADS",
+    help="Torch CPU threads (default: all cores, at most 8).",
+)
 def main(verbose: int, quiet: bool, threads: int | None) -> None:
     """Give a fine-tuned LLM back its "I don't know": honesty patches with HCNR."""
     setup_logging(verbose, quiet)

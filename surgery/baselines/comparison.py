@@ -34,7 +34,7 @@ from ..evaluation.runner import HFGenerator
 from ..hcnr.calibration_sets import write_calibration
 from ..jsonl import jsonl_text
 from ..modelio import file_sha256, load_model, load_tokenizer, locate
-from ..progress import progress
+from ..progress import progress, quiet
 from .dpo import fabricated_answers, preference_pairs
 from .methods import Inputs, Method, changed_parameters, parse_method, slug
 from .rait import read_examples, relabelled_pool
@@ -209,6 +209,8 @@ def run_worker(job: dict, job_file: Path) -> dict:
     write_json_atomic(job_file, job, indent=1, default=str)
     env = dict(os.environ)  # the worker imports what this process imports: same search path, no guessed root
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    if quiet():  # `surgery -q bench`: the workers stay quiet too
+        env["SURGERY_QUIET"] = "1"
     log_path = job_file.with_suffix(".log")
     with open(log_path, "w") as logf:
         proc = subprocess.run(

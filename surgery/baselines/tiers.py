@@ -14,7 +14,7 @@ inputs, so tiers can be added one after the other (list every tier the table sho
 - ``budgets``: LoRA-RAIT at HCNR's own data (256) and wall time, HCNR at 32/64 calibration examples,
   more interpolation weights, DPO and full-fine-tune RAIT at 480;
 - ``recipe``: the SmolLM2 recipe's patch (``compensation=protect,r_iw=0.125,r_cw=0.8``) and the same
-  compensation at METHOD.md's size (0.5 x 0.4) against the pair, HCNR's defaults, restore-only, random
+  compensation at the paper's size (0.5 x 0.4) against the pair, HCNR's defaults, restore-only, random
   columns (3 seeds), the compact patch, interpolation, LoRA-RAIT at HCNR's data (256) and wall time
   (200 s) and at 64/160/480 examples, and DPO at 480 (the README's table);
 - ``paper``: LoRA-RAIT at the paper's 5000 examples (about half an hour on 2 cores);

@@ -1,4 +1,4 @@
-"""The HCNR ablation grid: every open knob of METHOD.md as a named :class:`PatchOptions`.
+"""The HCNR ablation grid: every open knob of the method (docs/method.md) as a named :class:`PatchOptions`.
 
 Names are stable (they label rows of the comparison table). Each variant changes one thing relative to
 the defaults, except the R_IW × R_CW grid, which moves the patch size.

@@ -8,16 +8,17 @@ from typing import Any
 
 import click
 
+from ..baselines.tiers import DEFAULT_TIER, TIERS
 from .options import add_options, opt, options_from, required, switch
 
-#: what ``surgery bench`` runs when no --method is given (the matched-budget comparison)
-DEFAULT_METHODS = (
-    "base", "sft", "hcnr", "hcnr:hessian-hon", "hcnr:restore-only", "hcnr:random-s0", "hcnr:compact",
-    "rait-lora:160", "rait-lora:480", "interp:0.5",
+_METHOD_HELP = (
+    "KIND[:ARG], repeatable: base, sft, hcnr[:VARIANT|k=v,...], rait-lora:N, rait-lora:s=SECONDS, "
+    "rait-full:N, dpo:N, dpo-full:N, interp:ALPHA.  [default: the '"
+    + DEFAULT_TIER
+    + "' tier: "
+    + ", ".join(TIERS[DEFAULT_TIER])
+    + "]"
 )
-
-_METHOD_HELP = ("KIND[:ARG], repeatable: base, sft, hcnr[:VARIANT|k=v,...], rait-lora:N, rait-lora:s=SECONDS, "
-                "rait-full:N, dpo:N, dpo-full:N, interp:ALPHA.  [default: " + ", ".join(DEFAULT_METHODS) + "]")
 
 
 @dataclass(frozen=True)
@@ -25,20 +26,33 @@ class BenchOptions:
     base: str = required("The model before fine-tuning (folder or cached hub id).")
     sft: str = required("The fine-tuned model (folder, cached hub id or PEFT adapter).")
     methods: tuple[str, ...] = opt((), _METHOD_HELP, flag="--method", short="-m", multiple=True)
-    benchmarks: tuple[str, ...] = opt(("selfaware",), "Honesty benchmark name or user JSONL, repeatable.",
-                                      flag="--benchmark", short="-b", multiple=True)
+    benchmarks: tuple[str, ...] = opt(
+        ("selfaware",),
+        "Honesty benchmark name or user JSONL, repeatable.",
+        flag="--benchmark",
+        short="-b",
+        multiple=True,
+    )
     limit: int = opt(300, "Items per honesty benchmark (balanced).")
     task_benchmarks: tuple[str, ...] = opt(
-        ("qa_wikidata",), "Task benchmark name or user JSONL (kind \"task\"), repeatable; 'none' for none.",
-        flag="--task-benchmark", short="-t", multiple=True)
+        ("qa_wikidata",),
+        "Task benchmark name or user JSONL (kind \"task\"), repeatable; 'none' for none.",
+        flag="--task-benchmark",
+        short="-t",
+        multiple=True,
+    )
     task_limit: int = opt(120, "Items per task benchmark.")
-    hon_data: Path | None = opt(None, "D_hon JSONL for HCNR [default: built from the data folder, probing the SFT "
-                                      "model].", metavar="FILE")
+    hon_data: Path | None = opt(
+        None, "D_hon JSONL for HCNR [default: built from the data folder, probing the SFT model].", metavar="FILE"
+    )
     task_data: Path | None = opt(None, "D_task JSONL for HCNR [default: built from the data folder].", metavar="FILE")
-    train_data: Path | None = opt(None, "RAIT/DPO prompt/response JSONL (IDK-relabelled) [default: built from the "
-                                        "train split].", metavar="FILE")
+    train_data: Path | None = opt(
+        None, "RAIT/DPO prompt/response JSONL (IDK-relabelled) [default: built from the train split].", metavar="FILE"
+    )
     probe: int = opt(400, "SelfAware train questions the SFT model is probed on to split known/unknown for RAIT.")
-    data_dir: str | None = opt(None, "Benchmark data folder (default: SURGERY_DATA_DIR or ../shared/data).")
+    data_dir: str | None = opt(
+        None, "Benchmark data folder (default: $SURGERY_DATA_DIR, else the samples bundled in the package)."
+    )
     reference: str = opt("hcnr", "Method every other one is compared with by a paired bootstrap.")
     max_new_tokens: int = opt(24, "")
     batch_size: int = opt(16, "Generation batch size.")
@@ -47,8 +61,12 @@ class BenchOptions:
     keep_models: bool = switch("Keep every method's model folder (they are large).")
     fresh: bool = switch("Recompute methods whose results already exist in --out.")
     report_only: bool = switch("Only summarise the methods that already have results in --out.")
-    out_dir: Path = required("Folder for bench.json, bench.md, pareto.png, budget.png and per-method results.",
-                             flag="--out", short="-o", metavar="DIRECTORY")
+    out_dir: Path = required(
+        "Folder for bench.json, bench.md, pareto.png, budget.png and per-method results.",
+        flag="--out",
+        short="-o",
+        metavar="DIRECTORY",
+    )
 
 
 @click.command("bench", short_help="Compare HCNR with RAIT, DPO, restore-only, random and interpolation.")
@@ -61,17 +79,33 @@ def bench(**kwargs: Any) -> None:
     """
     import torch
 
-    from ..baselines.bench import BenchConfig, run_bench
+    from ..baselines.comparison import ComparisonConfig, run_comparison
     from ..baselines.report import markdown
 
     o = options_from(BenchOptions, kwargs)
     tasks = () if o.task_benchmarks == ("none",) else o.task_benchmarks
-    cfg = BenchConfig(base=o.base, sft=o.sft, out_dir=o.out_dir, methods=o.methods or DEFAULT_METHODS,
-                      benchmarks=o.benchmarks, limit=o.limit, task_benchmarks=tasks, task_limit=o.task_limit,
-                      hon_data=o.hon_data, task_data=o.task_data, train_data=o.train_data, probe=o.probe,
-                      data_dir=o.data_dir, seed=o.seed, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size,
-                      threads=torch.get_num_threads(), n_boot=o.n_boot, reference=o.reference,
-                      keep_models=o.keep_models)
-    summary = run_bench(cfg, fresh=o.fresh, run_missing=not o.report_only)
+    cfg = ComparisonConfig(
+        base=o.base,
+        sft=o.sft,
+        out_dir=o.out_dir,
+        methods=o.methods or TIERS[DEFAULT_TIER],
+        benchmarks=o.benchmarks,
+        limit=o.limit,
+        task_benchmarks=tasks,
+        task_limit=o.task_limit,
+        hon_data=o.hon_data,
+        task_data=o.task_data,
+        train_data=o.train_data,
+        probe=o.probe,
+        data_dir=o.data_dir,
+        seed=o.seed,
+        max_new_tokens=o.max_new_tokens,
+        batch_size=o.batch_size,
+        threads=torch.get_num_threads(),
+        n_boot=o.n_boot,
+        reference=o.reference,
+        keep_models=o.keep_models,
+    )
+    summary = run_comparison(cfg, fresh=o.fresh, run_missing=not o.report_only)
     click.echo(markdown(summary), nl=False)
     click.echo(f"\nwrote {o.out_dir / 'bench.json'}, bench.md, pareto.png, budget.png")

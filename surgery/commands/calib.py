@@ -13,17 +13,23 @@ from .options import ModelAccess, add_options, opt, options_from, required
 
 @dataclass(frozen=True)
 class CalibOptions:
-    out_dir: str = required("Folder for d_hon.jsonl, d_task.jsonl and calibration.json.", short="-o",
-                            metavar="DIRECTORY")
-    model: str | None = opt(None, "Probe this model (folder, hub id in the cache, or PEFT adapter) so that D_hon's "
-                                  "answerable half starts with questions it answers correctly. Default: no probing, "
-                                  "PKQA answers only.")
-    data_dir: str | None = opt(None, "Benchmark data folder (default: $SURGERY_DATA_DIR, ../shared/data, bundled "
-                                     "samples).", metavar="DIRECTORY")
+    out_dir: str = required(
+        "Folder for d_hon.jsonl, d_task.jsonl and calibration.json.", short="-o", metavar="DIRECTORY"
+    )
+    model: str | None = opt(
+        None,
+        "Probe this model (folder, hub id in the cache, or PEFT adapter) so that D_hon's "
+        "answerable half starts with questions it answers correctly. Default: no probing, "
+        "PKQA answers only.",
+    )
+    data_dir: str | None = opt(
+        None, "Benchmark data folder (default: $SURGERY_DATA_DIR, else the bundled samples).", metavar="DIRECTORY"
+    )
     n_hon: int = opt(128, "Size of D_hon (half answerable, half 'I don't know').")
     n_task: int = opt(128, "Size of D_task.")
-    task_benchmarks: str = opt("nq_open,qa_wikidata", "Comma-separated task benchmarks that D_task is drawn from.",
-                               flag="--task")
+    task_benchmarks: str = opt(
+        "nq_open,qa_wikidata", "Comma-separated task benchmarks that D_task is drawn from.", flag="--task"
+    )
     probe: int = opt(192, "How many answerable questions to probe --model with.")
     seed: int = opt(0, "")
 
@@ -35,7 +41,7 @@ def calib(**kwargs: Any) -> None:
     """Build calibration sets D_hon and D_task (JSONL), disjoint from every evaluation item."""
     from ..errors import OptionError
     from ..evaluation.runner import make_generator
-    from ..pair.data import write_calibration
+    from ..hcnr.calibration_sets import write_calibration
 
     o = options_from(CalibOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
@@ -43,14 +49,27 @@ def calib(**kwargs: Any) -> None:
         raise OptionError("--n-hon must be at least 2 and --n-task at least 1.")
     generator = None
     if o.model:
-        generator = make_generator("torch", o.model, trust_remote_code=access.trust_remote_code,
-                                   allow_pickle=access.allow_pickle)
+        generator = make_generator(
+            "torch", o.model, trust_remote_code=access.trust_remote_code, allow_pickle=access.allow_pickle
+        )
     benches = tuple(b.strip() for b in o.task_benchmarks.split(",") if b.strip())
-    summary = write_calibration(Path(o.out_dir), generator=generator, data_dir=o.data_dir, n_hon=o.n_hon,
-                                n_task=o.n_task, seed=o.seed, probe=o.probe, task_benchmarks=benches,
-                                probe_model=o.model)
+    summary = write_calibration(
+        Path(o.out_dir),
+        generator=generator,
+        data_dir=o.data_dir,
+        n_hon=o.n_hon,
+        n_task=o.n_task,
+        seed=o.seed,
+        probe=o.probe,
+        task_benchmarks=benches,
+        probe_model=o.model,
+    )
     h, t = summary["honesty"], summary["task"]
-    click.echo(f"D_hon   {Path(o.out_dir) / h['file']}  {h['n']} examples ({h['n_idk']} 'I don't know', "
-               f"{h['n_known_probed']} probed as known)  sha256 {h['sha256'][:16]}")
-    click.echo(f"D_task  {Path(o.out_dir) / t['file']}  {t['n']} examples ({', '.join(t['benchmarks'])})  "
-               f"sha256 {t['sha256'][:16]}")
+    click.echo(
+        f"D_hon   {Path(o.out_dir) / h['file']}  {h['n']} examples ({h['n_idk']} 'I don't know', "
+        f"{h['n_known_probed']} probed as known)  sha256 {h['sha256'][:16]}"
+    )
+    click.echo(
+        f"D_task  {Path(o.out_dir) / t['file']}  {t['n']} examples ({', '.join(t['benchmarks'])})  "
+        f"sha256 {t['sha256'][:16]}"
+    )

@@ -101,18 +101,31 @@ def patch(sft: str, **kwargs: Any) -> None:
     io = options_from(PatchIO, kwargs)
     access = options_from(ModelAccess, kwargs)
     options = options_from(PatchOptions, kwargs)
-    report = make_patch(sft, io.base, io.honesty_data, io.task_data, io.output, options,
-                        trust_remote_code=access.trust_remote_code, allow_pickle=access.allow_pickle,
-                        device=io.device)
+    report = make_patch(
+        sft,
+        io.base,
+        io.honesty_data,
+        io.task_data,
+        io.output,
+        options,
+        trust_remote_code=access.trust_remote_code,
+        allow_pickle=access.allow_pickle,
+        device=io.device,
+    )
     write_text_atomic(io.output + ".command.txt", patch_command(sft, io, options))
     click.echo(f"wrote {io.output} ({report.patch_bytes / 1e6:.2f} MB)")
-    click.echo(f"  parameters changed  {fmt_params(report.parameters_changed)} "
-               f"({100 * report.share_of_linear:.1f}% of linear, {100 * report.share_of_model:.1f}% of model)")
+    click.echo(
+        f"  parameters changed  {fmt_params(report.parameters_changed)} "
+        f"({100 * report.share_of_linear:.1f}% of linear, {100 * report.share_of_model:.1f}% of model)"
+    )
     click.echo(f"  matrices touched    {report.matrices_touched} / {report.matrices_total}")
     if report.residual_ratio is not None:
         click.echo(f"  output drift left   {100 * report.residual_ratio:.1f}% of SFT's (calibration inputs)")
-    click.echo("  time  " + "  ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
-               + f"  | peak RSS {report.peak_rss_mb:.0f} MB")
+    click.echo(
+        "  time  "
+        + "  ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+        + f"  | peak RSS {report.peak_rss_mb:.0f} MB"
+    )
     if report.fallbacks:
         click.echo(f"  fallback to restore-only: {', '.join(report.fallbacks)}")
 
@@ -135,8 +148,10 @@ def inspect(patch_file: str, **kwargs: Any) -> None:
     click.echo(f"  tensors touched     {len(m.tensors)}")
     s = m.stats
     if s is not None:
-        click.echo(f"  parameters changed  {fmt_params(s.parameters_changed)} "
-                   f"({100 * s.share_of_linear:.1f}% of linear, {100 * s.share_of_model:.1f}% of model)")
+        click.echo(
+            f"  parameters changed  {fmt_params(s.parameters_changed)} "
+            f"({100 * s.share_of_linear:.1f}% of linear, {100 * s.share_of_model:.1f}% of model)"
+        )
         if s.fallbacks:
             click.echo(f"  fallbacks           {', '.join(s.fallbacks)}")
     click.echo("  options  " + " ".join(f"{k}={v}" for k, v in sorted(m.options.items())))
@@ -155,7 +170,13 @@ def apply(sft: str, patch_file: str, **kwargs: Any) -> None:
 
     o = options_from(ApplyOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
-    info = apply_patch(sft, Path(patch_file), Path(o.output), base=o.base,
-                       trust_remote_code=access.trust_remote_code, allow_pickle=access.allow_pickle,
-                       max_shard_bytes=int(o.max_shard_size * 1024**3))
+    info = apply_patch(
+        sft,
+        Path(patch_file),
+        Path(o.output),
+        base=o.base,
+        trust_remote_code=access.trust_remote_code,
+        allow_pickle=access.allow_pickle,
+        max_shard_bytes=int(o.max_shard_size * 1024**3),
+    )
     click.echo(f"wrote {o.output}: {info['tensors_patched']} tensors patched, fingerprints verified")

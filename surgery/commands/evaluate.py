@@ -19,24 +19,32 @@ _BENCHMARK_HELP = (
 @dataclass(frozen=True)
 class EvalOptions:
     compare: bool = switch("Compare saved --json results instead: first = base, second = SFT, the rest = candidates.")
-    benchmarks: tuple[str, ...] = opt((), _BENCHMARK_HELP, flag="--benchmark", short="-b", multiple=True,
-                                      metavar="NAME|FILE.jsonl")
+    benchmarks: tuple[str, ...] = opt(
+        (), _BENCHMARK_HELP, flag="--benchmark", short="-b", multiple=True, metavar="NAME|FILE.jsonl"
+    )
     limit: int | None = opt(None, "At most N items per benchmark, half answerable and half not where both exist.")
     seed: int = opt(0, "Seed of the --limit sample.")
-    split: str = opt("eval", "Which part of each built-in benchmark (train is for calibration/training data).",
-                     choices=("eval", "train", "all"))
+    split: str = opt(
+        "eval",
+        "Which part of each built-in benchmark (train is for calibration/training data).",
+        choices=("eval", "train", "all"),
+    )
     data_dir: str | None = opt(
-        None, "Folder with the benchmark data [default: $SURGERY_DATA_DIR, ../shared/data, bundled samples].",
-        metavar="DIRECTORY")
+        None,
+        "Folder with the benchmark data [default: $SURGERY_DATA_DIR, else the bundled samples].",
+        metavar="DIRECTORY",
+    )
     max_new_tokens: int = opt(32, "")
     batch_size: int = opt(16, "")
     backend: str = opt("torch", "", choices=("torch", "onnx"))
-    json_out: str | None = opt(None, "Write every item's prompt, response and judgements plus the metrics.",
-                               flag="--json", metavar="FILE")
+    json_out: str | None = opt(
+        None, "Write every item's prompt, response and judgements plus the metrics.", flag="--json", metavar="FILE"
+    )
     md_out: str | None = opt(None, "Write a Markdown report.", flag="--markdown", metavar="FILE")
     plot_out: str | None = opt(None, "Write a PNG chart of honesty F1 per benchmark.", flag="--plot", metavar="FILE")
-    refusal_patterns: str | None = opt(None, "File of refusal regexes (one a line) replacing the documented defaults.",
-                                       metavar="FILE")
+    refusal_patterns: str | None = opt(
+        None, "File of refusal regexes (one a line) replacing the documented defaults.", metavar="FILE"
+    )
 
 
 @click.command("eval", short_help="Honesty evaluation: answer when you know, say so when you don't.")
@@ -71,10 +79,20 @@ def _evaluate(model: str, o: EvalOptions, access: ModelAccess) -> None:
     from ..evaluation import report
     from ..evaluation.evaluate import run_eval, save_json
 
-    result = run_eval(model, benchmarks=o.benchmarks or ("selfaware",), limit=o.limit, seed=o.seed, split=o.split,
-                      data_dir=o.data_dir, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size,
-                      backend=o.backend, refusal_patterns=o.refusal_patterns,
-                      trust_remote_code=access.trust_remote_code, allow_pickle=access.allow_pickle)
+    result = run_eval(
+        model,
+        benchmarks=o.benchmarks or ("selfaware",),
+        limit=o.limit,
+        seed=o.seed,
+        split=o.split,
+        data_dir=o.data_dir,
+        max_new_tokens=o.max_new_tokens,
+        batch_size=o.batch_size,
+        backend=o.backend,
+        refusal_patterns=o.refusal_patterns,
+        trust_remote_code=access.trust_remote_code,
+        allow_pickle=access.allow_pickle,
+    )
     n, seconds = len(result["items"]), result["seconds"]
     report.print_tables([("honesty of " + model, *report.result_table(result))])
     click.echo(f"{n} items in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} items/s)")

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ..export.options import ExportOptions
-from .options import add_options, options_from
+from .options import ModelAccess, add_options, options_from
 
 
 def _help(name: str) -> str:
@@ -24,18 +24,14 @@ def _help(name: str) -> str:
 
 
 def _export_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The ExportOptions knobs, the tri-state greedy flag pair, and the model-loading flags."""
+    """The ExportOptions knobs, the tri-state greedy flag pair, and the shared model-access switches."""
     for option in reversed(
         [
             click.option("--same-greedy/--any-greedy", "same_greedy", default=None, help=_help("same_greedy")),
-            click.option(
-                "--trust-remote-code", is_flag=True, help="Allow custom modelling code from the model folder."
-            ),
-            click.option("--allow-pickle", is_flag=True, help="Accept pickle weight files (can run arbitrary code)."),
         ]
     ):
         fn = option(fn)
-    return add_options(ExportOptions)(fn)
+    return add_options(ExportOptions)(add_options(ModelAccess)(fn))
 
 
 def _print_record(out: Path, record: dict) -> None:
@@ -56,7 +52,7 @@ def _print_verify(report: dict, folder: Path) -> None:
     click.echo(f"verification {'passed' if report['passed'] else 'FAILED'}: {folder / 'verify.json'}")
 
 
-@click.command("export")
+@click.command("export", short_help="Export a model to ONNX through Optimum (optionally int8), verified.")
 @click.argument("model")
 @click.option(
     "-o",
@@ -105,7 +101,7 @@ def export(
     _print_record(out, record)
 
 
-@click.command("deploy")
+@click.command("deploy", short_help="Apply a patch, export to ONNX and verify, in one step.")
 @click.argument("sft")
 @click.argument("patch", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(

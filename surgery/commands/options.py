@@ -22,8 +22,7 @@ import click
 
 from ..options import flag_of, opt
 
-__all__ = ["ModelAccess", "add_options", "flag_of", "opt", "options_from", "reproducible_command", "required",
-           "switch"]
+__all__ = ["ModelAccess", "add_options", "flag_of", "opt", "options_from", "reproducible_command", "required", "switch"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -110,8 +109,12 @@ def _option_for(f: Field[Any], annotation: Any, unset: str | None = None) -> Cal
     if annotation is bool or annotation == "bool":
         decls = [f"{long}/--no-{long[2:]}", f.name]
         return click.option(*decls, default=default, **kwargs)
-    kwargs.update(type=_click_type(annotation, meta.get("choices")), default=default,
-                  multiple=bool(meta.get("multiple")), metavar=meta.get("metavar"))
+    kwargs.update(
+        type=_click_type(annotation, meta.get("choices")),
+        default=default,
+        multiple=bool(meta.get("multiple")),
+        metavar=meta.get("metavar"),
+    )
     if meta.get("required"):
         del kwargs["default"]  # click (8.3+) counts an explicit default=None as a value and stops asking
     option = click.option(*names, f.name, **kwargs)
@@ -122,8 +125,13 @@ def _option_for(f: Field[Any], annotation: Any, unset: str | None = None) -> Cal
     def with_aliases(fn: F) -> F:
         fn = option(fn)
         for alias in aliases:  # old spellings: same destination, hidden from --help
-            fn = click.option(alias, f.name, hidden=True, expose_value=True, **{
-                k: v for k, v in kwargs.items() if k in ("type", "multiple")})(fn)
+            fn = click.option(
+                alias,
+                f.name,
+                hidden=True,
+                expose_value=True,
+                **{k: v for k, v in kwargs.items() if k in ("type", "multiple")},
+            )(fn)
         return fn
 
     return with_aliases

@@ -18,8 +18,9 @@ RECIPE_DEFAULT = "[default: the recipe's patch setting, else {default}]"
 @dataclass(frozen=True)
 class PairOptions:
     recipe: str = opt("smollm2", "Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m.")
-    rebuild: bool = switch("Retrain the committed LoRA adapters from the recipe (SmolLM2 about 15 min, Gemma 3 "
-                           "about 14 min).")
+    rebuild: bool = switch(
+        "Retrain the committed LoRA adapters from the recipe (SmolLM2 about 15 min, Gemma 3 about 14 min)."
+    )
     only: str | None = opt(None, "With --rebuild: retrain one adapter.", choices=("m0", "m1"))
     reprobe: bool = switch("With --rebuild: re-probe which questions the base knows.")
     data_dir: str | None = opt(None, "Benchmark data folder.", metavar="DIRECTORY")
@@ -30,14 +31,20 @@ class PairOptions:
 class DemoOptions:
     """The demo's own options; its defaults are :class:`~surgery.pair.demo.DemoConfig`'s (a test checks)."""
 
-    recipe: str = opt("smollm2", "Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m (Gemma: "
-                                 "train it first with  surgery pair --recipe gemma3_270m --rebuild).")
+    recipe: str = opt(
+        "smollm2",
+        "Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m (Gemma: "
+        "train it first with  surgery pair --recipe gemma3_270m --rebuild).",
+    )
     json_out: str | None = opt(None, "Write every number (incl. recovery) as JSON.", flag="--json", metavar="FILE")
     limit: int = opt(120, "Evaluation items per benchmark (held-out split, half answerable where both exist).")
     task_limit: int | None = opt(None, "Task (qa_wikidata) items; default: --limit.")
-    work_dir: str | None = opt(None, "Where calibration sets, the patch, the patched model and results go "
-                                     "(default: <cache>/demo, <cache>/demo-RECIPE for another recipe).",
-                               metavar="DIRECTORY")
+    work_dir: str | None = opt(
+        None,
+        "Where calibration sets, the patch, the patched model and results go "
+        "(default: <cache>/demo, <cache>/demo-RECIPE for another recipe).",
+        metavar="DIRECTORY",
+    )
     data_dir: str | None = opt(None, "Benchmark data folder.", metavar="DIRECTORY")
     benchmarks: str = opt("selfaware,falseqa,puqa_pkqa", "Comma-separated honesty benchmarks to evaluate on.")
     no_export: bool = switch("Skip the ONNX export stage.", flag="--no-export")
@@ -93,9 +100,16 @@ def demo(**kwargs: Any) -> None:
     if not benches:
         raise OptionError("--benchmarks needs at least one honesty benchmark.")
     default_work = cache_root() / ("demo" if o.recipe == "smollm2" else f"demo-{o.recipe}")
-    cfg = DemoConfig(work_dir=Path(o.work_dir) if o.work_dir else default_work, recipe=o.recipe, limit=o.limit,
-                     task_limit=o.limit if o.task_limit is None else o.task_limit, benchmarks=benches,
-                     data_dir=o.data_dir, export=not o.no_export, patch_options=overrides)
+    cfg = DemoConfig(
+        work_dir=Path(o.work_dir) if o.work_dir else default_work,
+        recipe=o.recipe,
+        limit=o.limit,
+        task_limit=o.limit if o.task_limit is None else o.task_limit,
+        benchmarks=benches,
+        data_dir=o.data_dir,
+        export=not o.no_export,
+        patch_options=overrides,
+    )
     summary = run_demo(cfg)
     click.echo(format_table(summary))
     if o.json_out:

@@ -17,17 +17,23 @@ class ProbeOptions:
     benchmark: str = opt("selfaware", "Built-in benchmark name or a JSONL file of {question, answerable} items.")
     limit: int = opt(400, "Items to use, balanced between answerable and unanswerable.")
     seed: int = opt(0, "Seed for sampling, split and probes.")
-    data_dir: str | None = opt(None, "Benchmark data folder (default: $SURGERY_DATA_DIR, ../shared/data, bundled "
-                                     "samples).", metavar="DIRECTORY")
-    split: str = opt("eval", "Benchmark split; 'eval' keeps items that alignment/SFT/calibration data never use.",
-                     choices=("eval", "train", "all"))
+    data_dir: str | None = opt(
+        None, "Benchmark data folder (default: $SURGERY_DATA_DIR, else the bundled samples).", metavar="DIRECTORY"
+    )
+    split: str = opt(
+        "eval",
+        "Benchmark split; 'eval' keeps items that alignment/SFT/calibration data never use.",
+        choices=("eval", "train", "all"),
+    )
     test_fraction: float = opt(0.3, "Share of the items held out to score the probes.")
     c: float = opt(1.0, "Inverse L2 strength of the logistic regression.", flag="--probe-c")
     batch_size: int = opt(16, "")
     padding_side: str = opt("right", "", choices=("right", "left"))
     max_length: int = opt(1024, "Longer prompts keep their last tokens.")
-    no_shared_prefix: bool = switch("Run every prompt whole instead of reusing the cache of the template prefix "
-                                    "they share.", flag="--no-shared-prefix")
+    no_shared_prefix: bool = switch(
+        "Run every prompt whole instead of reusing the cache of the template prefix they share.",
+        flag="--no-shared-prefix",
+    )
     json_path: str | None = opt(None, "Write the record here.", flag="--json", metavar="FILE")
     plot_path: str | None = opt(None, "Write a PNG of the three AUROC curves here.", flag="--plot", metavar="FILE")
 
@@ -51,10 +57,23 @@ def probe(sft: str, **kwargs: Any) -> None:
     o = options_from(ProbeOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
     record: dict[str, Any] = {"command": command_line()}
-    record |= run_probe(sft, o.base, benchmark=o.benchmark, limit=o.limit, seed=o.seed, data_dir=o.data_dir,
-                        split=o.split, test_fraction=o.test_fraction, c=o.c, batch_size=o.batch_size,
-                        padding_side=o.padding_side, max_length=o.max_length, share_prefix=not o.no_shared_prefix,
-                        trust_remote_code=access.trust_remote_code, allow_pickle=access.allow_pickle)
+    record |= run_probe(
+        sft,
+        o.base,
+        benchmark=o.benchmark,
+        limit=o.limit,
+        seed=o.seed,
+        data_dir=o.data_dir,
+        split=o.split,
+        test_fraction=o.test_fraction,
+        c=o.c,
+        batch_size=o.batch_size,
+        padding_side=o.padding_side,
+        max_length=o.max_length,
+        share_prefix=not o.no_shared_prefix,
+        trust_remote_code=access.trust_remote_code,
+        allow_pickle=access.allow_pickle,
+    )
     curves = curves_from_record(record)
     click.echo(format_table(curves))
     click.echo(f"time: {record['seconds']['total']:.1f} s")

@@ -77,16 +77,19 @@ def compare(results: Sequence[dict], labels: Sequence[str]) -> dict:
                 )
             per[b] = m
         avg = dict(res["metrics"]["average"])
-        avg["recovery"] = M.recovery(avg.get("honesty_f1"), sft["average"].get("honesty_f1"),
-                                     base["average"].get("honesty_f1"))
-        models.append({
-            "label": label,
-            "role": role_of(i),
-            "model": res.get("model"),
-            "per_benchmark": per,
-            "average": avg,
-            "knowledge": knowledge_view(results[0]["items"], res["items"]),
-        })
+        avg["recovery"] = M.recovery(
+            avg.get("honesty_f1"), sft["average"].get("honesty_f1"), base["average"].get("honesty_f1")
+        )
+        models.append(
+            {
+                "label": label,
+                "role": role_of(i),
+                "model": res.get("model"),
+                "per_benchmark": per,
+                "average": avg,
+                "knowledge": knowledge_view(results[0]["items"], res["items"]),
+            }
+        )
     return {"benchmarks": benches, "models": models}
 
 

@@ -35,17 +35,19 @@ def score_items(items: Sequence[Item], responses: Sequence[str], matcher: Refusa
     records = []
     for it, resp in zip(items, responses, strict=True):
         refused = matcher.is_refusal(resp)
-        records.append({
-            "id": it.id,
-            "benchmark": it.benchmark,
-            "kind": it.kind,
-            "prompt": it.question,
-            "answerable": it.answerable,
-            "answers": list(it.answers),
-            "response": resp,
-            "refused": refused,
-            "correct": bool(it.answerable and not refused and is_correct(resp, it.answers)),
-        })
+        records.append(
+            {
+                "id": it.id,
+                "benchmark": it.benchmark,
+                "kind": it.kind,
+                "prompt": it.question,
+                "answerable": it.answerable,
+                "answers": list(it.answers),
+                "response": resp,
+                "refused": refused,
+                "correct": bool(it.answerable and not refused and is_correct(resp, it.answers)),
+            }
+        )
     return records
 
 
@@ -91,8 +93,9 @@ def summarize(records: Sequence[dict]) -> dict:
     return {"per_benchmark": per, "average": average}
 
 
-def evaluate(generator: Generator, items: Sequence[Item], *, max_new_tokens: int = 32,
-             matcher: RefusalMatcher | None = None) -> dict:
+def evaluate(
+    generator: Generator, items: Sequence[Item], *, max_new_tokens: int = 32, matcher: RefusalMatcher | None = None
+) -> dict:
     """Generate greedy answers for every item and score them: ``{"generator", "items", "metrics"}``."""
     if not items:
         raise SurgeryError("There are no items to evaluate.")
@@ -139,9 +142,16 @@ def run_eval(
         "model": model,
         "command": command_line(),
         "options": {
-            "benchmarks": list(benchmarks), "limit": limit, "seed": seed, "split": split, "data_dir": data_dir,
-            "max_new_tokens": max_new_tokens, "batch_size": batch_size, "backend": backend,
-            "refusal_patterns": list(matcher.patterns), "refusal_answer_follows": matcher.answer_follows,
+            "benchmarks": list(benchmarks),
+            "limit": limit,
+            "seed": seed,
+            "split": split,
+            "data_dir": data_dir,
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+            "backend": backend,
+            "refusal_patterns": list(matcher.patterns),
+            "refusal_answer_follows": matcher.answer_follows,
         },
         "seconds": round(seconds, 2),
         "items_per_second": round(len(items) / seconds, 3) if seconds > 0 else None,

@@ -1,4 +1,4 @@
-"""The honesty metrics of METHOD.md as pure functions over per-item flags.
+"""The honesty metrics of docs/method.md as pure functions over per-item flags.
 
 Conventions: rates and F1 are fractions in [0, 1]; a metric that is undefined on the given items
 (no unanswerable items for F1, an empty group for a rate) is ``None``, never NaN, so results stay

@@ -20,7 +20,7 @@ Answers that merely contain "not" ("It is not red") are not refusals. Users can 
 with ``--refusal-patterns FILE``: one regex a line, ``#`` comments; a line ``continuation: REGEX``
 replaces :data:`ANSWER_FOLLOWS` and ``continuation: none`` turns that rule off.
 Precision and recall on 688 hand-labelled real SmolLM2-135M-Instruct responses
-(``tests/fixtures/refusal_labels.jsonl``) are checked in ``tests/test_eval_refusal.py``.
+(``tests/fixtures/refusal_labels.jsonl``) are checked in ``tests/evaluation/test_eval_refusal.py``.
 """
 
 from __future__ import annotations

@@ -88,8 +88,9 @@ def comparison_tables(cmp: dict) -> list[tuple[str, list[str], list[list[str]]]]
             if not m:
                 continue
             if m.get("kind") == "task":
-                rows.append([mdl["label"], mdl["role"]] + [fmt(k, m.get(k)) if k in ("n", "accuracy") else ""
-                                                            for k, _ in cols])
+                rows.append(
+                    [mdl["label"], mdl["role"]] + [fmt(k, m.get(k)) if k in ("n", "accuracy") else "" for k, _ in cols]
+                )
             else:
                 rows.append([mdl["label"], mdl["role"]] + [fmt(k, m.get(k)) for k, _ in cols])
         title = "average over honesty benchmarks" if bench == "average" else bench
@@ -140,8 +141,7 @@ def markdown_result(result: dict) -> str:
     parts = [
         f"# Honesty evaluation: {result.get('model', '?')}",
         "",
-        f"Back-end `{result.get('generator', '?')}`; options: "
-        + ", ".join(f"{k}={v}" for k, v in opts.items()),
+        f"Back-end `{result.get('generator', '?')}`; options: " + ", ".join(f"{k}={v}" for k, v in opts.items()),
         "",
         _md_table(headers, rows),
         "",
@@ -201,8 +201,13 @@ def plot_f1(per_model: Sequence[tuple[str, dict]], path: str | os.PathLike) -> P
         bars = ax.bar(xs, ys, width=width, label=label)
         for b, v in zip(bars, vals, strict=False):
             if v is not None:
-                ax.annotate(f"{100 * v:.0f}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                            ha="center", va="bottom", fontsize=7)
+                ax.annotate(
+                    f"{100 * v:.0f}",
+                    (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
     ax.set_xticks(range(len(benches)), benches)
     ax.set_ylabel("honesty F1 (%)")
     ax.set_ylim(0, 105)

@@ -30,7 +30,7 @@ def accumulate_hessian(x: torch.Tensor, acc: torch.Tensor) -> int:
 
 
 def finalize_hessian(acc: torch.Tensor, n_tokens: int) -> torch.Tensor:
-    """The METHOD.md normalisation H = (2/N) Σ x xᵀ."""
+    """The method's normalisation (docs/method.md) H = (2/N) Σ x xᵀ."""
     return acc * (2.0 / max(1, n_tokens))
 
 

@@ -1,5 +1,5 @@
 """Every knob of HCNR in one frozen options object: the single source of truth for CLI, library and
-patch manifest. Defaults are METHOD.md's; each field's help text says what it changes.
+patch manifest. Defaults are the paper's (docs/method.md); each field's help text says what it changes.
 
 The fields are declared with :func:`surgery.options.opt`; the CLI turns them into click options with
 ``surgery.commands.options.add_options(PatchOptions)``, so this module knows nothing of click.
@@ -34,7 +34,7 @@ class PatchOptions:
     epsilon: float = opt(1e-10, "Epsilon inside the log of the KL-like priority.")
     compensation: str = opt(
         "exact",
-        "Hessian compensation of the restored neurons: exact (METHOD.md), summed (paper form), none "
+        "Hessian compensation of the restored neurons: exact (the paper's, docs/method.md), summed (paper form), none "
         "(restore only), or protect (match the base on honesty inputs and the SFT model on task inputs).",
         choices=("exact", "summed", "none", "protect"),
     )

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporters.onnx_export import export_model
-
 from ..apply import apply_patch
 from ..atomic import write_json_atomic
 from ..check import check_pair
@@ -25,12 +23,13 @@ from ..evaluation.benchmarks import Item, load_items
 from ..evaluation.evaluate import evaluate, save_json
 from ..evaluation.metrics import recovery
 from ..evaluation.runner import HFGenerator
+from ..export.pipeline import export_model
+from ..hcnr.calibration_sets import write_calibration
 from ..hcnr.options import PatchOptions
 from ..hcnr.pipeline import make_patch
 from ..modelio import load_model, load_tokenizer, locate
 from ..progress import StageTimer
 from .build import ensure_pair, load_recipe, recipe_dir_of
-from .data import write_calibration
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +79,21 @@ def _export(patched: Path, out: Path) -> dict:
     try:
         importlib.import_module("optimum.onnxruntime")
     except ImportError as exc:
-        return {"status": "skipped", "reason": f"optimum.onnxruntime cannot be imported ({exc.name}); "
-                                               "pip install 'surgery[onnx]'"}
+        return {
+            "status": "skipped",
+            "reason": f"optimum.onnxruntime cannot be imported ({exc.name}); pip install 'surgery[onnx]'",
+        }
     if out.exists():
         shutil.rmtree(out)
     record = export_model(str(patched), out)
     verify = record.get("verify") or {}
-    return {"status": "ok", "path": str(out), "bytes": record.get("bytes"), "seconds": record.get("seconds"),
-            "verified": verify.get("passed")}
+    return {
+        "status": "ok",
+        "path": str(out),
+        "bytes": record.get("bytes"),
+        "seconds": record.get("seconds"),
+        "verified": verify.get("passed"),
+    }
 
 
 #: below this F1 loss (M0 − M1) a benchmark's recovery ratio is noise over a tiny denominator
@@ -144,8 +150,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     options = PatchOptions().replace(**{**recipe.get("patch", {}), **cfg.patch_options})
     patch_file = work / "m1.hcnr.safetensors"
     with timer.stage("patch"):
-        patch_report = make_patch(sft, base, work / "calib" / "d_hon.jsonl", work / "calib" / "d_task.jsonl",
-                                  patch_file, options)
+        patch_report = make_patch(
+            sft, base, work / "calib" / "d_hon.jsonl", work / "calib" / "d_task.jsonl", patch_file, options
+        )
     patched = work / "m1-patched"
     with timer.stage("apply"):
         if patched.exists():
@@ -162,23 +169,38 @@ def run_demo(cfg: DemoConfig) -> dict:
         with timer.stage("export"):
             export = _export(patched, work / "m1-patched-onnx")
     summary = summarize(results, cfg.benchmarks)
-    summary.update({
-        "recipe": cfg.recipe,
-        "patch": {"file": str(patch_file), "bytes": patch_report.patch_bytes,
-                  "parameters_changed": patch_report.parameters_changed,
-                  "share_of_linear": patch_report.share_of_linear, "options": options.to_dict(),
-                  "seconds": patch_report.seconds},
-        "check": {"moved_matrices": check.moved_matrices, "linear_matrices": check.linear_matrices},
-        "calibration": {k: {kk: vv for kk, vv in v.items() if kk != "ids"} if isinstance(v, dict) else v
-                        for k, v in calib_info.items()},
-        "eval": {"benchmarks": list(cfg.benchmarks), "task": TASK_BENCHMARK, "n_items": len(items),
-                 "limit": cfg.limit, "task_limit": cfg.task_limit, "max_new_tokens": cfg.max_new_tokens,
-                 "split": "eval", "seed": cfg.seed},
-        "export": export,
-        "models_paths": {"m0": base, "m1": sft, "m1_patched": str(patched)},
-        "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
-        "seconds_total": round(timer.total, 1),
-    })
+    summary.update(
+        {
+            "recipe": cfg.recipe,
+            "patch": {
+                "file": str(patch_file),
+                "bytes": patch_report.patch_bytes,
+                "parameters_changed": patch_report.parameters_changed,
+                "share_of_linear": patch_report.share_of_linear,
+                "options": options.to_dict(),
+                "seconds": patch_report.seconds,
+            },
+            "check": {"moved_matrices": check.moved_matrices, "linear_matrices": check.linear_matrices},
+            "calibration": {
+                k: {kk: vv for kk, vv in v.items() if kk != "ids"} if isinstance(v, dict) else v
+                for k, v in calib_info.items()
+            },
+            "eval": {
+                "benchmarks": list(cfg.benchmarks),
+                "task": TASK_BENCHMARK,
+                "n_items": len(items),
+                "limit": cfg.limit,
+                "task_limit": cfg.task_limit,
+                "max_new_tokens": cfg.max_new_tokens,
+                "split": "eval",
+                "seed": cfg.seed,
+            },
+            "export": export,
+            "models_paths": {"m0": base, "m1": sft, "m1_patched": str(patched)},
+            "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
+            "seconds_total": round(timer.total, 1),
+        }
+    )
     write_json_atomic(work / "demo.json", summary, indent=1)
     return summary
 
@@ -187,9 +209,17 @@ def _calibrate(sft: str, base: str, out: Path, calib: dict[str, Any], cfg: DemoC
     """The recipe's calibration sets, D_hon's known half probed on the SFT model itself."""
     src = locate(sft, base)
     probe_gen = HFGenerator(load_model(src), load_tokenizer(src), batch_size=cfg.batch_size)
-    info = write_calibration(out, generator=probe_gen, data_dir=cfg.data_dir, n_hon=calib["n_hon"],
-                             n_task=calib["n_task"], seed=calib["seed"], probe=calib["probe_candidates"],
-                             task_benchmarks=calib["task_benchmarks"], probe_model="m1")
+    info = write_calibration(
+        out,
+        generator=probe_gen,
+        data_dir=cfg.data_dir,
+        n_hon=calib["n_hon"],
+        n_task=calib["n_task"],
+        seed=calib["seed"],
+        probe=calib["probe_candidates"],
+        task_benchmarks=calib["task_benchmarks"],
+        probe_model="m1",
+    )
     del probe_gen
     gc.collect()
     return info
@@ -207,22 +237,41 @@ def format_table(summary: dict) -> str:
     labels = {"m0": "M0 (honest base)", "m1": "M1 (SFT)", "m1_patched": "M1 + HCNR patch"}
     rows = []
     for key, m in models.items():
-        rows.append([labels.get(key, key), *[_pct(m["honesty_f1"][b]) for b in benches], _pct(m["honesty_f1_avg"]),
-                     _pct(m["rf_delta_avg"]), _pct(m["task_accuracy"])])
+        rows.append(
+            [
+                labels.get(key, key),
+                *[_pct(m["honesty_f1"][b]) for b in benches],
+                _pct(m["honesty_f1_avg"]),
+                _pct(m["rf_delta_avg"]),
+                _pct(m["task_accuracy"]),
+            ]
+        )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
-             for r in [head, *rows]]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
+        for r in [head, *rows]
+    ]
     lines.insert(1, "-" * len(lines[0]))
     p = summary["patch"]
-    lines += ["",
-              f"recovery of honesty F1 lost to SFT: {_pct(summary.get('recovery')).strip()}%  "
-              f"(per benchmark: " + ", ".join(f"{b} {_pct(v).strip()}%" if v is not None else f"{b} n/a, SFT cost no F1"
-                                              for b, v in summary.get("recovery_per_benchmark", {}).items()) + ")",
-              f"patch: {p['bytes'] / 1e6:.1f} MB, {p['parameters_changed'] / 1e6:.2f} M parameters "
-              f"({100 * p['share_of_linear']:.1f}% of linear weights)",
-              f"export: {summary['export']['status']}"
-              + (f" ({summary['export'].get('reason')})" if summary["export"]["status"] != "ok" else
-                 f" -> {summary['export'].get('path')} (matches PyTorch: {summary['export'].get('verified')})"),
-              "time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["seconds"].items())
-              + f"; total {summary['seconds_total'] / 60:.1f} min"]
+    lines += [
+        "",
+        f"recovery of honesty F1 lost to SFT: {_pct(summary.get('recovery')).strip()}%  "
+        f"(per benchmark: "
+        + ", ".join(
+            f"{b} {_pct(v).strip()}%" if v is not None else f"{b} n/a, SFT cost no F1"
+            for b, v in summary.get("recovery_per_benchmark", {}).items()
+        )
+        + ")",
+        f"patch: {p['bytes'] / 1e6:.1f} MB, {p['parameters_changed'] / 1e6:.2f} M parameters "
+        f"({100 * p['share_of_linear']:.1f}% of linear weights)",
+        f"export: {summary['export']['status']}"
+        + (
+            f" ({summary['export'].get('reason')})"
+            if summary["export"]["status"] != "ok"
+            else f" -> {summary['export'].get('path')} (matches PyTorch: {summary['export'].get('verified')})"
+        ),
+        "time per stage: "
+        + ", ".join(f"{k} {v:.0f}s" for k, v in summary["seconds"].items())
+        + f"; total {summary['seconds_total'] / 60:.1f} min",
+    ]
     return "\n".join(lines)

@@ -108,17 +108,25 @@ def num_blocks(model: Any) -> int:
     return int(n)
 
 
-def _block_outputs(backbone: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, prefix: Any,
-                   shared: int) -> Any:
+def _block_outputs(
+    backbone: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, prefix: Any, shared: int
+) -> Any:
     """The hidden states of one padded batch, continuing from the shared-prefix cache when there is one."""
     if prefix is None:
-        return backbone(input_ids=ids, attention_mask=mask, position_ids=positions,
-                        output_hidden_states=True, use_cache=False).hidden_states
+        return backbone(
+            input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True, use_cache=False
+        ).hidden_states
     cache = copy.deepcopy(prefix)
     cache.batch_repeat_interleave(len(ids))
     full_mask = torch.cat([torch.ones((len(ids), shared), dtype=mask.dtype), mask], dim=1)
-    return backbone(input_ids=ids, attention_mask=full_mask, position_ids=positions + shared,
-                    past_key_values=cache, use_cache=True, output_hidden_states=True).hidden_states
+    return backbone(
+        input_ids=ids,
+        attention_mask=full_mask,
+        position_ids=positions + shared,
+        past_key_values=cache,
+        use_cache=True,
+        output_hidden_states=True,
+    ).hidden_states
 
 
 @torch.inference_mode()
@@ -211,5 +219,12 @@ def prompt_states(
     if pad_id is None:
         pad_id = 0  # any id works: padded positions are masked and never read
     ids = encode_prompts(tokenizer, prompts, max_length)
-    return last_token_states(model, ids, pad_id=pad_id, batch_size=batch_size, padding_side=padding_side,
-                             share_prefix=share_prefix, desc=desc)
+    return last_token_states(
+        model,
+        ids,
+        pad_id=pad_id,
+        batch_size=batch_size,
+        padding_side=padding_side,
+        share_prefix=share_prefix,
+        desc=desc,
+    )

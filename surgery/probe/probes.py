@@ -124,9 +124,11 @@ def stratified_split(
             break
     test_idx = np.array(sorted(test), dtype=int)
     train_idx = np.array(sorted(set(range(n)) - set(test)), dtype=int)
-    if len(set(groups)) < n and any(
-        len(np.unique(labels[part])) < len(quota) for part in (train_idx, test_idx) if len(part)
-    ) or not len(test_idx):
+    if (
+        len(set(groups)) < n
+        and any(len(np.unique(labels[part])) < len(quota) for part in (train_idx, test_idx) if len(part))
+        or not len(test_idx)
+    ):
         log.warning("grouped split left a class out of one side; splitting items one by one instead")
         return stratified_split(ids, labels, test_fraction, seed)
     return train_idx, test_idx
@@ -213,7 +215,12 @@ def layer_aurocs(
 
 
 def surface_auroc(
-    texts: Sequence[str], labels: Sequence[int], train_idx: np.ndarray, test_idx: np.ndarray, *, c: float = 1.0,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    *,
+    c: float = 1.0,
     seed: int = 0,
 ) -> float:
     """AUROC of a logistic regression on TF-IDF word uni- and bigrams of the question text: the wording alone."""
@@ -223,8 +230,10 @@ def surface_auroc(
     from sklearn.pipeline import make_pipeline
 
     y = np.asarray(labels, dtype=int)
-    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-                          LogisticRegression(C=c, max_iter=2000, random_state=seed))
+    model = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+        LogisticRegression(C=c, max_iter=2000, random_state=seed),
+    )
     model.fit([texts[i] for i in train_idx], y[train_idx])
     return float(roc_auc_score(y[test_idx], model.decision_function([texts[i] for i in test_idx])))
 
@@ -237,9 +246,7 @@ class Verdict:
     line: str
 
 
-def verdict(
-    curves: ProbeCurves, *, preserved: float = PRESERVED_AUROC, separates: float = SEPARATES_AUROC
-) -> Verdict:
+def verdict(curves: ProbeCurves, *, preserved: float = PRESERVED_AUROC, separates: float = SEPARATES_AUROC) -> Verdict:
     """Read the three curves, in this order:
 
     1. the base probe's best AUROC is under ``separates``: the base never linearly recognised its
@@ -280,6 +287,5 @@ def verdict(
         )
     return Verdict(
         "lost",
-        f"recognition lost (best transfer AUROC {tv:.2f}, fine-tuned probe {sv:.2f}): "
-        "re-tuning is the better tool",
+        f"recognition lost (best transfer AUROC {tv:.2f}, fine-tuned probe {sv:.2f}): re-tuning is the better tool",
     )

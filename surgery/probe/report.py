@@ -18,8 +18,16 @@ LABELS = {
 def curves_from_record(record: dict) -> ProbeCurves:
     """The curves back from a record written by ``surgery probe --json`` (to re-plot or re-judge it)."""
     a, n = record["auroc"], record["items"]
-    return ProbeCurves(a["base"], a["sft"], a["transfer"], n["train"], n["test"], n["test_unanswerable"],
-                       n["test_answerable"], surface=a.get("surface"))
+    return ProbeCurves(
+        a["base"],
+        a["sft"],
+        a["transfer"],
+        n["train"],
+        n["test"],
+        n["test_unanswerable"],
+        n["test_answerable"],
+        surface=a.get("surface"),
+    )
 
 
 def format_table(curves: ProbeCurves) -> str:

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArchitectureMismatch, CalibrationDataError, ModelFolderError, OptionError
+from ..architecture import SAME_LAYERS, require_same_architecture
+from ..errors import ArchitectureMismatch, CalibrationDataError, OptionError
 from ..evaluation.benchmarks import Item, load_items
 from ..modelio import ModelSource, load_model, load_tokenizer, locate
 from ..progress import StageTimer, peak_rss_mb
@@ -32,43 +33,32 @@ from .probes import (
 log = logging.getLogger(__name__)
 
 
-def architecture(source: ModelSource, trust_remote_code: bool = False) -> dict:
-    """The shape facts two models must share for their hidden states to be compared layer by layer."""
-    from transformers import AutoConfig
-
-    try:
-        cfg = AutoConfig.from_pretrained(str(source.config_dir), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
-        first_line = str(exc).splitlines()[0]
-        raise ModelFolderError(f"Could not read the config of {source.identifier}: {first_line}") from None
-    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    return {
-        "model_type": cfg.model_type,
-        "num_hidden_layers": getattr(text, "num_hidden_layers", None),
-        "hidden_size": getattr(text, "hidden_size", None),
-    }
-
-
-def check_same_architecture(base: ModelSource, sft: ModelSource, trust_remote_code: bool = False) -> dict:
-    """The shared architecture facts, or :class:`ArchitectureMismatch` (the probe compares the same layers)."""
-    a, b = architecture(base, trust_remote_code), architecture(sft, trust_remote_code)
-    if a != b:
-        diff = ", ".join(f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b[k])
-        raise ArchitectureMismatch(
-            f"The base and fine-tuned models have different architectures ({diff}); the probe compares the "
-            "same layers of both, so the fine-tuned model must be a fine-tune of the base."
-        )
-    return a
-
-
-def model_states(source: ModelSource, prompts: list[str], *, label: str, batch_size: int, padding_side: str,
-                 max_length: int, share_prefix: bool, trust_remote_code: bool, allow_pickle: bool) -> np.ndarray:
+def model_states(
+    source: ModelSource,
+    prompts: list[str],
+    *,
+    label: str,
+    batch_size: int,
+    padding_side: str,
+    max_length: int,
+    share_prefix: bool,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+) -> np.ndarray:
     """Load one model, take its last-prompt-token states, and free it before the next model loads."""
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     model = load_model(source, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     try:
-        return prompt_states(model, tokenizer, prompts, batch_size=batch_size, padding_side=padding_side,
-                             max_length=max_length, share_prefix=share_prefix, desc=f"{label} hidden states")
+        return prompt_states(
+            model,
+            tokenizer,
+            prompts,
+            batch_size=batch_size,
+            padding_side=padding_side,
+            max_length=max_length,
+            share_prefix=share_prefix,
+            desc=f"{label} hidden states",
+        )
     finally:
         del model
         gc.collect()
@@ -99,13 +89,24 @@ def run_probe(
         items, n_ans, n_unans = probe_items(benchmark, data_dir=data_dir, split=split, limit=limit, seed=seed)
         sft_src = locate(sft, base_hint=base)
         base_src = locate(base)
-        arch = check_same_architecture(base_src, sft_src, trust_remote_code)
+        arch = require_same_architecture(
+            base_src,
+            sft_src,
+            fields=SAME_LAYERS,
+            why="The probe compares the same layers of both, so the fine-tuned model must be a fine-tune of the base.",
+        ).summary()
         labels = np.array([0 if it.answerable else 1 for it in items])
         prompts = [it.question for it in items]
         groups = near_duplicate_groups(prompts)
         train_idx, test_idx = stratified_split([it.id for it in items], labels, test_fraction, seed, groups)
-    common = dict(batch_size=batch_size, padding_side=padding_side, max_length=max_length, share_prefix=share_prefix,
-                  trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    common = dict(
+        batch_size=batch_size,
+        padding_side=padding_side,
+        max_length=max_length,
+        share_prefix=share_prefix,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
     base_states, sft_states = both_states(base_src, sft_src, prompts, timer, **common)
     with timer.stage("probes"):
         curves = layer_aurocs(base_states, sft_states, labels, train_idx, test_idx, c=c, seed=seed)
@@ -117,10 +118,16 @@ def run_probe(
         "architecture": arch,
         "benchmark": benchmark,
         "split": split,
-        "items": {"total": len(items), "answerable": n_ans, "unanswerable": n_unans,
-                  "train": curves.n_train, "test": curves.n_test,
-                  "test_unanswerable": curves.n_test_pos, "test_answerable": curves.n_test_neg,
-                  "near_duplicate_pairs": len(items) - len(set(groups))},
+        "items": {
+            "total": len(items),
+            "answerable": n_ans,
+            "unanswerable": n_unans,
+            "train": curves.n_train,
+            "test": curves.n_test,
+            "test_unanswerable": curves.n_test_pos,
+            "test_answerable": curves.n_test_neg,
+            "near_duplicate_pairs": len(items) - len(set(groups)),
+        },
         "positive_class": "unanswerable",
         "layers": "1-based block outputs at the last prompt token",
         "seed": seed,
@@ -128,15 +135,19 @@ def run_probe(
         "probe": {"model": "StandardScaler + LogisticRegression (scikit-learn, L2)", "C": c},
         "auroc": {"base": curves.base, "sft": curves.sft, "transfer": curves.transfer, "surface": curves.surface},
         "best": best_layers(curves),
-        "verdict": {"status": v.status, "line": v.line,
-                    "thresholds": {"preserved": PRESERVED_AUROC, "separates": SEPARATES_AUROC}},
+        "verdict": {
+            "status": v.status,
+            "line": v.line,
+            "thresholds": {"preserved": PRESERVED_AUROC, "separates": SEPARATES_AUROC},
+        },
         "seconds": {k: round(s, 2) for k, s in timer.seconds.items()} | {"total": round(timer.total, 2)},
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 
-def both_states(base: ModelSource, sft: ModelSource, prompts: list[str], timer: StageTimer,
-                **common: Any) -> tuple[np.ndarray, np.ndarray]:
+def both_states(
+    base: ModelSource, sft: ModelSource, prompts: list[str], timer: StageTimer, **common: Any
+) -> tuple[np.ndarray, np.ndarray]:
     """Both models' states on the same prompts, one model in memory at a time; shapes must agree."""
     with timer.stage("base states"):
         base_states = model_states(base, prompts, label="base", **common)
@@ -160,8 +171,9 @@ def _check_settings(*, test_fraction: float, c: float, batch_size: int, max_leng
         raise OptionError(f"--test-fraction must be between 0 and 1 (got {test_fraction}).")
 
 
-def probe_items(benchmark: str, *, data_dir: str | None, split: str, limit: int | None,
-                seed: int) -> tuple[list[Item], int, int]:
+def probe_items(
+    benchmark: str, *, data_dir: str | None, split: str, limit: int | None, seed: int
+) -> tuple[list[Item], int, int]:
     """The items and how many are answerable / unanswerable; too few of either class is an error."""
     items = load_items(benchmark, data_dir=data_dir, split=split, limit=limit, seed=seed)
     n_unans = sum(not it.answerable for it in items)
@@ -179,6 +191,5 @@ def best_layers(curves: ProbeCurves) -> dict[str, dict]:
     best = {}
     for kind in ("base", "sft", "transfer"):
         layer, auc = curves.best(kind)
-        best[kind] = {"layer": layer, "auroc": auc,
-                      "stderr": auroc_stderr(auc, curves.n_test_pos, curves.n_test_neg)}
+        best[kind] = {"layer": layer, "auroc": auc, "stderr": auroc_stderr(auc, curves.n_test_pos, curves.n_test_neg)}
     return best

@@ -60,7 +60,7 @@ def _option_help(text: str, flag: str) -> str:
     lines = text.splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.strip().startswith(flag + " "))
     block = [lines[start]]
-    for ln in lines[start + 1:]:
+    for ln in lines[start + 1 :]:
         if ln.strip().startswith("-"):
             break
         block.append(ln)

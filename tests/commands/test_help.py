@@ -36,9 +36,12 @@ def test_top_help_lists_every_command_with_its_short_help():
 def test_command_modules_load_no_model_code():
     """Listing the commands (``surgery --help``) imports the command modules, never torch or the library."""
     modules = sorted({target.split(":")[0] for name, target in COMMANDS.items() if name not in ("export", "deploy")})
-    code = ("import sys; import " + ", ".join(modules)
-            + "; print(sorted(m for m in ('torch', 'transformers', 'numpy', 'surgery.probe.run', "
-              "'surgery.hcnr.pipeline', 'surgery.evaluation.evaluate') if m in sys.modules))")
+    code = (
+        "import sys; import "
+        + ", ".join(modules)
+        + "; print(sorted(m for m in ('torch', 'transformers', 'numpy', 'surgery.probe.run', "
+        "'surgery.hcnr.pipeline', 'surgery.evaluation.evaluate') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -52,5 +55,6 @@ def test_a_missing_extra_is_one_sentence(monkeypatch, tmp_path):
     result = CliRunner().invoke(main, ["fake"])
     assert result.exit_code == 2
     message = result.stderr.strip()
-    assert message == ("error: 'surgery fake' needs onnxruntime_not_installed_xyz: install it with  "
-                       "pip install 'surgery[dev]'.")
+    assert message == (
+        "error: 'surgery fake' needs onnxruntime_not_installed_xyz: install it with  pip install 'surgery[dev]'."
+    )

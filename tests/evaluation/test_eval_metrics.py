@@ -61,12 +61,15 @@ def test_bootstrap_ci_brackets_the_mean_and_is_deterministic():
     assert M.bootstrap_ci([1.0] * 5, mean) == (1.0, 1.0)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("The Eiffel Tower!", "eiffel tower"),
-    ("  An   apple, a day. ", "apple day"),
-    ("Café  Müller", "cafe muller"),
-    ("‘Quoted’ — dash", "quoted dash"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("The Eiffel Tower!", "eiffel tower"),
+        ("  An   apple, a day. ", "apple day"),
+        ("Café  Müller", "cafe muller"),
+        ("‘Quoted’ — dash", "quoted dash"),
+    ],
+)
 def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
 

@@ -24,9 +24,29 @@ def evaluated(tiny_models, tiny_pair, shared_data, tmp_path_factory):
     _, sft, _ = tiny_pair
     runs = {}
     for name, model in (("base", tiny_models("llama")), ("sft", sft)):
-        res = run(model, "-b", "selfaware", "-b", "known_unknowns", "-b", "qa_wikidata", "--limit", 6,
-                  "--data-dir", shared_data, "--max-new-tokens", 4, "--batch-size", 4,
-                  "--json", out / f"{name}.json", "--markdown", out / f"{name}.md", "--plot", out / f"{name}.png")
+        res = run(
+            model,
+            "-b",
+            "selfaware",
+            "-b",
+            "known_unknowns",
+            "-b",
+            "qa_wikidata",
+            "--limit",
+            6,
+            "--data-dir",
+            shared_data,
+            "--max-new-tokens",
+            4,
+            "--batch-size",
+            4,
+            "--json",
+            out / f"{name}.json",
+            "--markdown",
+            out / f"{name}.md",
+            "--plot",
+            out / f"{name}.png",
+        )
         runs[name] = res
     return out, runs
 
@@ -52,8 +72,25 @@ def test_eval_writes_auditable_json(evaluated, tiny_models):
 
 def test_eval_is_deterministic(evaluated, tiny_models, shared_data, tmp_path):
     out, _ = evaluated
-    res = run(tiny_models("llama"), "-b", "selfaware", "-b", "known_unknowns", "-b", "qa_wikidata", "--limit", 6,
-              "--data-dir", shared_data, "--max-new-tokens", 4, "--batch-size", 3, "--json", tmp_path / "again.json")
+    res = run(
+        tiny_models("llama"),
+        "-b",
+        "selfaware",
+        "-b",
+        "known_unknowns",
+        "-b",
+        "qa_wikidata",
+        "--limit",
+        6,
+        "--data-dir",
+        shared_data,
+        "--max-new-tokens",
+        4,
+        "--batch-size",
+        3,
+        "--json",
+        tmp_path / "again.json",
+    )
     assert res.exit_code == 0, res.output
     first = json.loads((out / "base.json").read_text())["items"]
     again = json.loads((tmp_path / "again.json").read_text())["items"]
@@ -71,8 +108,12 @@ def test_compare_of_real_runs(evaluated):
 
 
 def test_compare_reports_recovery_by_hand(tmp_path):
-    items = [Item("s:1", "s", "q1", True, ["paris"]), Item("s:2", "s", "q2", True, ["rome"]),
-             Item("s:3", "s", "q3", False), Item("s:4", "s", "q4", False)]
+    items = [
+        Item("s:1", "s", "q1", True, ["paris"]),
+        Item("s:2", "s", "q2", True, ["rome"]),
+        Item("s:3", "s", "q3", False),
+        Item("s:4", "s", "q4", False),
+    ]
     outputs = {
         "base": ["Paris", "Venice", "I don't know", "I don't know"],  # F1 100
         "sft": ["Paris", "Rome", "42", "42"],  # F1 0
@@ -94,8 +135,10 @@ def test_compare_reports_recovery_by_hand(tmp_path):
 
 def test_user_jsonl_benchmark(tiny_models, tmp_path):
     p = tmp_path / "mine.jsonl"
-    p.write_text('{"question": "Capital of France?", "answerable": true, "answers": ["Paris"]}\n'
-                 '{"question": "What did I eat today?", "answerable": false}\n')
+    p.write_text(
+        '{"question": "Capital of France?", "answerable": true, "answers": ["Paris"]}\n'
+        '{"question": "What did I eat today?", "answerable": false}\n'
+    )
     res = run(tiny_models("llama"), "-b", p, "--max-new-tokens", 2, "--json", tmp_path / "r.json")
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "r.json").read_text())
@@ -103,8 +146,9 @@ def test_user_jsonl_benchmark(tiny_models, tmp_path):
     assert data["metrics"]["per_benchmark"]["mine"]["n"] == 2
 
 
-@pytest.mark.parametrize("case", ["missing_dir", "unknown", "malformed", "empty", "compare_one", "not_result",
-                                  "bad_patterns", "no_model"])
+@pytest.mark.parametrize(
+    "case", ["missing_dir", "unknown", "malformed", "empty", "compare_one", "not_result", "bad_patterns", "no_model"]
+)
 def test_bad_input_is_one_sentence_and_exit_2(case, tiny_models, tmp_path):
     model = tiny_models("llama")
     bad = tmp_path / "bad.jsonl"

@@ -67,8 +67,14 @@ def test_batch_size_must_be_positive():
 
 def test_batched_equals_unbatched_on_a_tiny_model(tiny_models):
     gen = torch_generator(str(tiny_models("llama")), batch_size=4)
-    prompts = ["What is the capital of France?", "Who wrote it?", "How many legs does a spider have? Tell me.",
-               [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who?"}], "x", "Paris"]
+    prompts = [
+        "What is the capital of France?",
+        "Who wrote it?",
+        "How many legs does a spider have? Tell me.",
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who?"}],
+        "x",
+        "Paris",
+    ]
     batched = gen.generate(prompts, max_new_tokens=6)
     gen.batch_size = 1
     single = gen.generate(prompts, max_new_tokens=6)

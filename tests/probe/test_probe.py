@@ -30,6 +30,7 @@ from surgery.prompting import prompt_text
 
 # --- synthetic hidden states ------------------------------------------------------------------------
 
+
 def synthetic(n: int = 400, layers: int = 3, dim: int = 32, seed: int = 0):
     """States where layer 2 (index 1) carries the label along one direction and the others are noise."""
     rng = np.random.default_rng(seed)
@@ -109,8 +110,10 @@ def test_near_duplicates_stay_on_one_side_of_the_split():
     # FalseQA-style pairs: the same question with a false and a true premise, opposite labels
     texts, y = [], []
     for i in range(40):
-        texts += [f"what does the alpha{i} beta{i} of gamma{i} eat",  # the false premise
-                  f"what does the alpha{i} beta{i} of delta{i} eat"]
+        texts += [
+            f"what does the alpha{i} beta{i} of gamma{i} eat",  # the false premise
+            f"what does the alpha{i} beta{i} of delta{i} eat",
+        ]
         y += [1, 0]
     texts.append("an unrelated question")
     y.append(0)
@@ -134,8 +137,9 @@ def test_auroc_stderr_matches_hanley_mcneil():
 
 
 def test_surface_baseline_sees_wording_and_only_wording():
-    worded = [f"why do people dream about thing {i}" if i % 2 else f"what is the capital of country {i}"
-              for i in range(60)]
+    worded = [
+        f"why do people dream about thing {i}" if i % 2 else f"what is the capital of country {i}" for i in range(60)
+    ]
     y = np.arange(60) % 2
     train, test = stratified_split([str(i) for i in range(60)], y, 0.3)
     assert surface_auroc(worded, y, train, test) > 0.99
@@ -151,12 +155,15 @@ def test_report_table_plot_and_record_round_trip(tmp_path):
     png = plot_curves(curves, tmp_path / "sub" / "p.png", title="t")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Wording alone" in table and "0.660" in table
-    record = {"auroc": {"base": curves.base, "sft": curves.sft, "transfer": curves.transfer, "surface": 0.66},
-              "items": {"train": 70, "test": 30, "test_unanswerable": 15, "test_answerable": 15}}
+    record = {
+        "auroc": {"base": curves.base, "sft": curves.sft, "transfer": curves.transfer, "surface": 0.66},
+        "items": {"train": 70, "test": 30, "test_unanswerable": 15, "test_answerable": 15},
+    }
     assert curves_from_record(record) == curves
 
 
 # --- hidden states ----------------------------------------------------------------------------------
+
 
 def test_pad_batch_and_last_token_for_both_sides():
     ids, mask, pos = pad_batch([[5, 6, 7], [8]], pad_id=0, side="left")
@@ -203,19 +210,30 @@ def test_padded_and_prefix_shared_batches_give_the_unpadded_states(tiny_models, 
 
 # --- the command --------------------------------------------------------------------------------------
 
+
 def write_benchmark(path: Path, answerable: int = 20, unanswerable: int = 20, *, lexical: bool = True) -> Path:
     """Answerable and unanswerable questions; ``lexical=False`` gives both classes the same wording."""
     if not lexical:
         n = answerable + unanswerable
         flags = np.random.default_rng(0).permutation([True] * answerable + [False] * unanswerable)
-        rows = [{"id": f"q{i}", "question": f"What is fact number {i * 7919 % 1000}?", "answerable": bool(f)}
-                for i, f in zip(range(n), flags, strict=False)]
+        rows = [
+            {"id": f"q{i}", "question": f"What is fact number {i * 7919 % 1000}?", "answerable": bool(f)}
+            for i, f in zip(range(n), flags, strict=False)
+        ]
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return path
-    rows = [{"id": f"a{i}", "question": f"What is the capital of France {i}?", "answerable": True,
-             "answers": ["Paris"]} for i in range(answerable)]
-    rows += [{"id": f"u{i}", "question": f"Who wrote the unknown paper about steganography in year {i}?",
-              "answerable": False} for i in range(unanswerable)]
+    rows = [
+        {"id": f"a{i}", "question": f"What is the capital of France {i}?", "answerable": True, "answers": ["Paris"]}
+        for i in range(answerable)
+    ]
+    rows += [
+        {
+            "id": f"u{i}",
+            "question": f"Who wrote the unknown paper about steganography in year {i}?",
+            "answerable": False,
+        }
+        for i in range(unanswerable)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -224,14 +242,39 @@ def test_probe_command_end_to_end(tiny_models, tmp_path, monkeypatch):
     base = tiny_models("llama")
     bench = write_benchmark(tmp_path / "user.jsonl")
     out_json, out_png = tmp_path / "probe.json", tmp_path / "probe.png"
-    args = ["-q", "probe", str(base), "--base", str(base), "--benchmark", str(bench), "--limit", "40",
-            "--json", str(out_json), "--plot", str(out_png), "--batch-size", "7", "--padding-side", "left"]
+    args = [
+        "-q",
+        "probe",
+        str(base),
+        "--base",
+        str(base),
+        "--benchmark",
+        str(bench),
+        "--limit",
+        "40",
+        "--json",
+        str(out_json),
+        "--plot",
+        str(out_png),
+        "--batch-size",
+        "7",
+        "--padding-side",
+        "left",
+    ]
     monkeypatch.setattr(sys, "argv", ["surgery", *args])  # as typed in a shell
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     record = json.loads(out_json.read_text())
-    assert record["items"] == {"total": 40, "answerable": 20, "unanswerable": 20, "train": 28, "test": 12,
-                               "test_unanswerable": 6, "test_answerable": 6, "near_duplicate_pairs": 2}
+    assert record["items"] == {
+        "total": 40,
+        "answerable": 20,
+        "unanswerable": 20,
+        "train": 28,
+        "test": 12,
+        "test_unanswerable": 6,
+        "test_answerable": 6,
+        "near_duplicate_pairs": 2,
+    }
     auroc = record["auroc"]
     assert len(auroc["base"]) == len(auroc["sft"]) == len(auroc["transfer"]) == 2
     # the model against itself: all three probes are the same probe on the same states
@@ -250,8 +293,23 @@ def test_probe_command_on_a_perturbed_twin(tiny_pair, tmp_path):
     base, sft, _ = tiny_pair
     bench = write_benchmark(tmp_path / "user.jsonl", 50, 50, lexical=False)
     out_json = tmp_path / "probe.json"
-    result = CliRunner().invoke(main, ["-q", "probe", str(sft), "--base", str(base), "--benchmark", str(bench),
-                                       "--json", str(out_json), "--seed", "3", "--no-shared-prefix"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "-q",
+            "probe",
+            str(sft),
+            "--base",
+            str(base),
+            "--benchmark",
+            str(bench),
+            "--json",
+            str(out_json),
+            "--seed",
+            "3",
+            "--no-shared-prefix",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(out_json.read_text())
     auroc = record["auroc"]
@@ -266,7 +324,7 @@ def test_bad_inputs_exit_2_with_one_sentence(tiny_models, tmp_path, case):
     bench = write_benchmark(tmp_path / "user.jsonl")
     args = [llama, "--base", llama, "--benchmark", str(bench)]
     expected = {
-        "architecture": "different architectures",
+        "architecture": "not the same architecture",
         "too_few": "at least 10 answerable and 10 unanswerable",
         "unknown_benchmark": "Unknown benchmark 'nosuch'",
         "missing_model": "neither a local folder nor a hub id",
