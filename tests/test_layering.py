@@ -146,3 +146,25 @@ def test_every_module_imports_in_a_fresh_interpreter():
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def _function_lengths(path: Path) -> dict[str, int]:
+    """name -> lines from ``def`` to the last line of the body, for every function and method in a file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {
+        node.name: (node.end_lineno or node.lineno) - node.lineno + 1
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
+
+
+def test_the_method_reads_in_small_functions():
+    """make_patch is orchestration only (<= 40 lines); no function of surgery/hcnr is over 60 lines."""
+    long = [
+        f"{path.relative_to(REPO)}::{name} has {n} lines"
+        for path in sorted((PACKAGE / "hcnr").glob("*.py"))
+        for name, n in _function_lengths(path).items()
+        if n > 60
+    ]
+    assert not long, "\n".join(long)
+    assert _function_lengths(PACKAGE / "hcnr" / "pipeline.py")["make_patch"] <= 40

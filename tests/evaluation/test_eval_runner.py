@@ -79,7 +79,7 @@ def test_batched_equals_unbatched_on_a_tiny_model(tiny_models):
     gen.batch_size = 1
     single = gen.generate(prompts, max_new_tokens=6)
     assert batched == single
-    assert all(isinstance(t, str) for t in batched)
+    assert len(batched) == len(prompts) and all(isinstance(t, str) for t in batched)
 
 
 def test_backend_registry(tiny_models):

@@ -77,4 +77,5 @@ def test_patch_with_row_protect_is_not_plain_restoration(tiny_pair, calib, tmp_p
     _, plain = read_patch(restore)
     assert [(e.weight, e.index.tolist()) for e in got] == [(e.weight, e.index.tolist()) for e in plain]
     assert {e.unit for e in got} == {"rows"}
+    assert got, "the row patch touched nothing"
     assert all(not torch.equal(a.values, b.values) for a, b in zip(got, plain))

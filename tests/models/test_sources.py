@@ -103,6 +103,7 @@ def test_adapter_is_merged_and_patched(lora_sft, calib, tmp_path):
     assert res.exit_code == 0, res.output
     touched = json.loads(_run(["inspect", str(patch), "--json"]).output)["tensors"]
     # only matrices the adapter changed can have moved; the others have zero perturbation
+    assert touched, "the patch touched nothing"
     assert all(any(t in name for t in ("q_proj", "v_proj", "down_proj")) for name in touched)
     out = tmp_path / "repaired"
     res = _run(["apply", str(adapter), str(patch), "-o", str(out)])

@@ -47,6 +47,7 @@ def test_adapter_form_loads_like_the_merged_folder(tiny_models, tmp_path):
     assert src.adapter_base == base
     a = load_model(src, dtype=torch.float32).state_dict()
     b = load_model(str(merged), dtype=torch.float32).state_dict()
+    assert b and set(a) == set(b)
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 

@@ -118,7 +118,9 @@ def test_conversion_keeps_weights_and_fixes_special_tokens(packaged_gguf, tiny_m
     out = G.ensure_converted(packaged_gguf)
     assert out == tmp_path / "cache" / "models" / "tiny-llama"
     assert not (out / "tokenizer.model").exists()
-    assert all(p.read_bytes()[:4] != b"GGUF" for p in out.iterdir())
+    files = list(out.iterdir())
+    assert (out / "config.json").is_file() and files
+    assert all(p.read_bytes()[:4] != b"GGUF" for p in files)
     src = tiny_models("llama")
     ref = load_file(str(src / "model.safetensors"))
     got = load_file(str(out / "model.safetensors"))
