@@ -9,6 +9,7 @@ import importlib.metadata
 import platform
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
@@ -27,6 +28,16 @@ def command_line(argv: list[str] | None = None) -> str | None:
     if not argv or Path(argv[0]).name not in _ENTRY_POINTS:
         return None
     return shlex.join(["surgery", *argv[1:]])
+
+
+def script_command(module: str, argv: Sequence[str] | None = None) -> str:
+    """The shell command that ran this process as ``python -m <module> ...`` (a ``benchmarks/`` script).
+
+    ``sys.argv[0]`` is the script's absolute path on this machine, which reproduces nothing elsewhere;
+    the module name does, and ``shlex.join`` quotes each argument so the line can be pasted back.
+    """
+    argv = sys.argv if argv is None else argv
+    return shlex.join(["python", "-m", module, *argv[1:]])
 
 
 def versions(*packages: str) -> dict[str, str | None]:
