@@ -105,29 +105,6 @@ def _patch_options(arg: str, spec: str) -> PatchOptions:
     return PatchOptions(**changes)
 
 
-def _patch_options(arg: str, spec: str) -> PatchOptions:
-    if not arg:
-        return PatchOptions()
-    if "=" not in arg:
-        return variant(arg)
-    fields = {f.name: f for f in dataclasses.fields(PatchOptions)}
-    changes: dict = {}
-    for k, v in _pairs(arg, spec).items():
-        k = k.replace("-", "_")
-        if k not in fields:
-            raise SurgeryError(f"Method {spec!r}: PatchOptions has no field {k!r}.")
-        default = fields[k].default
-        if isinstance(default, bool):
-            changes[k] = v.lower() in ("1", "true", "yes")
-        elif isinstance(default, int):
-            changes[k] = int(_number(v, spec))
-        elif isinstance(default, float):
-            changes[k] = _number(v, spec)
-        else:
-            changes[k] = v
-    return PatchOptions(**changes)
-
-
 #: short spec key -> options field, in the order error messages list them (``examples``/``seconds`` also accepted)
 _BUDGET_KEYS = {
     "n": "examples",
