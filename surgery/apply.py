@@ -1,7 +1,9 @@
 """`surgery apply`: splice a patch into the SFT model and write a standard Hugging Face folder.
 
-Every touched tensor is checked against the patch's fingerprints before and after the splice, so
-the output is bit-for-bit what `surgery patch` computed, or nothing is written at all.
+The whole patch is validated when it is read (:func:`surgery.patchfile.read_patch`), every touched tensor's
+shape is checked against the model before anything is written, and every touched tensor is checked against
+the patch's fingerprints before and after the splice (and the result for NaN/Inf), so the output is
+bit-for-bit what `surgery patch` computed, or nothing is written at all.
 """
 
 from __future__ import annotations
@@ -15,11 +17,26 @@ from typing import Any
 import torch
 
 from .errors import ArchitectureMismatch
-from .modelio import locate, open_checkpoint, write_safetensors_folder
-from .patchfile import apply_entry, read_patch
+from .modelio import LazyCheckpoint, StateDictCheckpoint, locate, open_checkpoint, write_safetensors_folder
+from .patchfile import PatchEntry, apply_entry, read_patch
 from .progress import progress
 
 log = logging.getLogger(__name__)
+
+
+def check_model_fits(ckpt: LazyCheckpoint | StateDictCheckpoint, entries: list[PatchEntry]) -> None:
+    """Every weight the patch touches exists in the model with the recorded shape (checked before writing)."""
+    for e in entries:
+        if e.weight not in ckpt:
+            raise ArchitectureMismatch(
+                f"The model has no tensor {e.weight}: this patch was made for another architecture."
+            )
+        shape = tuple(ckpt.shape(e.weight))
+        if shape != e.shape:
+            raise ArchitectureMismatch(
+                f"Shape mismatch for {e.weight}: the model has {shape}, the patch expects {e.shape} "
+                "(a patch for another architecture)."
+            )
 
 
 def apply_patch(
@@ -36,11 +53,7 @@ def apply_patch(
     manifest, entries = read_patch(patch)
     src = locate(sft, base)
     ckpt = open_checkpoint(src, allow_pickle=allow_pickle)
-    missing = [e.weight for e in entries if e.weight not in ckpt]
-    if missing:
-        raise ArchitectureMismatch(
-            f"The model has no tensor {missing[0]}: this patch was made for another architecture."
-        )
+    check_model_fits(ckpt, entries)
     by_name = {e.weight: e for e in entries}
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:

@@ -19,6 +19,7 @@ import click
 from . import __version__
 from .errors import MissingExtraError, SurgeryError
 from .progress import set_quiet
+from .safetext import printable
 
 #: command name -> "module:attribute" of its click command
 COMMANDS: dict[str, str] = {
@@ -64,8 +65,8 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except SurgeryError as exc:
-            click.echo(f"error: {exc}", err=True)
+        except SurgeryError as exc:  # one line, whatever a hostile file put into the names it quotes
+            click.echo(f"error: {printable(exc)}", err=True)
             sys.exit(2)
 
 

@@ -10,12 +10,19 @@ option, calibration fingerprints and statistics. No timestamps, so equal inputs 
 The manifest is the typed :class:`PatchManifest` (with :class:`PatchStats` and one :class:`TensorRecord`
 per weight), written only by :func:`write_patch` and read only by :func:`read_manifest` /
 :func:`read_patch`, which check every field's type (a wrong one is one :class:`PatchFormatError`).
+
+A patch may come from a stranger, so :func:`read_patch` validates everything before any model is touched:
+the file's tensors are exactly the manifest's, every index is int32, 1-D, strictly increasing and inside the
+recorded matrix, every values tensor has the recorded dtype, the shape its index, unit, recorded shape and
+orientation imply, and only finite entries. :func:`splice` and :func:`apply_entry` check the model's tensor
+(shape, dtype, fingerprint) before writing into a copy of it, and the result's fingerprint and finiteness after.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .atomic import atomic_file
-from .errors import ArchitectureMismatch, FingerprintMismatch, PatchFormatError, SurgeryError
+from .errors import ArchitectureMismatch, FingerprintMismatch, ModelFolderError, PatchFormatError, SurgeryError
 from .modelio import tensor_sha256
 
 FORMAT = "surgery-patch"
@@ -49,7 +56,11 @@ class PatchEntry:
 
 
 def splice(stored_weight: torch.Tensor, entry: PatchEntry) -> torch.Tensor:
-    """The patched tensor: a copy of the SFT tensor with the patch's neurons overwritten (bit-exact)."""
+    """The patched tensor: a copy of the SFT tensor with the patch's neurons overwritten (bit-exact).
+
+    The entry's shape, index and values are checked against the tensor first (one :class:`SurgeryError`).
+    """
+    check_fits(stored_weight, entry)
     w = stored_weight.clone()
     canon = w.t() if entry.transposed else w
     idx = entry.index.long()
@@ -59,6 +70,66 @@ def splice(stored_weight: torch.Tensor, entry: PatchEntry) -> torch.Tensor:
     else:
         canon[idx, :] = vals
     return w
+
+
+#: the dtypes patch values may have: the name a manifest records -> the torch dtype
+VALUE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+UNITS = ("cols", "rows")
+
+
+def canonical_shape(shape: tuple[int, ...], transposed: bool) -> tuple[int, int]:
+    """The (out, in) shape of a stored matrix (stored as in x out when ``transposed``, GPT-2's Conv1D)."""
+    rows, cols = shape
+    return (cols, rows) if transposed else (rows, cols)
+
+
+def check_entry(entry: PatchEntry, where: str = "") -> None:
+    """An entry's index and values agree with its recorded shape, unit and orientation; values are finite."""
+    _check_layout(entry, where)
+    if not bool(torch.isfinite(entry.values).all()):
+        raise PatchFormatError(f"{where}{entry.weight}::values contains NaN or Inf (damaged or hostile patch).")
+
+
+def check_fits(stored_weight: torch.Tensor, entry: PatchEntry) -> None:
+    """The entry can be spliced into ``stored_weight``: same shape, index in range, values of the right shape."""
+    if tuple(stored_weight.shape) != entry.shape:
+        raise ArchitectureMismatch(
+            f"Shape mismatch for {entry.weight}: the model has {tuple(stored_weight.shape)}, "
+            f"the patch expects {entry.shape}."
+        )
+    _check_layout(entry, "")
+
+
+def _check_layout(entry: PatchEntry, where: str) -> None:
+    name = f"{where}{entry.weight}"
+    if len(entry.shape) != 2 or entry.unit not in UNITS:
+        raise PatchFormatError(f"{name}: a patch entry must be the {'/'.join(UNITS)} of a matrix.")
+    idx, key = entry.index, f"{name}::{entry.unit}"
+    if idx.dtype != torch.int32 or idx.dim() != 1 or idx.numel() == 0:
+        raise PatchFormatError(
+            f"{key} must be a non-empty 1-D int32 tensor, not {str(idx.dtype).replace('torch.', '')} "
+            f"of shape {tuple(idx.shape)}."
+        )
+    out_dim, in_dim = canonical_shape(entry.shape, entry.transposed)
+    bound = in_dim if entry.unit == "cols" else out_dim
+    if int(idx.min()) < 0 or int(idx.max()) >= bound:
+        raise PatchFormatError(f"{key} has an index outside 0..{bound - 1} (the matrix has {bound} {entry.unit}).")
+    if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+        raise PatchFormatError(f"{key} is not strictly increasing (indices must be sorted and unique).")
+    k = int(idx.numel())
+    want = (out_dim, k) if entry.unit == "cols" else (k, in_dim)
+    if tuple(entry.values.shape) != want:
+        raise PatchFormatError(
+            f"{name}::values has shape {tuple(entry.values.shape)}; {k} {entry.unit} of the stored "
+            f"{entry.shape} matrix (transposed={entry.transposed}) need {want}."
+        )
+    if entry.values.dtype not in VALUE_DTYPES.values():
+        raise PatchFormatError(f"{name}::values has dtype {entry.values.dtype}, not a floating-point dtype.")
 
 
 def make_entry(
@@ -143,20 +214,23 @@ class TensorRecord:
         """One ``tensors`` entry parsed from the manifest, every field type-checked."""
         d = _object(data, where)
         unit = _get(d, "unit", str, where)
-        if unit not in ("cols", "rows"):
+        if unit not in UNITS:
             raise PatchFormatError(f"{where}: unit must be 'cols' or 'rows', not {unit!r}.")
         shape = _get(d, "shape", list, where)
-        if not all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
-            raise PatchFormatError(f"{where}: shape must be a list of integers.")
-        return cls(
-            unit,
-            _get(d, "count", int, where),
-            _get(d, "transposed", bool, where),
-            shape,
-            _get(d, "dtype", str, where),
-            _get(d, "sft_sha256", str, where),
-            _get(d, "patched_sha256", str, where),
-        )
+        if len(shape) != 2 or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 < n < _MAX_INT for n in shape
+        ):
+            raise PatchFormatError(f"{where}: shape must be a list of two positive integers (a matrix).")
+        count = _get(d, "count", int, where)
+        if count == 0:
+            raise PatchFormatError(f"{where}: field 'count' is 0; a patched weight has at least one neuron.")
+        dtype = _get(d, "dtype", str, where)
+        if dtype not in VALUE_DTYPES:
+            raise PatchFormatError(f"{where}: field 'dtype' is {dtype!r}, not one of {', '.join(VALUE_DTYPES)}.")
+        fingerprints = [_get(d, k, str, where) for k in ("sft_sha256", "patched_sha256")]
+        if not all(_SHA256.fullmatch(f) for f in fingerprints):
+            raise PatchFormatError(f"{where}: sft_sha256 and patched_sha256 must be sha256 hex digests.")
+        return cls(unit, count, _get(d, "transposed", bool, where), shape, dtype, *fingerprints)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -287,7 +361,7 @@ class PatchManifest:
         return cls(
             **strings,
             options=_get(d, "options", dict, where),
-            calibration=_get(d, "calibration", dict, where),
+            calibration=_calibration(_get(d, "calibration", dict, where), f"{where}.calibration"),
             stats=None if stats is None else PatchStats.from_dict(stats, f"{where}.stats"),
             tensors=tensors,
         )
@@ -312,6 +386,19 @@ class PatchManifest:
 _MISSING = object()
 _NUMBER: tuple[type, ...] = (int, float)
 _OPT_NUMBER: tuple[type, ...] = (int, float, type(None))
+#: integer fields (counts, sizes) lie in 0 .. 2**63 - 1
+_MAX_INT = 2**63
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _calibration(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``role -> {"file": str, "sha256": str, "bytes": int}``, each field type-checked."""
+    for role, fp in data.items():
+        d = _object(fp, f"{where}.{role}")
+        _get(d, "file", str, f"{where}.{role}")
+        _get(d, "sha256", str, f"{where}.{role}")
+        _get(d, "bytes", int, f"{where}.{role}")
+    return data
 
 
 def _object(data: Any, where: str) -> dict[str, Any]:
@@ -327,6 +414,8 @@ def _get(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str)
     if value is _MISSING or not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
         raise PatchFormatError(f"{where}: field '{key}' is missing or not {names} (damaged patch manifest).")
+    if kind is int and isinstance(value, int) and not 0 <= value < _MAX_INT:
+        raise PatchFormatError(f"{where}: field '{key}' is out of range (damaged patch manifest).")
     return value
 
 
@@ -369,39 +458,26 @@ def read_manifest(path: str | Path) -> PatchManifest:
         )
     try:
         data = json.loads(meta["manifest"])
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, ValueError, RecursionError):  # ValueError: bad JSON or an integer too long to parse
         raise PatchFormatError(f"{path} has a damaged manifest.") from None
     return PatchManifest.from_dict(data, f"{path}: manifest")
 
 
 def read_patch(path: str | Path) -> tuple[PatchManifest, list[PatchEntry]]:
-    """The manifest and every entry, with each entry's tensors checked against its manifest record."""
+    """The manifest and every entry, all validated before any model is touched.
+
+    The file's tensors are exactly the manifest's (an index and values per weight, nothing more or less), each
+    index is int32, 1-D, strictly increasing and inside the recorded matrix, each values tensor has the recorded
+    dtype, the shape the index, unit, shape and orientation imply, and finite entries. Anything else is one
+    :class:`PatchFormatError` naming the tensor or field.
+    """
     manifest = read_manifest(path)
-    entries = []
+    if not manifest.tensors:
+        raise PatchFormatError(f"{path} touches no tensor (an empty patch).")
     try:
         with safe_open(str(path), framework="pt") as h:
-            keys = set(h.keys())
-            for weight, info in sorted(manifest.tensors.items()):
-                ik, vk = f"{weight}::{info.unit}", f"{weight}::values"
-                if ik not in keys or vk not in keys:
-                    raise PatchFormatError(
-                        f"{path} lacks the tensors for {weight} named in its manifest (damaged patch)."
-                    )
-                index, values = h.get_tensor(ik), h.get_tensor(vk)
-                if index.numel() != info.count:
-                    raise PatchFormatError(f"{path}: {weight} has {index.numel()} indices, manifest says {info.count}.")
-                entries.append(
-                    PatchEntry(
-                        weight,
-                        info.unit,
-                        index,
-                        values,
-                        info.transposed,
-                        info.sft_sha256,
-                        info.patched_sha256,
-                        tuple(info.shape),
-                    )
-                )
+            _check_tensor_names(path, manifest, set(h.keys()))
+            entries = [_read_entry(h, path, weight, info) for weight, info in sorted(manifest.tensors.items())]
     except SurgeryError:
         raise
     except _UNREADABLE:
@@ -409,19 +485,52 @@ def read_patch(path: str | Path) -> tuple[PatchManifest, list[PatchEntry]]:
     return manifest, entries
 
 
+def _check_tensor_names(path: str | Path, manifest: PatchManifest, keys: set[str]) -> None:
+    """Every tensor of the file belongs to a manifest record and every record has its two tensors."""
+    expected = {f"{w}::{info.unit}" for w, info in manifest.tensors.items()}
+    expected |= {f"{w}::values" for w in manifest.tensors}
+    stray, missing = sorted(keys - expected), sorted(expected - keys)
+    if missing:
+        raise PatchFormatError(f"{path} lacks the tensor {missing[0]} named in its manifest (damaged patch).")
+    if stray:
+        raise PatchFormatError(f"{path} holds a tensor {stray[0]} that its manifest does not name (damaged patch).")
+
+
+def _read_entry(h: Any, path: str | Path, weight: str, info: TensorRecord) -> PatchEntry:
+    """One weight's entry, checked against its manifest record (``h`` is an open ``safe_open`` handle)."""
+    index, values = h.get_tensor(f"{weight}::{info.unit}"), h.get_tensor(f"{weight}::values")
+    if index.numel() != info.count:
+        raise PatchFormatError(f"{path}: {weight} has {index.numel()} indices, manifest says {info.count}.")
+    if values.dtype != VALUE_DTYPES[info.dtype]:
+        raise PatchFormatError(
+            f"{path}: {weight}::values has dtype {str(values.dtype).replace('torch.', '')}, "
+            f"the manifest records {info.dtype}."
+        )
+    entry = PatchEntry(
+        weight, info.unit, index, values, info.transposed, info.sft_sha256, info.patched_sha256, tuple(info.shape)
+    )
+    check_entry(entry, f"{path}: ")
+    return entry
+
+
 def apply_entry(stored_sft: torch.Tensor, entry: PatchEntry) -> torch.Tensor:
-    """Check the fingerprints on both sides of the splice; any mismatch is a user-facing error."""
-    if tuple(stored_sft.shape) != entry.shape:
-        raise ArchitectureMismatch(
-            f"Shape mismatch for {entry.weight}: the model has {tuple(stored_sft.shape)}, "
-            f"the patch expects {entry.shape}."
+    """Check shape, dtype and fingerprints on both sides of the splice and a finite result; any failure is
+    one user-facing error."""
+    check_fits(stored_sft, entry)
+    if stored_sft.dtype != entry.values.dtype:
+        raise FingerprintMismatch(
+            f"{entry.weight} is {str(stored_sft.dtype).replace('torch.', '')} in the model but "
+            f"{str(entry.values.dtype).replace('torch.', '')} in the patch: the patch belongs to another model."
         )
     if tensor_sha256(stored_sft) != entry.sft_sha256:
         raise FingerprintMismatch(
             f"{entry.weight} differs from the tensor this patch was made for: the patch belongs to another model "
             "(or the model was changed since)."
         )
+    check_entry(entry)  # finite values (the layout was checked with the shape)
     out = splice(stored_sft, entry)
+    if not bool(torch.isfinite(out).all()):
+        raise ModelFolderError(f"{entry.weight} of the model has NaN or Inf values: refusing to write it patched.")
     if tensor_sha256(out) != entry.patched_sha256:
         raise PatchFormatError(
             f"Patched {entry.weight} does not match the patch's fingerprint: the patch file is damaged."

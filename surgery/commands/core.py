@@ -7,12 +7,15 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..hcnr.options import PatchOptions
 from .options import ModelAccess, add_options, opt, options_from, reproducible_command, required, switch
+
+if TYPE_CHECKING:  # the library is imported lazily, so that `surgery --help` stays instant
+    from ..patchfile import PatchManifest
 
 
 @dataclass(frozen=True)
@@ -130,33 +133,47 @@ def patch(sft: str, **kwargs: Any) -> None:
         click.echo(f"  fallback to restore-only: {', '.join(report.fallbacks)}")
 
 
-@click.command(short_help="Show what a patch changes, for which models, made how.")
-@click.argument("patch_file", type=click.Path(dir_okay=False))
-@add_options(InspectOptions)
-def inspect(patch_file: str, **kwargs: Any) -> None:
-    """Show what a patch changes, for which models, made how."""
-    from ..patchfile import read_manifest
-
-    o = options_from(InspectOptions, kwargs)
-    m = read_manifest(patch_file)
-    if o.as_json:
-        click.echo(json.dumps(m.to_dict(), indent=2, sort_keys=True))
-        return
-    click.echo(f"surgery patch v{m.tool_version} ({m.method})")
-    click.echo(f"  base   {m.base}")
-    click.echo(f"  sft    {m.sft}")
-    click.echo(f"  tensors touched     {len(m.tensors)}")
+def manifest_lines(m: PatchManifest) -> list[str]:
+    """What ``surgery inspect`` prints about a :class:`~surgery.patchfile.PatchManifest` (not yet sanitised)."""
+    lines = [
+        f"surgery patch v{m.tool_version} ({m.method})",
+        f"  base   {m.base}",
+        f"  sft    {m.sft}",
+        f"  tensors touched     {len(m.tensors)}",
+    ]
     s = m.stats
     if s is not None:
-        click.echo(
+        lines.append(
             f"  parameters changed  {fmt_params(s.parameters_changed)} "
             f"({100 * s.share_of_linear:.1f}% of linear, {100 * s.share_of_model:.1f}% of model)"
         )
         if s.fallbacks:
-            click.echo(f"  fallbacks           {', '.join(s.fallbacks)}")
-    click.echo("  options  " + " ".join(f"{k}={v}" for k, v in sorted(m.options.items())))
+            lines.append(f"  fallbacks           {', '.join(s.fallbacks)}")
+    lines.append("  options  " + " ".join(f"{k}={v}" for k, v in sorted(m.options.items())))
     for key, fp in m.calibration.items():
-        click.echo(f"  {key:6} data {fp['file']}  sha256 {fp['sha256'][:16]}…  {fp['bytes']} bytes")
+        lines.append(f"  {key:6} data {fp['file']}  sha256 {fp['sha256'][:16]}…  {fp['bytes']} bytes")
+    return lines
+
+
+@click.command(short_help="Show what a patch changes, for which models, made how.")
+@click.argument("patch_file", type=click.Path(dir_okay=False))
+@add_options(InspectOptions)
+def inspect(patch_file: str, **kwargs: Any) -> None:
+    """Show what a patch changes, for which models, made how.
+
+    Every string taken from the patch is printed without control characters or escape sequences
+    (a patch from a stranger cannot move the cursor, clear the screen or set the terminal's title).
+    """
+    from ..patchfile import read_manifest
+    from ..safetext import printable
+
+    o = options_from(InspectOptions, kwargs)
+    m = read_manifest(patch_file)
+    if o.as_json:  # ensure_ascii: every control character is written as a \u escape
+        click.echo(json.dumps(m.to_dict(), indent=2, sort_keys=True, ensure_ascii=True))
+        return
+    for line in manifest_lines(m):
+        click.echo(printable(line))
 
 
 @click.command(short_help="Apply a patch to the SFT model, bit-exact, fingerprints checked.")
