@@ -23,7 +23,9 @@ class PairOptions:
     )
     only: str | None = opt(None, "With --rebuild: retrain one adapter.", choices=("m0", "m1"))
     reprobe: bool = switch("With --rebuild: re-probe which questions the base knows.")
-    data_dir: str | None = opt(None, "Benchmark data folder.", metavar="DIRECTORY")
+    data_dir: str | None = opt(
+        None, "Benchmark data folder (default: $SURGERY_DATA_DIR); rebuilding needs the full one.", metavar="DIRECTORY"
+    )
     json_out: str | None = opt(None, "Write the folders (and hashes) as JSON.", flag="--json", metavar="FILE")
 
 
@@ -45,7 +47,12 @@ class DemoOptions:
         "(default: <cache>/demo, <cache>/demo-RECIPE for another recipe).",
         metavar="DIRECTORY",
     )
-    data_dir: str | None = opt(None, "Benchmark data folder.", metavar="DIRECTORY")
+    data_dir: str | None = opt(
+        None,
+        "Benchmark data folder (default: $SURGERY_DATA_DIR). FalseQA and PUQA/PKQA are not bundled, so the default "
+        "benchmarks need it, e.g. ../shared/data beside a source checkout.",
+        metavar="DIRECTORY",
+    )
     benchmarks: str = opt("selfaware,falseqa,puqa_pkqa", "Comma-separated honesty benchmarks to evaluate on.")
     no_export: bool = switch("Skip the ONNX export stage.", flag="--no-export")
 
