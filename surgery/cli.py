@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from .errors import MissingExtraError, SurgeryError
+from .errors import MissingExtraError, OptionError, SurgeryError
 from .progress import set_quiet
 from .safetext import printable
 
@@ -68,6 +68,10 @@ class LazyGroup(click.Group):
         except SurgeryError as exc:  # one line, whatever a hostile file put into the names it quotes
             click.echo(f"error: {printable(exc)}", err=True)
             sys.exit(2)
+        except OSError as exc:  # a disk full, a folder gone, a permission changed mid-run: still one sentence
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"error: {printable(exc.strerror or exc)}{printable(where)}.", err=True)
+            sys.exit(2)
 
 
 def _missing(command: str, package: str) -> NoReturn:
@@ -103,6 +107,8 @@ def setup_logging(verbose: int, quiet: bool) -> None:
 )
 def main(verbose: int, quiet: bool, threads: int | None) -> None:
     """Give a fine-tuned LLM back its "I don't know": honesty patches with HCNR."""
+    if threads is not None and threads < 1:
+        raise OptionError(f"--threads must be at least 1, got {threads}.")
     setup_logging(verbose, quiet)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -335,6 +335,7 @@ def run_comparison(cfg: ComparisonConfig, fresh: bool = False, run_missing: bool
 
     ``run_missing=False`` only summarises the methods that already have a result (report only).
     """
+    locate(cfg.base), locate(cfg.sft, cfg.base)  # both models exist, whichever methods use them
     methods = [parse_method(s) for s in cfg.methods]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):

@@ -33,7 +33,7 @@ class BenchOptions:
         short="-b",
         multiple=True,
     )
-    limit: int = opt(300, "Items per honesty benchmark (balanced).")
+    limit: int = opt(300, "Items per honesty benchmark (balanced).", low=1)
     task_benchmarks: tuple[str, ...] = opt(
         ("qa_wikidata",),
         "Task benchmark name or user JSONL (kind \"task\"), repeatable; 'none' for none.",
@@ -41,7 +41,7 @@ class BenchOptions:
         short="-t",
         multiple=True,
     )
-    task_limit: int = opt(120, "Items per task benchmark.")
+    task_limit: int = opt(120, "Items per task benchmark.", low=1)
     hon_data: Path | None = opt(
         None, "D_hon JSONL for HCNR [default: built from the data folder, probing the SFT model].", metavar="FILE"
     )
@@ -49,15 +49,17 @@ class BenchOptions:
     train_data: Path | None = opt(
         None, "RAIT/DPO prompt/response JSONL (IDK-relabelled) [default: built from the train split].", metavar="FILE"
     )
-    probe: int = opt(400, "SelfAware train questions the SFT model is probed on to split known/unknown for RAIT.")
+    probe: int = opt(
+        400, "SelfAware train questions the SFT model is probed on to split known/unknown for RAIT.", low=1
+    )
     data_dir: str | None = opt(
         None, "Benchmark data folder (default: $SURGERY_DATA_DIR, else the samples bundled in the package)."
     )
     reference: str = opt("hcnr", "Method every other one is compared with by a paired bootstrap.")
-    max_new_tokens: int = opt(24, "")
-    batch_size: int = opt(16, "Generation batch size.")
-    seed: int = opt(0, "")
-    n_boot: int = opt(1000, "Bootstrap resamples for the CIs.")
+    max_new_tokens: int = opt(24, "", low=1)
+    batch_size: int = opt(16, "Generation batch size.", low=1)
+    seed: int = opt(0, "", low=0)
+    n_boot: int = opt(1000, "Bootstrap resamples for the CIs.", low=1)
     keep_models: bool = switch("Keep every method's model folder (they are large).")
     fresh: bool = switch("Recompute methods whose results already exist in --out.")
     report_only: bool = switch("Only summarise the methods that already have results in --out.")
@@ -81,8 +83,11 @@ def bench(**kwargs: Any) -> None:
 
     from ..baselines.comparison import ComparisonConfig, run_comparison
     from ..baselines.report import markdown
+    from ..outputs import check_outputs
 
     o = options_from(BenchOptions, kwargs)
+    inputs = (o.base, o.sft, o.hon_data, o.task_data, o.train_data, o.data_dir)
+    check_outputs(inputs, folders=(("-o", o.out_dir),))
     tasks = () if o.task_benchmarks == ("none",) else o.task_benchmarks
     cfg = ComparisonConfig(
         base=o.base,

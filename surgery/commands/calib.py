@@ -25,13 +25,13 @@ class CalibOptions:
     data_dir: str | None = opt(
         None, "Benchmark data folder (default: $SURGERY_DATA_DIR, else the bundled samples).", metavar="DIRECTORY"
     )
-    n_hon: int = opt(128, "Size of D_hon (half answerable, half 'I don't know').")
-    n_task: int = opt(128, "Size of D_task.")
+    n_hon: int = opt(128, "Size of D_hon (half answerable, half 'I don't know').", low=2)
+    n_task: int = opt(128, "Size of D_task.", low=1)
     task_benchmarks: str = opt(
         "nq_open,qa_wikidata", "Comma-separated task benchmarks that D_task is drawn from.", flag="--task"
     )
-    probe: int = opt(192, "How many answerable questions to probe --model with.")
-    seed: int = opt(0, "")
+    probe: int = opt(192, "How many answerable questions to probe --model with.", low=1)
+    seed: int = opt(0, "", low=0)
 
 
 @click.command(short_help="Build honesty and task calibration sets for a model.")
@@ -42,9 +42,11 @@ def calib(**kwargs: Any) -> None:
     from ..errors import OptionError
     from ..evaluation.runner import make_generator
     from ..hcnr.calibration_sets import write_calibration
+    from ..outputs import check_outputs
 
     o = options_from(CalibOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
+    check_outputs((o.model, o.data_dir), folders=(("-o", o.out_dir),))
     if o.n_hon < 2 or o.n_task < 1:
         raise OptionError("--n-hon must be at least 2 and --n-task at least 1.")
     generator = None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..hcnr.options import PatchOptions
+from ..options import parse_size
 from .options import ModelAccess, add_options, opt, options_from, reproducible_command, required, switch
 
 if TYPE_CHECKING:  # the library is imported lazily, so that `surgery --help` stays instant
@@ -21,7 +22,7 @@ if TYPE_CHECKING:  # the library is imported lazily, so that `surgery --help` st
 @dataclass(frozen=True)
 class CheckOptions:
     base: str = required("The model before fine-tuning (folder or cached hub id).")
-    top: int = opt(10, "How many of the most-moved matrices to list.")
+    top: int = opt(10, "How many of the most-moved matrices to list.", low=0)
     json_out: str | None = opt(None, "Write the full report as JSON.", flag="--json", metavar="FILE")
 
 
@@ -45,7 +46,15 @@ class InspectOptions:
 class ApplyOptions:
     output: str = required("Folder to write.", short="-o", metavar="DIRECTORY")
     base: str | None = opt(None, "Base of SFT when SFT is a PEFT adapter without a usable base path.")
-    max_shard_size: float = opt(2.0, "Shard size in GB.")
+    max_shard_size: str = opt("2", "Shard size: a number of GB, or a size such as 500MB or 5GB.", metavar="SIZE")
+
+    def __post_init__(self) -> None:
+        """A bad size is refused while parsing, before any model is read."""
+        self.shard_bytes()
+
+    def shard_bytes(self) -> int:
+        """``--max-shard-size`` in bytes (a plain number is GB, as before sizes with units were accepted)."""
+        return parse_size(self.max_shard_size, "--max-shard-size")
 
 
 def patch_command(sft: str, io: PatchIO, options: PatchOptions) -> str:
@@ -72,9 +81,13 @@ def check(sft: str, **kwargs: Any) -> None:
     from ..atomic import write_text_atomic
     from ..check import check_pair
     from ..modelio import locate
+    from ..outputs import refuse_input_overlap, refuse_unwritable
 
     o = options_from(CheckOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
+    if o.json_out:
+        refuse_unwritable(o.json_out, flag="--json")
+        refuse_input_overlap(o.json_out, (sft, o.base), flag="--json")
     report = check_pair(locate(o.base), locate(sft, o.base), allow_pickle=access.allow_pickle)
     click.echo(f"architecture      {report.model_type} (base and SFT agree)")
     click.echo(f"tensors           {report.tensors}, of which {report.linear_matrices} block linear matrices")
@@ -104,6 +117,7 @@ def patch(sft: str, **kwargs: Any) -> None:
     io = options_from(PatchIO, kwargs)
     access = options_from(ModelAccess, kwargs)
     options = options_from(PatchOptions, kwargs)
+    _check_patch_outputs(sft, io)
     report = make_patch(
         sft,
         io.base,
@@ -131,6 +145,16 @@ def patch(sft: str, **kwargs: Any) -> None:
     )
     if report.fallbacks:
         click.echo(f"  fallback to restore-only: {', '.join(report.fallbacks)}")
+
+
+def _check_patch_outputs(sft: str, io: PatchIO) -> None:
+    """Before any work: the patch and its command file go neither over an input nor where nothing can be written."""
+    from ..outputs import refuse_input_overlap, refuse_unwritable
+
+    inputs = (sft, io.base, io.honesty_data, io.task_data)
+    for path in (io.output, io.output + ".report.json", io.output + ".command.txt"):
+        refuse_unwritable(path, flag="-o")
+        refuse_input_overlap(path, inputs, flag="-o")
 
 
 def manifest_lines(m: PatchManifest) -> list[str]:
@@ -184,9 +208,15 @@ def inspect(patch_file: str, **kwargs: Any) -> None:
 def apply(sft: str, patch_file: str, **kwargs: Any) -> None:
     """Apply a patch to SFT and write the repaired model (bit-exact, fingerprints checked first)."""
     from ..apply import apply_patch
+    from ..modelio import locate
+    from ..outputs import refuse_input_overlap, refuse_unwritable
 
     o = options_from(ApplyOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
+    source = locate(sft, o.base)  # an adapter's base is an input too
+    inputs = (sft, o.base, patch_file, source.path, source.adapter_base)
+    refuse_unwritable(o.output, flag="-o", folder=True)
+    refuse_input_overlap(o.output, inputs, flag="-o", folder=True)
     info = apply_patch(
         sft,
         Path(patch_file),
@@ -194,6 +224,6 @@ def apply(sft: str, patch_file: str, **kwargs: Any) -> None:
         base=o.base,
         trust_remote_code=access.trust_remote_code,
         allow_pickle=access.allow_pickle,
-        max_shard_bytes=int(o.max_shard_size * 1024**3),
+        max_shard_bytes=o.shard_bytes(),
     )
     click.echo(f"wrote {o.output}: {info['tensors_patched']} tensors patched, fingerprints verified")

@@ -22,8 +22,10 @@ class EvalOptions:
     benchmarks: tuple[str, ...] = opt(
         (), _BENCHMARK_HELP, flag="--benchmark", short="-b", multiple=True, metavar="NAME|FILE.jsonl"
     )
-    limit: int | None = opt(None, "At most N items per benchmark, half answerable and half not where both exist.")
-    seed: int = opt(0, "Seed of the --limit sample.")
+    limit: int | None = opt(
+        None, "At most N items per benchmark, half answerable and half not where both exist.", low=1
+    )
+    seed: int = opt(0, "Seed of the --limit sample.", low=0)
     split: str = opt(
         "eval",
         "Which part of each built-in benchmark (train is for calibration/training data).",
@@ -34,8 +36,8 @@ class EvalOptions:
         "Folder with the benchmark data [default: $SURGERY_DATA_DIR, else the bundled samples].",
         metavar="DIRECTORY",
     )
-    max_new_tokens: int = opt(32, "")
-    batch_size: int = opt(16, "")
+    max_new_tokens: int = opt(32, "", low=1)
+    batch_size: int = opt(16, "", low=1)
     backend: str = opt("torch", "", choices=("torch", "onnx"))
     json_out: str | None = opt(
         None, "Write every item's prompt, response and judgements plus the metrics.", flag="--json", metavar="FILE"
@@ -60,9 +62,12 @@ def eval_command(targets: tuple[str, ...], **kwargs: Any) -> None:
       surgery eval --compare base.json sft.json patched.json --markdown report.md --plot f1.png
     """
     from ..errors import OptionError
+    from ..outputs import check_outputs
 
     o = options_from(EvalOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
+    written = (("--json", o.json_out), ("--markdown", o.md_out), ("--plot", o.plot_out))
+    check_outputs((*targets, o.refusal_patterns, *o.benchmarks), files=written)
     if o.compare:
         if o.json_out:
             raise OptionError("--json writes a single model's result; with --compare use --markdown or --plot.")

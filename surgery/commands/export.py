@@ -85,8 +85,11 @@ def export(
     """
     from ..export.pipeline import export_model, verify_export
     from ..export.verify import VerificationError
+    from ..outputs import check_outputs
 
     options = options_from(ExportOptions, kwargs)
+    if not verify_only:
+        check_outputs((model, base, options.prompts_file), folders=(("-o", out),))
     if verify_only:
         try:
             report = verify_export(model, out, options, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
@@ -122,8 +125,10 @@ def deploy(
     surgery deploy sft-model/ honesty.patch.safetensors -o repaired-onnx/ [--quantize int8]
     """
     from ..export.pipeline import deploy_patch
+    from ..outputs import check_outputs
 
     options = options_from(ExportOptions, kwargs)
+    check_outputs((sft, patch, base, options.prompts_file), folders=(("-o", out),))
     record = deploy_patch(
         sft, patch, out, options, base=base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
     )

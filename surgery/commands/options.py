@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..options import flag_of, opt
+from ..options import check_numbers, flag_of, opt
 
 __all__ = ["ModelAccess", "add_options", "flag_of", "opt", "options_from", "reproducible_command", "required", "switch"]
 
@@ -146,7 +146,9 @@ def options_from(cls: type[T], kwargs: dict[str, Any], **fixed: Any) -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
     values.update(fixed)
-    return cls(**values)
+    options = cls(**values)
+    check_numbers(options)  # nan, inf and out-of-range numbers: one sentence naming the flag
+    return options
 
 
 def reproducible_command(command: list[str], options: Any, positional: tuple[str, ...] = ()) -> list[str]:

@@ -39,8 +39,8 @@ class DemoOptions:
         "train it first with  surgery pair --recipe gemma3_270m --rebuild).",
     )
     json_out: str | None = opt(None, "Write every number (incl. recovery) as JSON.", flag="--json", metavar="FILE")
-    limit: int = opt(120, "Evaluation items per benchmark (held-out split, half answerable where both exist).")
-    task_limit: int | None = opt(None, "Task (qa_wikidata) items; default: --limit.")
+    limit: int = opt(120, "Evaluation items per benchmark (held-out split, half answerable where both exist).", low=1)
+    task_limit: int | None = opt(None, "Task (qa_wikidata) items; default: --limit.", low=1)
     work_dir: str | None = opt(
         None,
         "Where calibration sets, the patch, the patched model and results go "
@@ -62,9 +62,11 @@ class DemoOptions:
 def pair(**kwargs: Any) -> None:
     """Build (or load) a bundled pair: base, M0 (honest), M1 (SFT) and M1 as an adapter."""
     from ..atomic import write_json_atomic
+    from ..outputs import check_outputs
     from ..pair.build import ensure_pair, load_lock, recipe_dir_of, train_pair
 
     o = options_from(PairOptions, kwargs)
+    check_outputs((o.data_dir,), files=(("--json", o.json_out),))
     recipe_dir = recipe_dir_of(o.recipe)
     report: dict[str, Any] = {}
     if o.rebuild:
@@ -96,11 +98,14 @@ def demo(**kwargs: Any) -> None:
     """
     from ..atomic import write_json_atomic
     from ..errors import OptionError
+    from ..outputs import check_outputs
     from ..pair.demo import DemoConfig, format_table, run_demo
     from ..pair.gguf import cache_root
 
     o = options_from(DemoOptions, kwargs)
     overrides = {k: v for k, v in kwargs.items() if v is not None}  # what is left are the patch options
+    PatchOptions(**overrides)  # a bad value (--damp nan) is refused now, not after the pair is built
+    check_outputs((o.data_dir,), files=(("--json", o.json_out),), folders=(("--work-dir", o.work_dir),))
     if o.limit < 2:
         raise OptionError("--limit must be at least 2 (one answerable and one unanswerable item).")
     benches = tuple(b.strip() for b in o.benchmarks.split(",") if b.strip())

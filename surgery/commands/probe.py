@@ -15,8 +15,8 @@ from .options import ModelAccess, add_options, opt, options_from, required, swit
 class ProbeOptions:
     base: str = required("The model before fine-tuning (HF folder, cached hub id or adapter).")
     benchmark: str = opt("selfaware", "Built-in benchmark name or a JSONL file of {question, answerable} items.")
-    limit: int = opt(400, "Items to use, balanced between answerable and unanswerable.")
-    seed: int = opt(0, "Seed for sampling, split and probes.")
+    limit: int = opt(400, "Items to use, balanced between answerable and unanswerable.", low=4)
+    seed: int = opt(0, "Seed for sampling, split and probes.", low=0)
     data_dir: str | None = opt(
         None, "Benchmark data folder (default: $SURGERY_DATA_DIR, else the bundled samples).", metavar="DIRECTORY"
     )
@@ -25,11 +25,11 @@ class ProbeOptions:
         "Benchmark split; 'eval' keeps items that alignment/SFT/calibration data never use.",
         choices=("eval", "train", "all"),
     )
-    test_fraction: float = opt(0.3, "Share of the items held out to score the probes.")
-    c: float = opt(1.0, "Inverse L2 strength of the logistic regression.", flag="--probe-c")
-    batch_size: int = opt(16, "")
+    test_fraction: float = opt(0.3, "Share of the items held out to score the probes.", above=0, high=0.9)
+    c: float = opt(1.0, "Inverse L2 strength of the logistic regression.", flag="--probe-c", above=0)
+    batch_size: int = opt(16, "", low=1)
     padding_side: str = opt("right", "", choices=("right", "left"))
-    max_length: int = opt(1024, "Longer prompts keep their last tokens.")
+    max_length: int = opt(1024, "Longer prompts keep their last tokens.", low=1)
     no_shared_prefix: bool = switch(
         "Run every prompt whole instead of reusing the cache of the template prefix they share.",
         flag="--no-shared-prefix",
@@ -50,12 +50,14 @@ def probe(sft: str, **kwargs: Any) -> None:
     unchanged. If the base probe still works on SFT, recognition survived fine-tuning and only its
     expression was lost: the case an honesty patch is built for.
     """
+    from ..outputs import check_outputs
     from ..probe.report import curves_from_record, format_table, plot_curves, write_json
     from ..probe.run import run_probe
     from ..provenance import command_line
 
     o = options_from(ProbeOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
+    check_outputs((sft, o.base, o.benchmark), files=(("--json", o.json_path), ("--plot", o.plot_path)))
     record: dict[str, Any] = {"command": command_line()}
     record |= run_probe(
         sft,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OptionError
-from ..options import opt
+from ..options import check_numbers, opt
 
 QUANTIZE_CHOICES = ("int8",)
 
@@ -21,14 +21,16 @@ class ExportOptions:
     """What to export and how strictly to check it against PyTorch."""
 
     verify: bool = opt(True, "Compare the artefact with PyTorch on real prompts and write verify.json.")
-    max_abs_diff: float | None = opt(None, "Largest allowed |logit difference| (default 1e-3 for fp32, off for int8).")
+    max_abs_diff: float | None = opt(
+        None, "Largest allowed |logit difference| (default 1e-3 for fp32, off for int8).", low=0
+    )
     mean_abs_diff: float | None = opt(
-        None, "Largest allowed mean |logit difference| (default 1e-4 for fp32, off for int8)."
+        None, "Largest allowed mean |logit difference| (default 1e-4 for fp32, off for int8).", low=0
     )
     min_top1: float | None = opt(
-        None, "Smallest allowed top-1 agreement over compared positions (default 1.0 fp32, 0.6 int8)."
+        None, "Smallest allowed top-1 agreement over compared positions (default 1.0 fp32, 0.6 int8).", low=0, high=1
     )
-    greedy_tokens: int | None = opt(None, "Greedy tokens generated per prompt and compared (default 16).")
+    greedy_tokens: int | None = opt(None, "Greedy tokens generated per prompt and compared (default 16).", low=1)
     #: a tri-state flag pair (--same-greedy/--any-greedy), declared by the command itself
     same_greedy: bool | None = opt(
         None, "Require identical greedy generations (default: yes for fp32, no for int8).", cli=False
@@ -49,7 +51,7 @@ class ExportOptions:
         multiple=True,
         metavar="PATTERN",
     )
-    opset: int | None = opt(None, "ONNX opset (default: Optimum's for the family).")
+    opset: int | None = opt(None, "ONNX opset (default: Optimum's for the family).", low=1)
 
     def __post_init__(self) -> None:
         """Reject impossible values here, so library callers get the same sentence as the CLI."""
@@ -59,3 +61,4 @@ class ExportOptions:
             raise OptionError(f"--min-top1 must be between 0 and 1 (got {self.min_top1}).")
         if self.greedy_tokens is not None and self.greedy_tokens < 1:
             raise OptionError(f"--greedy-tokens must be at least 1 (got {self.greedy_tokens}).")
+        check_numbers(self)  # finite thresholds: a NaN bound would pass every comparison

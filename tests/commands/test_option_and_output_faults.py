@@ -1,0 +1,258 @@
+"""Fault injection on options and outputs (issue 14, "Text and options" and "Outputs").
+
+Each fault asserts what a user is promised: exit code 2, exactly one line on stderr starting
+"error: " with no traceback, nothing left at the destination, and every input byte-unchanged.
+Most cases fail while the options are parsed and need no model; the rest use the tiny pair, copied
+first so that a regression cannot damage the session's shared models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from surgery.cli import main
+from surgery.errors import OptionError
+from surgery.hcnr.options import PatchOptions
+from surgery.hcnr.pipeline import make_patch
+from surgery.options import parse_size
+from tests.conftest import write_calibration
+
+
+def _digest(paths: list[Path]) -> dict[str, str]:
+    """sha256 of every file under ``paths`` (files or folders): what "inputs unchanged" compares."""
+    out: dict[str, str] = {}
+    for p in paths:
+        for f in sorted([p] if p.is_file() else p.rglob("*")):
+            if f.is_file():
+                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+            else:
+                out[str(f)] = "dir"
+    return out
+
+
+def _assert_fault(args: list[str], dest: Path | None, inputs: list[Path], needle: str) -> Result:
+    """Run ``surgery ARGS`` and check the promise of a refused command."""
+    before = _digest(inputs)
+    existed = dest is not None and dest.exists()
+    result = CliRunner().invoke(main, ["-q", *args])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, (result.output, result.stderr, result.exception)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in result.output + result.stderr
+    if dest is not None and not existed:
+        assert not dest.exists(), f"{dest} was left behind"
+    assert _digest(inputs) == before, "an input changed"
+    return result
+
+
+# ---------------------------------------------------------------- parse-time faults: no model needed
+
+_PATCH = ["patch", "sft", "--honesty-data", "h.jsonl", "--task-data", "t.jsonl"]
+_APPLY = ["apply", "sft", "p.safetensors"]
+
+PARSE_FAULTS = [
+    (["--threads", "-1", "inspect", "x"], "--threads"),
+    (["--threads", "0", "inspect", "x"], "--threads"),
+    ([*_PATCH, "--damp", "nan"], "--damp"),
+    ([*_PATCH, "--damp", "inf"], "--damp"),
+    ([*_PATCH, "--epsilon", "nan"], "--epsilon"),
+    ([*_PATCH, "--task-weight", "nan"], "--task-weight"),
+    ([*_PATCH, "--task-weight", "-inf"], "--task-weight"),
+    ([*_PATCH, "--r-iw", "nan"], "--r-iw"),
+    ([*_PATCH, "--max-samples", "0"], "--max-samples"),
+    ([*_APPLY, "--max-shard-size", "nan"], "--max-shard-size"),
+    ([*_APPLY, "--max-shard-size", "-1"], "--max-shard-size"),
+    ([*_APPLY, "--max-shard-size", "0"], "--max-shard-size"),
+    ([*_APPLY, "--max-shard-size", "1e400"], "--max-shard-size"),
+    ([*_APPLY, "--max-shard-size", "5XB"], "--max-shard-size"),
+    (["check", "sft", "--base", "b", "--top", "-1"], "--top"),
+    (["eval", "m", "--batch-size", "0"], "--batch-size"),
+    (["eval", "m", "--limit", "0"], "--limit"),
+    (["eval", "m", "--max-new-tokens", "-1"], "--max-new-tokens"),
+    (["probe", "s", "--base", "b", "--test-fraction", "nan"], "--test-fraction"),
+    (["probe", "s", "--base", "b", "--test-fraction", "1.5"], "--test-fraction"),
+    (["probe", "s", "--base", "b", "--probe-c", "0"], "--probe-c"),
+    (["probe", "s", "--base", "b", "--probe-c", "inf"], "--probe-c"),
+    (["bench", "--base", "b", "--sft", "s", "--n-boot", "0"], "--n-boot"),
+    (["bench", "--base", "b", "--sft", "s", "--batch-size", "0"], "--batch-size"),
+    (["calib", "--n-task", "0"], "--n-task"),
+    (["export", "m", "--max-abs-diff", "nan"], "--max-abs-diff"),
+    (["export", "m", "--mean-abs-diff", "-1"], "--mean-abs-diff"),
+    (["export", "m", "--min-top1", "nan"], "--min-top1"),
+    (["deploy", "s", "PATCHFILE", "--greedy-tokens", "0"], "--greedy-tokens"),
+    (["demo", "--damp", "nan"], "--damp"),
+    (["demo", "--task-weight", "nan"], "--task-weight"),
+]
+
+
+@pytest.mark.parametrize(("args", "flag"), PARSE_FAULTS, ids=[" ".join(a) for a, _ in PARSE_FAULTS])
+def test_bad_number_is_one_sentence_naming_the_flag(args, flag, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "PATCHFILE").write_bytes(b"x")  # deploy's PATCH argument must exist to reach the options
+    out = tmp_path / "out"
+    needs_out = args[0] in ("export", "deploy", "calib", "bench", "apply", "patch")  # a required option
+    _assert_fault([*args, *(["-o", str(out)] if needs_out else [])], out, [tmp_path / "PATCHFILE"], flag)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("2", 2 * 1024**3), ("0.5", 1024**3 // 2), ("5GB", 5 * 10**9), ("500MB", 500 * 10**6), ("2GiB", 2 * 1024**3)],
+)
+def test_shard_sizes_hugging_face_style_and_plain_gb(text, expected):
+    assert parse_size(text, "--max-shard-size") == expected
+
+
+@pytest.mark.parametrize("text", ["nan", "-1", "0", "inf", "1e400", "5 XB", "", "0.1B"])
+def test_shard_size_refused(text):
+    with pytest.raises(OptionError, match="--max-shard-size"):
+        parse_size(text, "--max-shard-size")
+
+
+# ---------------------------------------------------------------- outputs over inputs: the tiny pair
+
+
+@pytest.fixture()
+def pair_copy(tiny_pair, tmp_path) -> tuple[Path, Path]:
+    """The tiny base and SFT copied into this test's folder: a regression may only damage copies."""
+    base, sft, _ = tiny_pair
+    return Path(shutil.copytree(base, tmp_path / "base")), Path(shutil.copytree(sft, tmp_path / "sft"))
+
+
+@pytest.fixture(scope="module")
+def made_patch(tiny_pair, tmp_path_factory) -> Path:
+    """A real patch of the tiny pair, made once for the apply cases."""
+    base, sft, _ = tiny_pair
+    folder = tmp_path_factory.mktemp("faults_patch")
+    hon, task = write_calibration(folder / "calib")
+    patch = folder / "p.safetensors"
+    make_patch(str(sft), str(base), str(hon), str(task), str(patch), PatchOptions(max_samples=8))
+    return patch
+
+
+def _patch_args(sft: Path, base: Path, hon: Path, task: Path, out: Path) -> list[str]:
+    return [
+        "patch",
+        str(sft),
+        "--base",
+        str(base),
+        "--honesty-data",
+        str(hon),
+        "--task-data",
+        str(task),
+        "-o",
+        str(out),
+    ]
+
+
+@pytest.mark.parametrize("target", ["sft_weights", "sft_config", "base_weights", "honesty", "task", "sft_folder"])
+def test_patch_output_over_an_input_is_refused(target, pair_copy, calib):
+    base, sft = pair_copy
+    hon, task = calib
+    dest = {
+        "sft_weights": sft / "model.safetensors",
+        "sft_config": sft / "config.json",
+        "base_weights": base / "model.safetensors",
+        "honesty": hon,
+        "task": task,
+        "sft_folder": sft,
+    }[target]
+    _assert_fault(_patch_args(sft, base, hon, task, dest), dest, [base, sft, hon, task], "-o")
+
+
+def test_patch_output_under_a_file_is_refused_before_work(pair_copy, calib, tmp_path):
+    base, sft = pair_copy
+    hon, task = calib
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    dest = blocker / "p.safetensors"
+    _assert_fault(_patch_args(sft, base, hon, task, dest), dest, [base, sft, hon, task, blocker], "-o")
+
+
+@pytest.mark.parametrize("target", ["sft", "inside_sft", "base", "inside_base", "patch", "parent_of_sft"])
+def test_apply_output_over_an_input_is_refused(target, pair_copy, made_patch, tmp_path):
+    base, sft = pair_copy
+    patch = Path(shutil.copy(made_patch, tmp_path / "p.safetensors"))
+    dest = {
+        "sft": sft,
+        "inside_sft": sft / "repaired",
+        "base": base,
+        "inside_base": base / "repaired",
+        "patch": patch,
+        "parent_of_sft": tmp_path,
+    }[target]
+    args = ["apply", str(sft), str(patch), "--base", str(base), "-o", str(dest)]
+    _assert_fault(args, dest, [base, sft, patch], "-o")
+
+
+def test_apply_output_under_a_file_is_one_sentence(pair_copy, made_patch, tmp_path):
+    base, sft = pair_copy
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    dest = blocker / "repaired"
+    _assert_fault(["apply", str(sft), str(made_patch), "-o", str(dest)], dest, [sft, made_patch, blocker], "-o")
+
+
+def test_check_json_under_a_file_is_one_sentence(pair_copy, tmp_path):
+    base, sft = pair_copy
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    dest = blocker / "report.json"
+    _assert_fault(["check", str(sft), "--base", str(base), "--json", str(dest)], dest, [base, sft, blocker], "--json")
+
+
+def test_check_json_over_the_sft_config_is_refused(pair_copy):
+    base, sft = pair_copy
+    dest = sft / "config.json"
+    _assert_fault(["check", str(sft), "--base", str(base), "--json", str(dest)], dest, [base, sft], "--json")
+
+
+def test_check_json_creates_missing_parent_folders(pair_copy, tmp_path):
+    """--json into a folder that does not exist yet: the folders are made, as every writer does."""
+    base, sft = pair_copy
+    dest = tmp_path / "new" / "deeper" / "report.json"
+    result = CliRunner().invoke(main, ["-q", "check", str(sft), "--base", str(base), "--json", str(dest)])
+    assert result.exit_code == 0, result.output
+    assert dest.is_file()
+
+
+def test_bench_refuses_a_missing_base_even_when_no_method_uses_it(pair_copy, tmp_path):
+    _, sft = pair_copy
+    out = tmp_path / "bench-out"
+    missing = tmp_path / "no-such-base"
+    args = ["bench", "--base", str(missing), "--sft", str(sft), "-m", "sft", "--report-only", "-o", str(out)]
+    _assert_fault(args, out, [sft], "no-such-base")
+
+
+def test_bench_refuses_a_missing_sft(pair_copy, tmp_path):
+    base, _ = pair_copy
+    out = tmp_path / "bench-out"
+    args = [
+        "bench",
+        "--base",
+        str(base),
+        "--sft",
+        str(tmp_path / "no-sft"),
+        "-m",
+        "base",
+        "--report-only",
+        "-o",
+        str(out),
+    ]
+    _assert_fault(args, out, [base], "no-sft")
+
+
+def test_apply_accepts_a_hugging_face_shard_size(pair_copy, made_patch, tmp_path):
+    """--max-shard-size 1MB splits the tiny model into several shards, as the same size does in transformers."""
+    _, sft = pair_copy
+    out = tmp_path / "repaired"
+    result = CliRunner().invoke(
+        main, ["-q", "apply", str(sft), str(made_patch), "-o", str(out), "--max-shard-size", "1MB"]
+    )
+    assert result.exit_code == 0, result.output + result.stderr
+    assert (out / "model.safetensors.index.json").is_file() or (out / "model.safetensors").is_file()
