@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .errors import ArchitectureMismatch
+from .model_folder import require_finite
 from .modelio import LazyCheckpoint, StateDictCheckpoint, locate, open_checkpoint, write_safetensors_folder
 from .patchfile import PatchEntry, apply_entry, read_patch
 from .progress import progress
@@ -58,7 +59,7 @@ def apply_patch(
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:
         for name in progress(sorted(ckpt.keys()), desc="apply", unit="tensor"):
-            t = ckpt.get(name)
+            t = require_finite(name, ckpt.get(name), src.identifier)
             if name in by_name:
                 t = apply_entry(t, by_name[name])
             yield name, t

@@ -7,12 +7,12 @@ tensor shapes; :func:`require_same_shapes` then compares the checkpoints' tensor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import ArchitectureMismatch, ModelFolderError
+from .errors import ArchitectureMismatch
+from .model_folder import flat_config
 from .modelio import ModelSource
 
 #: canonical config field -> the names families store it under (GPT-2 spells several differently)
@@ -57,15 +57,7 @@ class Architecture:
 
 def _flat_config(source: ModelSource) -> dict[str, Any]:
     """config.json with a multimodal ``text_config`` folded in (top-level keys win)."""
-    path = source.config_dir / "config.json"
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"Could not read the config of {source.identifier} ({path}): {exc}") from None
-    if not isinstance(cfg, dict):
-        raise ModelFolderError(f"The config of {source.identifier} ({path}) is not a JSON object.")
-    text = cfg.get("text_config") or {}
-    return {**text, **{k: v for k, v in cfg.items() if k != "text_config"}}
+    return flat_config(source.config_dir / "config.json")
 
 
 def architecture_of(source: ModelSource) -> Architecture:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from .architecture import require_same_architecture, require_same_shapes
 from .errors import ArchitectureMismatch, SurgeryError
 from .linear_layers import block_of, is_block_linear_weight
+from .model_folder import nonfinite
 from .modelio import ModelSource, open_checkpoint
 from .progress import progress
 
@@ -23,6 +24,7 @@ class CheckReport:
     matrix_change: dict[str, float] = field(default_factory=dict)  # ‖Δ‖/‖W0‖ per block linear
     block_change: dict[str, float] = field(default_factory=dict)
     other_changed: list[str] = field(default_factory=list)  # embeddings, norms, lm_head that SFT moved
+    nonfinite: list[str] = field(default_factory=list)  # block linears holding NaN/Inf in either model
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -50,6 +52,7 @@ def check_pair(
     block_num: dict[str, float] = {}
     block_den: dict[str, float] = {}
     other: list[str] = []
+    broken: list[str] = []
     require_same_shapes(sorted(bk & sk), bc, sc)
     for name in progress(sorted(bk & sk), desc="check", unit="tensor"):
         w0, w1 = bc.get(name), sc.get(name)
@@ -57,14 +60,17 @@ def check_pair(
         changed += int((d != 0).sum())
         total += d.numel()
         num, den = float((d**2).sum()), float((w0.double() ** 2).sum())
-        if w0.ndim == 2 and is_block_linear_weight(name):
+        if w0.ndim == 2 and is_block_linear_weight(name) and (nonfinite(w0) or nonfinite(w1)):
+            broken.append(name)  # NaN/Inf: neither "moved" nor "unmoved", and patch/apply refuse it
+            warnings.append(f"{name} holds NaN or Inf values; patch and apply will refuse this model.")
+        elif w0.ndim == 2 and is_block_linear_weight(name):
             matrix_change[name] = (num**0.5) / (den**0.5) if den else 0.0
             blk = block_of(name)
             block_num[blk] = block_num.get(blk, 0.0) + num
             block_den[blk] = block_den.get(blk, 0.0) + den
         elif num > 0:
             other.append(name)
-    if not matrix_change:
+    if not matrix_change and not broken:
         raise SurgeryError("No linear weights inside numbered transformer blocks were found in the checkpoints.")
     moved = sum(1 for v in matrix_change.values() if v > threshold)
     if moved == 0:
@@ -75,11 +81,12 @@ def check_pair(
     return CheckReport(
         model_type,
         len(bk & sk),
-        len(matrix_change),
+        len(matrix_change) + len(broken),
         moved,
         changed / max(1, total),
         matrix_change,
         blocks,
         other,
+        broken,
         warnings,
     )

@@ -21,10 +21,17 @@ import torch
 
 from .atomic import atomic_folder
 from .errors import ModelFolderError
+from .model_folder import (
+    PICKLE_SUFFIXES,
+    check_shapes_against_config,
+    confined,
+    index_shards,
+    read_json_object,
+    safetensors_header,
+)
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 ADAPTER_CONFIG = "adapter_config.json"
 #: files copied from a source model folder into a written one (weights are written separately)
 SIDE_FILES = (
@@ -68,22 +75,36 @@ def is_adapter_dir(path: Path) -> bool:
 
 
 def adapter_base_name(path: Path) -> str | None:
-    cfg = json.loads((path / ADAPTER_CONFIG).read_text())
-    return cfg.get("base_model_name_or_path")
+    name = read_json_object(path / ADAPTER_CONFIG).get("base_model_name_or_path")
+    if name is not None and not isinstance(name, str):
+        raise ModelFolderError(f"{path / ADAPTER_CONFIG}: base_model_name_or_path is not a string.")
+    return name
 
 
 def safetensors_files(path: Path, allow_pickle: bool = False) -> list[Path]:
+    """The weight files of a model folder, validated (:func:`_weight_files`): every reader passes here."""
+    files = _weight_files(path, allow_pickle)
+    config = path / "config.json"
+    for f in files:
+        if f.suffix == ".safetensors":
+            shapes = safetensors_header(f)  # complete file, sane header, before safetensors or torch see it
+            if config.is_file():
+                check_shapes_against_config(config, shapes)
+    return files
+
+
+def _weight_files(path: Path, allow_pickle: bool) -> list[Path]:
     """The safetensors weight files of a model folder; refuses pickle-only folders unless allowed."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing = [n for n in names if not (path / n).is_file()]
+        names = index_shards(index, allow_pickle)
+        missing = [n for n in names if not confined(path, n).is_file()]
         if missing:
             raise ModelFolderError(f"{path} is missing shard {missing[0]} named in its safetensors index.")
         return [path / n for n in names]
     files = sorted(p for p in path.glob("*.safetensors") if not p.name.startswith("adapter_"))
     if files:
-        return files
+        return [confined(path, f.name) for f in files]
     pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         if not allow_pickle:
@@ -106,9 +127,13 @@ class LazyCheckpoint:
         self._pickled: dict[str, torch.Tensor] = {}
         for f in files:
             if f.suffix == ".safetensors":
-                with safe_open(str(f), framework="pt") as h:
-                    for k in h.keys():
-                        self._where[k] = f
+                try:
+                    with safe_open(str(f), framework="pt") as h:
+                        keys = list(h.keys())
+                except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type
+                    raise ModelFolderError(f"{f} is not a readable safetensors file: {str(exc)[:200]}") from None
+                for k in keys:
+                    self._where[k] = f
             else:  # only reached with --allow-pickle
                 sd = torch.load(str(f), map_location="cpu", weights_only=True)
                 for k, v in sd.items():
@@ -209,13 +234,18 @@ def locate(spec: str | os.PathLike, base_hint: str | os.PathLike | None = None) 
     if not is_adapter_dir(path):
         if not (path / "config.json").is_file():
             raise ModelFolderError(f"{path} has no config.json: it is not a Hugging Face model folder.")
+        read_json_object(path / "config.json")
         return ModelSource(str(spec), path)
-    base_spec = base_hint or adapter_base_name(path)
+    named = adapter_base_name(path)  # read even when --base wins: a malformed adapter config is refused here
+    base_spec = base_hint or named
     if not base_spec:
         raise ModelFolderError(f"{path} is a PEFT adapter without base_model_name_or_path; pass --base.")
     base = resolve_model_dir(base_spec)
     if is_adapter_dir(base):
         raise ModelFolderError(f"The base of adapter {path} ({base}) is itself an adapter; merge it first.")
+    if not (base / "config.json").is_file():
+        raise ModelFolderError(f"{base} has no config.json: it is not a Hugging Face model folder.")
+    read_json_object(base / "config.json")
     return ModelSource(str(spec), path, adapter_base=base)
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..architecture import require_same_architecture
 from ..atomic import write_json_atomic
 from ..errors import SurgeryError
 from ..linear_layers import LinearLayer, find_linear_layers
@@ -133,6 +134,7 @@ class _Models:
     ) -> None:
         self.sft = locate(sft, base)
         self.base = _resolve_base(self.sft, base)
+        require_same_architecture(self.base, self.sft, why="A patch between two different networks is meaningless.")
         self.trust_remote_code, self.allow_pickle, self.device = trust_remote_code, allow_pickle, device
         self._loaded: tuple[str, PreTrainedModel] | None = None
 

@@ -14,6 +14,7 @@ import torch
 from ..architecture import require_same_shapes
 from ..errors import SurgeryError
 from ..linear_layers import LinearLayer, canonical
+from ..model_folder import require_finite
 from ..modelio import LazyCheckpoint, StateDictCheckpoint
 from ..progress import progress
 from .fisher import FisherScores
@@ -81,7 +82,9 @@ class WeightPair:
 
     def canonical(self, layer: LinearLayer) -> tuple[torch.Tensor, torch.Tensor]:
         """(W0, W1) of ``layer`` in (out x in) orientation."""
-        return canonical(self.base.get(layer.weight), layer), canonical(self.sft.get(layer.weight), layer)
+        w0 = require_finite(layer.weight, self.base.get(layer.weight), "the base model")
+        w1 = require_finite(layer.weight, self.sft.get(layer.weight), "the SFT model")
+        return canonical(w0, layer), canonical(w1, layer)
 
     def model_parameters(self) -> int:
         """Every parameter of the SFT checkpoint, for the share-of-model statistic."""

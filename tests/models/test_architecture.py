@@ -74,7 +74,7 @@ def test_unreadable_config_is_a_model_folder_error(tiny_models, tmp_path):
     shutil.copytree(tiny_models("llama"), broken)
     source = locate(str(broken))
     (broken / "config.json").write_text("{not json")
-    with pytest.raises(ModelFolderError, match="Could not read the config"):
+    with pytest.raises(ModelFolderError, match="config.json is not valid JSON"):
         architecture_of(source)
 
 
