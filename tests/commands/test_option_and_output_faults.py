@@ -8,12 +8,11 @@ first so that a regression cannot damage the session's shared models.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from surgery.cli import main
 from surgery.errors import OptionError
@@ -21,35 +20,7 @@ from surgery.hcnr.options import PatchOptions
 from surgery.hcnr.pipeline import make_patch
 from surgery.options import parse_size
 from tests.conftest import write_calibration
-
-
-def _digest(paths: list[Path]) -> dict[str, str]:
-    """sha256 of every file under ``paths`` (files or folders): what "inputs unchanged" compares."""
-    out: dict[str, str] = {}
-    for p in paths:
-        for f in sorted([p] if p.is_file() else p.rglob("*")):
-            if f.is_file():
-                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
-            else:
-                out[str(f)] = "dir"
-    return out
-
-
-def _assert_fault(args: list[str], dest: Path | None, inputs: list[Path], needle: str) -> Result:
-    """Run ``surgery ARGS`` and check the promise of a refused command."""
-    before = _digest(inputs)
-    existed = dest is not None and dest.exists()
-    result = CliRunner().invoke(main, ["-q", *args])
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2, (result.output, result.stderr, result.exception)
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert needle in lines[0], lines[0]
-    assert "Traceback" not in result.output + result.stderr
-    if dest is not None and not existed:
-        assert not dest.exists(), f"{dest} was left behind"
-    assert _digest(inputs) == before, "an input changed"
-    return result
-
+from tests.support.faults import assert_refused
 
 # ---------------------------------------------------------------- parse-time faults: no model needed
 
@@ -97,7 +68,7 @@ def test_bad_number_is_one_sentence_naming_the_flag(args, flag, tmp_path, monkey
     (tmp_path / "PATCHFILE").write_bytes(b"x")  # deploy's PATCH argument must exist to reach the options
     out = tmp_path / "out"
     needs_out = args[0] in ("export", "deploy", "calib", "bench", "apply", "patch")  # a required option
-    _assert_fault([*args, *(["-o", str(out)] if needs_out else [])], out, [tmp_path / "PATCHFILE"], flag)
+    assert_refused([*args, *(["-o", str(out)] if needs_out else [])], [tmp_path / "PATCHFILE"], out, words=(flag,))
 
 
 @pytest.mark.parametrize(
@@ -162,7 +133,7 @@ def test_patch_output_over_an_input_is_refused(target, pair_copy, calib):
         "task": task,
         "sft_folder": sft,
     }[target]
-    _assert_fault(_patch_args(sft, base, hon, task, dest), dest, [base, sft, hon, task], "-o")
+    assert_refused(_patch_args(sft, base, hon, task, dest), [base, sft, hon, task], dest, words=("-o",))
 
 
 def test_patch_output_under_a_file_is_refused_before_work(pair_copy, calib, tmp_path):
@@ -171,7 +142,7 @@ def test_patch_output_under_a_file_is_refused_before_work(pair_copy, calib, tmp_
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a folder")
     dest = blocker / "p.safetensors"
-    _assert_fault(_patch_args(sft, base, hon, task, dest), dest, [base, sft, hon, task, blocker], "-o")
+    assert_refused(_patch_args(sft, base, hon, task, dest), [base, sft, hon, task, blocker], dest, words=("-o",))
 
 
 @pytest.mark.parametrize("target", ["sft", "inside_sft", "base", "inside_base", "patch", "parent_of_sft"])
@@ -187,7 +158,7 @@ def test_apply_output_over_an_input_is_refused(target, pair_copy, made_patch, tm
         "parent_of_sft": tmp_path,
     }[target]
     args = ["apply", str(sft), str(patch), "--base", str(base), "-o", str(dest)]
-    _assert_fault(args, dest, [base, sft, patch], "-o")
+    assert_refused(args, [base, sft, patch], dest, words=("-o",))
 
 
 def test_apply_output_under_a_file_is_one_sentence(pair_copy, made_patch, tmp_path):
@@ -195,7 +166,9 @@ def test_apply_output_under_a_file_is_one_sentence(pair_copy, made_patch, tmp_pa
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
     dest = blocker / "repaired"
-    _assert_fault(["apply", str(sft), str(made_patch), "-o", str(dest)], dest, [sft, made_patch, blocker], "-o")
+    assert_refused(
+        ["apply", str(sft), str(made_patch), "-o", str(dest)], [sft, made_patch, blocker], dest, words=("-o",)
+    )
 
 
 def test_check_json_under_a_file_is_one_sentence(pair_copy, tmp_path):
@@ -203,13 +176,15 @@ def test_check_json_under_a_file_is_one_sentence(pair_copy, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
     dest = blocker / "report.json"
-    _assert_fault(["check", str(sft), "--base", str(base), "--json", str(dest)], dest, [base, sft, blocker], "--json")
+    assert_refused(
+        ["check", str(sft), "--base", str(base), "--json", str(dest)], [base, sft, blocker], dest, words=("--json",)
+    )
 
 
 def test_check_json_over_the_sft_config_is_refused(pair_copy):
     base, sft = pair_copy
     dest = sft / "config.json"
-    _assert_fault(["check", str(sft), "--base", str(base), "--json", str(dest)], dest, [base, sft], "--json")
+    assert_refused(["check", str(sft), "--base", str(base), "--json", str(dest)], [base, sft], dest, words=("--json",))
 
 
 def test_check_json_creates_missing_parent_folders(pair_copy, tmp_path):
@@ -226,7 +201,7 @@ def test_bench_refuses_a_missing_base_even_when_no_method_uses_it(pair_copy, tmp
     out = tmp_path / "bench-out"
     missing = tmp_path / "no-such-base"
     args = ["bench", "--base", str(missing), "--sft", str(sft), "-m", "sft", "--report-only", "-o", str(out)]
-    _assert_fault(args, out, [sft], "no-such-base")
+    assert_refused(args, [sft], out, words=("no-such-base",))
 
 
 def test_bench_refuses_a_missing_sft(pair_copy, tmp_path):
@@ -244,7 +219,7 @@ def test_bench_refuses_a_missing_sft(pair_copy, tmp_path):
         "-o",
         str(out),
     ]
-    _assert_fault(args, out, [base], "no-sft")
+    assert_refused(args, [base], out, words=("no-sft",))
 
 
 def test_apply_accepts_a_hugging_face_shard_size(pair_copy, made_patch, tmp_path):

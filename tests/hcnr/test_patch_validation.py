@@ -9,7 +9,6 @@ SFT folder and the patch are byte-unchanged, and that ``surgery inspect`` prints
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,17 +17,17 @@ from typing import Any
 
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
 from conftest import write_calibration
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from surgery.apply import apply_patch
-from surgery.cli import main
 from surgery.errors import ArchitectureMismatch, ModelFolderError, PatchFormatError
 from surgery.hcnr.pipeline import make_patch
 from surgery.modelio import tensor_sha256
 from surgery.patchfile import _serialize_safetensors, apply_entry, read_patch, splice
+from tests.support.faults import assert_one_error_line, cli, digest
 
 Tensors = dict[str, torch.Tensor]
 Manifest = dict[str, Any]
@@ -208,22 +207,6 @@ REFUSED: dict[str, tuple[Callable[[Manifest, Tensors, str], None], bool]] = {
 }
 
 
-def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")}
-
-
-def _cli(*args: str) -> Result:
-    return CliRunner().invoke(main, ["-q", "--threads", "1", *args])
-
-
-def _assert_one_error_line(res: Result) -> None:
-    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
-    assert isinstance(res.exception, SystemExit), res.exception  # not a crash caught by the test runner
-    lines = res.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    assert "Traceback" not in res.output
-
-
 def _assert_printable(res: Result) -> None:
     for text in (res.stdout, res.stderr):
         assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text, repr(text)
@@ -233,7 +216,7 @@ def _assert_printable(res: Result) -> None:
 def test_the_rewritten_valid_patch_applies(valid, tmp_path):
     """The harness itself: the valid patch, rewritten without damage, applies (so refusals are the damage's)."""
     patch = _write(tmp_path / "p.safetensors", valid, None)
-    res = _cli("apply", str(valid.sft), str(patch), "-o", str(tmp_path / "out"))
+    res = cli("apply", str(valid.sft), str(patch), "-o", str(tmp_path / "out"))
     assert res.exit_code == 0, res.output
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
@@ -242,23 +225,23 @@ def test_the_rewritten_valid_patch_applies(valid, tmp_path):
 def test_a_hostile_patch_is_refused_before_the_model_is_touched(valid, tmp_path, case):
     damage, manifest_invalid = REFUSED[case]
     patch = _write(tmp_path / "p.safetensors", valid, damage)
-    patch_bytes, sft_before = patch.read_bytes(), _digest(valid.sft)
+    patch_bytes, sft_before = patch.read_bytes(), digest([valid.sft])
     dest = tmp_path / "dest"
     dest.mkdir()
-    res = _cli("apply", str(valid.sft), str(patch), "-o", str(dest / "out"))
-    _assert_one_error_line(res)
+    res = cli("apply", str(valid.sft), str(patch), "-o", str(dest / "out"))
+    assert_one_error_line(res)
     _assert_printable(res)
     assert list(dest.iterdir()) == []  # no output, no temporary folder
     assert patch.read_bytes() == patch_bytes
-    assert _digest(valid.sft) == sft_before
+    assert digest([valid.sft]) == sft_before
     with pytest.raises(PatchFormatError if case != "control_sequences_in_a_tensor_name" else ArchitectureMismatch):
         manifest, entries = read_patch(patch)
         apply_patch(str(valid.sft), patch, dest / "lib")
     assert not (dest / "lib").exists()
-    shown = _cli("inspect", str(patch))
+    shown = cli("inspect", str(patch))
     _assert_printable(shown)
     if manifest_invalid:
-        _assert_one_error_line(shown)
+        assert_one_error_line(shown)
     else:
         assert shown.exit_code == 0, shown.output
 
@@ -280,10 +263,10 @@ def test_control_sequences_in_manifest_strings_are_never_printed(valid, tmp_path
     """Strings are only metadata: the patch still applies, and `inspect` prints them without control characters."""
     patch = _write(tmp_path / "p.safetensors", valid, HOSTILE_TEXT[case])
     for args in (["inspect", str(patch)], ["inspect", "--json", str(patch)]):
-        shown = _cli(*args)
+        shown = cli(*args)
         assert shown.exit_code == 0, shown.output
         _assert_printable(shown)
-    res = _cli("apply", str(valid.sft), str(patch), "-o", str(tmp_path / "out"))
+    res = cli("apply", str(valid.sft), str(patch), "-o", str(tmp_path / "out"))
     assert res.exit_code == 0, res.output
     _assert_printable(res)
     provenance = json.loads((tmp_path / "out" / "surgery_provenance.json").read_text())

@@ -6,7 +6,6 @@ Each case copies a tiny model pair, damages the copy, and drives the CLI; it ass
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner, Result
 from conftest import write_calibration
 from safetensors.torch import load_file, save_file
 
-from surgery.cli import main
 from surgery.hcnr.options import PatchOptions
 from surgery.hcnr.pipeline import make_patch
+from tests.support.faults import assert_refused, cli
 from tests.support.tiny import perturb_columns
 
 FAST = PatchOptions(compensation="none")
@@ -54,51 +52,20 @@ def pair(pristine, tmp_path) -> tuple[Path, Path]:
     return tmp_path / "base", tmp_path / "sft"
 
 
-def _digest(paths: list[Path]) -> dict[str, str]:
-    out = {}
-    for root in paths:
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for f in files:
-            out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else "absent"
-    return out
-
-
-def _cli(*args: str) -> Result:
-    return CliRunner().invoke(main, ["-q", "--threads", "1", *args])
-
-
-def _refused(args: list[str], inputs: list[Path], dest: Path | None, *, words: tuple[str, ...] = ()) -> str:
-    """Run the CLI and assert the fault contract; returns the error line."""
-    before = _digest(inputs)
-    res = _cli(*args)
-    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
-    assert isinstance(res.exception, SystemExit), res.exception
-    lines = res.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    assert "Traceback" not in res.output and "Traceback" not in res.stderr
-    if dest is not None:
-        assert not dest.exists(), f"{dest} was left behind"
-        assert not [p for p in dest.parent.iterdir() if p.name.startswith(f".{dest.name}")], "temp files left"
-    assert _digest(inputs) == before, "an input was changed"
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
-
-
 def _all_three(pair: tuple[Path, Path], pristine, good_patch: Path, tmp_path: Path, words: tuple[str, ...]) -> None:
     """The damaged SFT is refused by check, patch and apply alike."""
     base, sft = pair
     _, _, hon, task = pristine
     inputs = [base, sft, hon, task, good_patch]
-    _refused(["check", str(sft), "--base", str(base)], inputs, None, words=words)
+    assert_refused(["check", str(sft), "--base", str(base)], inputs, None, words=words)
     out = tmp_path / "out.safetensors"
-    _refused(
+    assert_refused(
         ["patch", str(sft), "--base", str(base), "--honesty-data", str(hon), "--task-data", str(task), "-o", str(out)],
         inputs,
         out,
         words=words,
     )
-    _refused(
+    assert_refused(
         ["apply", str(sft), str(good_patch), "-o", str(tmp_path / "repaired")],
         inputs,
         tmp_path / "repaired",
@@ -205,7 +172,7 @@ def test_damaged_sft_folder_is_one_sentence_everywhere(case, pair, pristine, goo
     _all_three(pair, pristine, good_patch, tmp_path, words)
 
 
-def test_shape_disagreeing_with_config_is_refused(pair, pristine, good_patch, tmp_path):
+def test_shape_disagreeing_with_config_isassert_refused(pair, pristine, good_patch, tmp_path):
     """Both configs say a wider model than the tensors are: the tensor and the config are named."""
     for folder in pair:
         _wrong_hidden_size(folder)
@@ -223,7 +190,7 @@ def test_adapter_config_not_object(pair, pristine, good_patch, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["dotdot", "absolute"])
-def test_index_entry_outside_the_folder_is_refused(where, pair, pristine, good_patch, tmp_path):
+def test_index_entry_outside_the_folder_isassert_refused(where, pair, pristine, good_patch, tmp_path):
     sft = pair[1]
     outside = tmp_path / "elsewhere.safetensors"
     name = "../elsewhere.safetensors" if where == "dotdot" else str(outside)
@@ -232,7 +199,7 @@ def test_index_entry_outside_the_folder_is_refused(where, pair, pristine, good_p
     _all_three(pair, pristine, good_patch, tmp_path, ("outside the folder",))
 
 
-def test_symlinked_shard_escaping_the_folder_is_refused(pair, pristine, good_patch, tmp_path):
+def test_symlinked_shard_escaping_the_folder_isassert_refused(pair, pristine, good_patch, tmp_path):
     sft = pair[1]
     outside = tmp_path / "stash"
     outside.mkdir()
@@ -261,7 +228,7 @@ def test_nan_weight_is_reported_by_check(pair, tmp_path):
     base, sft = pair
     name = _poison(sft)
     report = tmp_path / "check.json"
-    res = _cli("check", str(sft), "--base", str(base), "--json", str(report))
+    res = cli("check", str(sft), "--base", str(base), "--json", str(report))
     assert "Traceback" not in res.output
     assert name in res.output and "NaN" in res.output, res.output
     assert json.loads(report.read_text())["nonfinite"] == [name]
@@ -285,8 +252,10 @@ def test_nan_weight_is_refused_by_patch_and_apply(pair, pristine, good_patch, tm
         "-o",
         str(out),
     ]
-    _refused(args, inputs, out, words=(name, "NaN"))
-    _refused(["apply", str(sft), str(good_patch), "-o", str(tmp_path / "r")], inputs, tmp_path / "r", words=(name,))
+    assert_refused(args, inputs, out, words=(name, "NaN"))
+    assert_refused(
+        ["apply", str(sft), str(good_patch), "-o", str(tmp_path / "r")], inputs, tmp_path / "r", words=(name,)
+    )
 
 
 def test_inf_in_base_is_refused_by_patch(pair, pristine, tmp_path):
@@ -309,7 +278,7 @@ def test_inf_in_base_is_refused_by_patch(pair, pristine, tmp_path):
         "-o",
         str(out),
     ]
-    _refused(args, [base, sft, hon, task], out, words=(name, "base"))
+    assert_refused(args, [base, sft, hon, task], out, words=(name, "base"))
 
 
 def test_patch_refuses_a_different_architecture_of_the_same_shapes(pair, pristine, tmp_path):
@@ -332,5 +301,5 @@ def test_patch_refuses_a_different_architecture_of_the_same_shapes(pair, pristin
         "-o",
         str(out),
     ]
-    _refused(args, [base, sft, hon, task], out, words=("model_type",))
-    _refused(["check", str(sft), "--base", str(base)], [base, sft], None, words=("model_type",))
+    assert_refused(args, [base, sft, hon, task], out, words=("model_type",))
+    assert_refused(["check", str(sft), "--base", str(base)], [base, sft], None, words=("model_type",))
