@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,28 +162,37 @@ _ST_DTYPES = {
 }
 
 
-def _serialize_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """Byte-for-byte reproducible safetensors: sorted header keys and tensor order.
+TensorSpec = tuple[str, torch.dtype, tuple[int, ...]]  # (name, dtype, shape)
+
+
+def _header(specs: list[TensorSpec], metadata: dict[str, str]) -> bytes:
+    """The safetensors header of tensors written in ``specs`` order: sorted keys, padded to 8 bytes.
 
     (The safetensors library writes ``__metadata__`` from a hash map, whose order changes between runs.)
     """
     header: dict = {"__metadata__": dict(sorted(metadata.items()))}
-    blobs, offset = [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        if t.dtype not in _ST_DTYPES:
-            raise ValueError(f"cannot store dtype {t.dtype}")
-        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {
-            "dtype": _ST_DTYPES[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [offset, offset + len(data)],
-        }
-        blobs.append(data)
-        offset += len(data)
+    offset = 0
+    for name, dtype, shape in specs:
+        if dtype not in _ST_DTYPES:
+            raise ValueError(f"cannot store dtype {dtype}")
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
     head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     head += b" " * (-len(head) % 8)
-    return len(head).to_bytes(8, "little") + head + b"".join(blobs)
+    return len(head).to_bytes(8, "little") + head
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().contiguous().cpu()
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def _serialize_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """Byte-for-byte reproducible safetensors: sorted header keys and tensor order."""
+    names = sorted(tensors)
+    specs = [(n, tensors[n].dtype, tuple(tensors[n].shape)) for n in names]
+    return _header(specs, metadata) + b"".join(_tensor_bytes(tensors[n]) for n in names)
 
 
 @dataclass(frozen=True)
@@ -234,6 +245,15 @@ class TensorRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def specs(self, weight: str) -> list[TensorSpec]:
+        """Name, dtype and shape of the two tensors this record stands for (index and values)."""
+        out_f, in_f = canonical_shape(tuple(self.shape), self.transposed)
+        values = (out_f, self.count) if self.unit == "cols" else (self.count, in_f)
+        return [
+            (f"{weight}::{self.unit}", torch.int32, (self.count,)),
+            (f"{weight}::values", VALUE_DTYPES[self.dtype], values),
+        ]
 
 
 @dataclass(frozen=True)
@@ -348,6 +368,7 @@ class PatchManifest:
     calibration: dict[str, Any]  # role -> {"file", "sha256", "bytes"}
     stats: PatchStats | None = None
     tensors: dict[str, TensorRecord] = field(default_factory=dict)
+    compute: dict[str, Any] | None = None  # where it was computed: dtype, device type, world size
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> PatchManifest:
@@ -364,6 +385,7 @@ class PatchManifest:
             calibration=_calibration(_get(d, "calibration", dict, where), f"{where}.calibration"),
             stats=None if stats is None else PatchStats.from_dict(stats, f"{where}.stats"),
             tensors=tensors,
+            compute=_get(d, "compute", dict, where) if "compute" in d else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -380,6 +402,8 @@ class PatchManifest:
         if self.stats is not None:
             out["stats"] = self.stats.to_dict()
         out["tensors"] = {k: t.to_dict() for k, t in self.tensors.items()}
+        if self.compute is not None:
+            out["compute"] = dict(self.compute)
         return out
 
 
@@ -421,21 +445,39 @@ def _get(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str)
 
 def write_patch(path: str | Path, entries: list[PatchEntry], manifest: PatchManifest) -> PatchManifest:
     """Write atomically; the manifest's ``tensors`` are taken from ``entries``. Returns what was written."""
-    path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
-    records: dict[str, TensorRecord] = {}
-    for e in sorted(entries, key=lambda e: e.weight):
-        tensors[f"{e.weight}::{e.unit}"] = e.index.to(torch.int32).contiguous()
-        tensors[f"{e.weight}::values"] = e.values.contiguous()
-        records[e.weight] = TensorRecord.of(e)
-    written = dataclasses.replace(manifest, tensors=records)
+    for e in entries:
+        tensors[f"{e.weight}::{e.unit}"] = e.index.to(torch.int32)
+        tensors[f"{e.weight}::values"] = e.values
+    records = {e.weight: TensorRecord.of(e) for e in entries}
+    return write_patch_streamed(path, records, tensors.__getitem__, manifest)
+
+
+def write_patch_streamed(
+    path: str | Path,
+    records: dict[str, TensorRecord],
+    tensor: Callable[[str], torch.Tensor],
+    manifest: PatchManifest,
+) -> PatchManifest:
+    """Write atomically, asking ``tensor(name)`` for one tensor at a time (``<weight>::cols|rows|values``).
+
+    The header is computed from the records alone, so a patch larger than memory is written from its
+    parts with the same bytes :func:`write_patch` gives for the same entries.
+    """
+    written = dataclasses.replace(manifest, tensors=dict(sorted(records.items())))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "manifest": json.dumps(written.to_dict(), sort_keys=True, separators=(",", ":")),
     }
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(_serialize_safetensors(tensors, meta))
+    specs = sorted(spec for weight, r in records.items() for spec in r.specs(weight))
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(_header(specs, meta))
+        for name, dtype, shape in specs:
+            t = tensor(name)
+            if t.dtype != dtype or tuple(t.shape) != shape:
+                raise ValueError(f"{name}: {t.dtype} {tuple(t.shape)} does not match its record ({dtype} {shape})")
+            f.write(_tensor_bytes(t))
     return written
 
 

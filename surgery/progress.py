@@ -60,14 +60,16 @@ class StageTimer:
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str, log_each: bool = True) -> Iterator[None]:
+        """Time one stage (times of a stage entered again add up; ``log_each=False`` for per-block steps)."""
         t0 = time.perf_counter()
         try:
             yield
         finally:
             dt = time.perf_counter() - t0
             self.seconds[name] = self.seconds.get(name, 0.0) + dt
-            log.info("%-14s %7.1f s   peak RSS %7.0f MB", name, dt, peak_rss_mb())
+            if log_each:
+                log.info("%-14s %7.1f s   peak RSS %7.0f MB", name, dt, peak_rss_mb())
 
     @property
     def total(self) -> float:

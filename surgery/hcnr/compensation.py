@@ -5,7 +5,7 @@ The solvers are pure: a :class:`Problem` ``(W0, W1, H, neurons)`` in canonical (
 not restored always keep W1; only the restored columns (or rows) change, so the patch stays sparse.
 The objective is the layer output on calibration inputs, ‖(W − W0) X‖², i.e. tr((W − W0) H (W − W0)ᵀ)
 with H = (2/N) X Xᵀ. Solvers are registered by name in :data:`COLUMN_SOLVERS` and :data:`ROW_SOLVERS`;
-:func:`compensate_selection` is the stage that runs them over every selected matrix.
+:func:`compensate_layers` runs them over selected matrices.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..linear_layers import canonical
+from ..linear_layers import LinearLayer, canonical
 from ..patchfile import MatrixDrift, MatrixStats, PatchEntry, make_entry
-from ..progress import progress
 from .hessian import Hessians
 from .options import PatchOptions
-from .selection import Selection, WeightPair
+from .selection import WeightPair
 
 log = logging.getLogger(__name__)
 
@@ -266,14 +265,18 @@ class CompensatedPatch:
         return num / den if den else None
 
 
-def compensate_selection(
-    selection: Selection, hessians: Hessians | None, weights: WeightPair, options: PatchOptions
+def compensate_layers(
+    layers: list[LinearLayer],
+    neurons: dict[str, torch.Tensor],
+    hessians: Hessians | None,
+    weights: WeightPair,
+    options: PatchOptions,
 ) -> CompensatedPatch:
-    """Stage 2b: restore and compensate the selected neurons of every selected matrix."""
+    """Stage 2b for some selected matrices (one block's, in the streamed pipeline): restore and compensate."""
     out = CompensatedPatch()
     unit = "cols" if options.neuron == "column" else "rows"
-    for layer in progress(selection.layers, desc="compensation", unit="matrix"):
-        idx = selection.neurons[layer.weight]
+    for layer in layers:
+        idx = neurons[layer.weight]
         stored_sft = weights.sft.get(layer.weight)
         w0, w1 = canonical(weights.base.get(layer.weight), layer), canonical(stored_sft, layer)
         h, h_task = hessians.of(layer.weight) if hessians is not None else (None, None)
@@ -285,8 +288,4 @@ def compensate_selection(
         out.entries.append(make_entry(layer.weight, stored_sft, res.weight, idx, unit, layer.transposed))
         count = int(idx.numel()) * (layer.out_features if options.neuron == "column" else layer.in_features)
         out.per_matrix[layer.weight] = MatrixStats(int(idx.numel()), count, res.method, res.drift())
-    if out.fallbacks:
-        log.warning(
-            "%d matrices fell back to restore-only (Cholesky failed): %s", len(out.fallbacks), ", ".join(out.fallbacks)
-        )
     return out

@@ -5,25 +5,22 @@ column sums are ``diag(Xᵀ (Δ Δᵀ) X)`` and its row sums ``diag(Δᵀ (X X�
 Δ (T x out) are that example's inputs and output gradients. Both cost O(T²(in+out)) instead of
 O(T·in·out), and no per-example gradient matrix is ever materialised: the accumulators are one
 vector per matrix. Examples are batched (their losses are summed, so gradients stay per-example).
+The pass itself runs block by block (:mod:`surgery.hcnr.stream`); this module holds the maths.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..linear_layers import LinearLayer
-from ..progress import progress
-from .calibration import Batch, CalibrationSets
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +55,12 @@ class FisherSums:
     rows: dict[str, torch.Tensor]
     n_examples: int
 
+    def add(self, part: dict[str, torch.Tensor]) -> None:
+        """Take in one block's sums as :meth:`LayerFisher.tensors` wrote them."""
+        for key, vec in part.items():
+            weight, _, kind = key.rpartition("::")
+            (self.columns if kind == "cols" else self.rows)[weight] = vec
+
 
 @dataclass
 class FisherScores:
@@ -69,26 +72,38 @@ class FisherScores:
     hon: dict[str, torch.Tensor] = field(default_factory=dict)
     task: dict[str, torch.Tensor] = field(default_factory=dict)
 
-
-def score_neurons(
-    model: PreTrainedModel, layers: list[LinearLayer], sets: CalibrationSets, neuron: str
-) -> FisherScores:
-    """Stage 1a: Fisher scores of every neuron (``neuron`` = "column" or "row") on both calibration sets."""
-    hon = fisher_sums(model, layers, sets.hon, desc="fisher (honesty)")
-    task = fisher_sums(model, layers, sets.task, desc="fisher (task)")
-    if neuron == "column":
-        return FisherScores(hon.columns, task.columns)
-    return FisherScores(hon.rows, task.rows)
+    @classmethod
+    def of(cls, hon: FisherSums, task: FisherSums, neuron: str) -> FisherScores:
+        """The column (or row) scores of both sets."""
+        if neuron == "column":
+            return cls(hon.columns, task.columns)
+        return cls(hon.rows, task.rows)
 
 
-class _Accumulator:
-    """Forward hooks that keep each layer's input and backward hooks that fold it into the Fisher sums."""
+class LayerFisher:
+    """Forward hooks that keep each layer's input and gradient hooks that fold it into the Fisher sums.
 
-    def __init__(self, layers: list[LinearLayer]) -> None:
+    Row sums cost as much again as column sums and only row selection reads them, so they are
+    computed only when ``rows`` is asked for.
+    """
+
+    def __init__(self, layers: list[LinearLayer], modules: dict[str, nn.Module], rows: bool = True) -> None:
+        self.layers, self.modules, self.want_rows = layers, modules, rows
         self.cols = {layer.weight: torch.zeros(layer.in_features, dtype=torch.float64) for layer in layers}
         self.rows = {layer.weight: torch.zeros(layer.out_features, dtype=torch.float64) for layer in layers}
         self.inputs: dict[str, torch.Tensor] = {}
         self.live: torch.Tensor | None = None  # attention mask of the current batch
+
+    @contextlib.contextmanager
+    def hooks(self) -> Iterator[None]:
+        """The hooks, attached for the duration."""
+        handles = [self.modules[layer.module].register_forward_hook(self.forward_hook(layer)) for layer in self.layers]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            self.inputs.clear()
 
     def forward_hook(self, layer: LinearLayer) -> Callable[[nn.Module, tuple[Any, ...], torch.Tensor], None]:
         """Keep the layer input and fold it in when the output gradient arrives."""
@@ -101,7 +116,7 @@ class _Accumulator:
         return fwd
 
     def on_grad(self, layer: LinearLayer, grad: torch.Tensor) -> None:
-        """Per-example column and row sums of this layer's weight gradient, from its input and output grad."""
+        """Per-example column (and row) sums of this layer's weight gradient, from its input and output grad."""
         assert self.live is not None
         x = self.inputs.pop(layer.weight).float()
         d = grad.detach().float()
@@ -111,44 +126,14 @@ class _Accumulator:
             keep = self.live[b]
             xb, db = x[b, keep], d[b, keep]
             c += per_example_column_scores(xb, db).double()
-            r += per_example_row_scores(xb, db).double()
+            if self.want_rows:
+                r += per_example_row_scores(xb, db).double()
         self.cols[layer.weight] += c.cpu()
         self.rows[layer.weight] += r.cpu()
 
-
-def _make_leaf(_mod: nn.Module, _args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
-    """Embedding output as a grad-requiring leaf, so gradients flow with every parameter frozen."""
-    return out.detach().requires_grad_(True)
-
-
-def fisher_sums(
-    model: PreTrainedModel, layers: list[LinearLayer], batches: list[Batch], desc: str = "fisher"
-) -> FisherSums:
-    """Per-neuron empirical Fisher on one calibration set, for every layer in ``layers``."""
-    device = next(model.parameters()).device
-    modules = dict(model.named_modules())
-    acc = _Accumulator(layers)
-    requires = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    emb = model.get_input_embeddings()
-    handles = [emb.register_forward_hook(_make_leaf)]
-    handles += [modules[layer.module].register_forward_hook(acc.forward_hook(layer)) for layer in layers]
-    n = 0
-    try:
-        for batch in progress(batches, desc=desc, unit="batch"):
-            ids = batch.input_ids.to(device)
-            att = batch.attention_mask.to(device)
-            acc.live = att.bool()
-            with torch.enable_grad():
-                logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits
-                losses = per_example_losses(logits, batch.labels.to(device))
-                losses.sum().backward()
-            n += ids.shape[0]
-            acc.inputs.clear()
-    finally:
-        for h in handles:
-            h.remove()
-        for p, r in zip(model.parameters(), requires):
-            p.requires_grad_(r)
-    return FisherSums(acc.cols, acc.rows, n)
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The sums as one work-folder part: ``<weight>::cols`` (and ``::rows``)."""
+        out = {f"{w}::cols": v for w, v in self.cols.items()}
+        if self.want_rows:
+            out.update({f"{w}::rows": v for w, v in self.rows.items()})
+        return out

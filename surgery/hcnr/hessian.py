@@ -6,8 +6,9 @@ and share one accumulator, so no family-specific wiring is needed.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,9 +16,9 @@ import torch
 from torch import nn
 
 from ..linear_layers import LinearLayer
-from ..progress import progress
-from .calibration import Batch, CalibrationSets
 from .options import PatchOptions
+from .skeleton import Block
+from .stream import Stream
 
 log = logging.getLogger(__name__)
 
@@ -103,28 +104,28 @@ class _GroupedAccumulator:
         )
 
 
+Pass = tuple[torch.Tensor, Callable[[], object]]  # (attention mask, a forward that feeds the hooks)
+
+
 def collect_hessians(
-    model: nn.Module,
+    modules: dict[str, nn.Module],
     layers: list[LinearLayer],
-    batches: list[Batch],
+    passes: Iterable[Pass],
     dtype: torch.dtype = torch.float32,
-    desc: str = "hessians",
+    device: torch.device | str = "cpu",
 ) -> HessianSet:
-    """Accumulate Σ x xᵀ per input group (float32 by default: half the cost of float64, and the
-    relative rounding error of a sum of PSD outer products stays far below the 1% damping); the
-    finished Hessians are returned in float64 for the solver.
+    """Accumulate Σ x xᵀ per input group over forward ``passes`` (float32 by default: half the cost of
+    float64, and the relative rounding error of a sum of PSD outer products stays far below the 1%
+    damping); the finished Hessians are returned in float64 for the solver.
 
     N counts the tokens the attention mask keeps (prompt and response alike; padding never)."""
-    device = next(model.parameters()).device
-    modules = dict(model.named_modules())
-    acc = _GroupedAccumulator(dtype, device)
+    acc = _GroupedAccumulator(dtype, torch.device(device))
     handles = [modules[layer.module].register_forward_hook(acc.hook(layer)) for layer in layers]
     try:
         with torch.no_grad():
-            for batch in progress(batches, desc=desc, unit="batch"):
-                att = batch.attention_mask.to(device)
-                acc.start_pass(att)
-                model(input_ids=batch.input_ids.to(device), attention_mask=att, use_cache=False)
+            for mask, forward in passes:
+                acc.start_pass(mask.to(device))
+                forward()
         acc.alive.clear()
     finally:
         for h in handles:
@@ -151,11 +152,25 @@ def needs_hessians(options: PatchOptions) -> bool:
     return options.neuron == "column" or options.compensation == "protect"
 
 
-def hessians_for(model: nn.Module, layers: list[LinearLayer], sets: CalibrationSets, options: PatchOptions) -> Hessians:
-    """Stage 2a: the Hessians the chosen compensation needs, on the selected layers only."""
-    if options.compensation == "protect":
-        return Hessians(
-            collect_hessians(model, layers, sets.hon, desc="hessians (honesty)"),
-            collect_hessians(model, layers, sets.task, desc="hessians (task)"),
-        )
-    return Hessians(collect_hessians(model, layers, sets.for_hessians(options.hessian_data)))
+def block_hessians(
+    streams: dict[str, Stream], block: Block, layers: list[LinearLayer], options: PatchOptions
+) -> Hessians:
+    """Stage 2a for one block: the Hessians the chosen compensation needs, from the SFT's cached inputs."""
+    with streams["hon"].skel.block(block) as module:
+        if options.compensation == "protect":
+            return Hessians(
+                _collect(module, [streams["hon"]], block, layers), _collect(module, [streams["task"]], block, layers)
+            )
+        which = {"both": ("hon", "task"), "hon": ("hon",), "task": ("task",)}[options.hessian_data]
+        return Hessians(_collect(module, [streams[w] for w in which], block, layers))
+
+
+def _collect(module: nn.Module, streams: list[Stream], block: Block, layers: list[LinearLayer]) -> HessianSet:
+    """Σ x xᵀ of ``layers`` (all in ``block``) over the cached block inputs of ``streams``, in order."""
+    passes: list[Pass] = []
+    for s in streams:
+        for batch, call, x in zip(s.batches, s.calls, s.inputs(block.index)):
+            run = call.calls[block.index].run
+            passes.append((batch.attention_mask, functools.partial(run, module, x, s.returns_tuple)))
+    skel = streams[0].skel
+    return collect_hessians(skel.modules, layers, passes, device=skel.device)

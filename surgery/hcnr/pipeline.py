@@ -3,39 +3,45 @@
 Each stage is a typed function in its own module
 (``CalibrationSets -> FisherScores -> Selection -> Hessians -> CompensatedPatch -> PatchManifest``);
 this one only moves data between them, times them and writes the patch plus ``<patch>.report.json``.
+Every model size takes the same streamed path: blocks are read from disk one at a time
+(:mod:`.skeleton`, :mod:`.stream`), intermediate results are parts of ``<patch>.work/`` (:mod:`.workdir`),
+so memory stays at about one block and a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import nn
 
 from .. import __version__
 from ..architecture import require_same_architecture
 from ..atomic import write_json_atomic
 from ..errors import SurgeryError
-from ..linear_layers import LinearLayer, find_linear_layers
-from ..modelio import ModelSource, load_model, load_tokenizer, locate, open_checkpoint
-from ..patchfile import PatchManifest, PatchStats, write_patch
-from ..progress import StageTimer, peak_rss_mb
+from ..linear_layers import LinearLayer
+from ..modelio import ModelSource, load_tokenizer, locate, open_checkpoint
+from ..patchfile import PatchManifest, PatchStats, write_patch_streamed
+from ..progress import StageTimer, peak_rss_mb, progress
 from .calibration import CalibrationSets, dataset_fingerprint, load_calibration_sets
-from .compensation import CompensatedPatch, compensate_selection
-from .fisher import FisherScores, score_neurons
-from .hessian import Hessians, hessians_for, needs_hessians
+from .compensation import compensate_layers
+from .fisher import FisherScores
+from .hessian import block_hessians, needs_hessians
 from .options import PatchOptions
+from .parts import PatchParts, part_name, save_part
 from .selection import Selection, WeightPair, select_neurons
+from .skeleton import ModelSkeleton
+from .stream import Stream
+from .workdir import WorkFolder, model_fingerprint, work_folder_of
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
-
+log = logging.getLogger(__name__)
 
 DEFAULT_OPTIONS = PatchOptions()  # frozen: one shared default is safe
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -55,6 +61,7 @@ class PatchReport:
     seconds_total: float
     peak_rss_mb: float
     device: str
+    dtype: str
     threads: int
     calibration_examples: dict[str, int]  # "honesty", "task"
     parameters_changed: int
@@ -69,10 +76,20 @@ class PatchReport:
     hessian_groups: int
     residual_ratio: float | None
     options: dict[str, Any]
+    reused: list[str]  # parts taken from an interrupted run's work folder
 
     def to_dict(self) -> dict[str, Any]:
         """The report as ``<patch>.report.json`` stores it."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and how the patch is computed (not what it is): device, dtype, work folder."""
+
+    device: str = "auto"
+    dtype: str = "float32"
+    keep_work: bool = False
 
 
 def make_patch(
@@ -85,84 +102,130 @@ def make_patch(
     *,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
-    device: str = "auto",
+    compute: Compute = Compute(),
 ) -> PatchReport:
     """Compute an HCNR patch for ``sft`` against ``base``; writes ``out`` and ``out.report.json``."""
     out, timer = Path(out), StageTimer()
-    models = _Models(sft, base, trust_remote_code, allow_pickle, pick_device(device))
+    run = _Run(sft, base, trust_remote_code, allow_pickle, compute)
     torch.manual_seed(options.seed)
     with timer.stage("load"):
-        sets = load_calibration_sets(models.tokenizer(), honesty_data, task_data, options)
-        layers = models.linear_layers(models.model(options.fisher_at))
-    scores = _fisher_stage(timer, models.model(options.fisher_at), layers, sets, options)
+        sets = load_calibration_sets(run.tokenizer(), honesty_data, task_data, options)
+        work = WorkFolder(work_folder_of(out), run.identity(options, honesty_data, task_data))
+        layers = run.skeleton("sft").layers
+    scores = _fisher_stage(timer, run, work, sets, options)
     with timer.stage("selection"):
-        weights = models.weights(layers)
+        weights = run.weights(layers)
         selection = select_neurons(layers, scores, weights, options)
-    hessians = None
-    if needs_hessians(options):
-        with timer.stage("hessians"):
-            hessians = hessians_for(models.model("sft"), selection.layers, sets, options)
-    models.release()
-    with timer.stage("compensation"):
-        patched = compensate_selection(selection, hessians, weights, options)
+    parts = _compensation_stage(timer, run, work, sets, selection, weights, options)
     with timer.stage("write"):
-        stats = patch_stats(layers, selection, hessians, patched, weights)
-        manifest = write_patch(out, patched.entries, models.manifest(options, stats, honesty_data, task_data))
-    report = _report(out, timer, models.device, sets, manifest, stats)
+        stats = patch_stats(layers, selection, parts, weights)
+        manifest = run.manifest(options, stats, honesty_data, task_data)
+        manifest = write_patch_streamed(out, parts.records, parts.tensor, manifest)
+    report = _report(out, timer, run, sets, manifest, stats, work.reused)
     write_json_atomic(out.with_name(out.name + ".report.json"), report.to_dict(), sort_keys=True)
+    if not compute.keep_work:
+        work.remove()
     return report
 
 
 def _fisher_stage(
-    timer: StageTimer, model: PreTrainedModel, layers: list[LinearLayer], sets: CalibrationSets, options: PatchOptions
+    timer: StageTimer, run: _Run, work: WorkFolder, sets: CalibrationSets, options: PatchOptions
 ) -> FisherScores:
-    """Stage 1a, timed as "fisher"; random selection needs no scores (and gets no such stage)."""
+    """Stage 1a, streamed: forward through every block, then the exact Fisher sums from the top down.
+
+    Random selection needs no scores (and gets no such stage)."""
     if options.selection != "fisher":
         return FisherScores()
+    streams = run.streams(options.fisher_at, work, sets)
+    with timer.stage("forward"):
+        for s in streams.values():
+            s.forward()
     with timer.stage("fisher"):
-        return score_neurons(model, layers, sets, options.neuron)
+        sums = {k: s.fisher(rows=options.neuron == "row") for k, s in streams.items()}
+    return FisherScores.of(sums["hon"], sums["task"], options.neuron)
 
 
-class _Models:
-    """The SFT model and its base: where they are, and loading them as each stage needs them.
+def _compensation_stage(
+    timer: StageTimer,
+    run: _Run,
+    work: WorkFolder,
+    sets: CalibrationSets,
+    selection: Selection,
+    weights: WeightPair,
+    options: PatchOptions,
+) -> PatchParts:
+    """Stage 2, block by block: the block's Hessians from the SFT's cached inputs, solve, write the part, free."""
+    by_block: dict[int, list[LinearLayer]] = {}
+    blocks = {b.name: b for b in run.skeleton("sft").blocks}
+    for layer in selection.layers:
+        by_block.setdefault(blocks[layer.block].index, []).append(layer)
+    streams = run.streams("sft", work, sets) if needs_hessians(options) else None
+    if streams is not None:
+        with timer.stage("forward"):
+            for s in streams.values():
+                s.forward()
+    for i in progress(sorted(by_block), desc="hessians + compensation", unit="block"):
+        if work.has(part_name(i)):
+            work.note_reused(f"patch part of block {i}")
+            continue
+        block = run.skeleton("sft").blocks[i]
+        with timer.stage("hessians", log_each=False):
+            hessians = block_hessians(streams, block, by_block[i], options) if streams is not None else None
+        with timer.stage("compensation", log_each=False):
+            patched = compensate_layers(by_block[i], selection.neurons, hessians, weights, options)
+            save_part(work, i, patched, hessians)
+    parts = PatchParts.load(work, sorted(by_block))
+    if parts.fallbacks:
+        log.warning(
+            "%d matrices fell back to restore-only (Cholesky failed): %s",
+            len(parts.fallbacks),
+            ", ".join(parts.fallbacks),
+        )
+    return parts
 
-    At most one model is in memory: asking for the other one frees the first before loading.
+
+class _Run:
+    """The SFT model and its base for one patch run: where they are, their skeletons and streams.
+
+    At most one model's skeleton (its embeddings and head) is in memory: asking for the other one frees it.
     """
 
     def __init__(
-        self, sft: str, base: str | None, trust_remote_code: bool, allow_pickle: bool, device: torch.device
+        self, sft: str, base: str | None, trust_remote_code: bool, allow_pickle: bool, compute: Compute
     ) -> None:
         self.sft = locate(sft, base)
         self.base = _resolve_base(self.sft, base)
         require_same_architecture(self.base, self.sft, why="A patch between two different networks is meaningless.")
-        self.trust_remote_code, self.allow_pickle, self.device = trust_remote_code, allow_pickle, device
-        self._loaded: tuple[str, PreTrainedModel] | None = None
+        self.trust_remote_code, self.allow_pickle = trust_remote_code, allow_pickle
+        self.compute, self.device, self.dtype = compute, pick_device(compute.device), DTYPES[compute.dtype]
+        self._skeleton: tuple[str, ModelSkeleton] | None = None
+        self._streams: dict[str, dict[str, Stream]] = {}
 
     def tokenizer(self) -> Any:
         return load_tokenizer(self.sft, trust_remote_code=self.trust_remote_code)
 
-    def model(self, which: str) -> PreTrainedModel:
-        """The ``sft`` or ``base`` model in float32 on the device (loaded once, kept until another is asked for)."""
-        if self._loaded is None or self._loaded[0] != which:
-            self.release()
-            src = self.sft if which == "sft" else self.base
-            model = load_model(
-                src, dtype=torch.float32, trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle
-            ).to(self.device)
-            self._loaded = (which, model)
-        return self._loaded[1]
+    def source(self, which: str) -> ModelSource:
+        return self.sft if which == "sft" else self.base
 
-    def release(self) -> None:
-        """Free the loaded model (the compensation reads stored weights, not a model)."""
-        self._loaded = None
-        gc.collect()
+    def skeleton(self, which: str) -> ModelSkeleton:
+        """The ``sft`` or ``base`` model's skeleton (built once, kept until the other one is asked for)."""
+        if self._skeleton is None or self._skeleton[0] != which:
+            self._skeleton, self._streams = None, {}
+            gc.collect()
+            src = self.source(which)
+            ckpt = open_checkpoint(src, allow_pickle=self.allow_pickle)
+            self._skeleton = (which, ModelSkeleton(src, ckpt, self.dtype, self.device, self.trust_remote_code))
+        return self._skeleton[1]
 
-    def linear_layers(self, model: nn.Module) -> list[LinearLayer]:
-        """The linear layers HCNR may touch; a model without any is not one this method can patch."""
-        layers = find_linear_layers(model)
-        if not layers:
-            raise SurgeryError(f"No linear layers inside numbered blocks were found in {self.sft.spec}.")
-        return layers
+    def streams(self, which: str, work: WorkFolder, sets: CalibrationSets) -> dict[str, Stream]:
+        """Both calibration sets streamed through ``which`` (their block calls captured once)."""
+        skel = self.skeleton(which)
+        if which not in self._streams:
+            self._streams[which] = {
+                name: Stream.capture(skel, work, which, name, batches)
+                for name, batches in (("hon", sets.hon), ("task", sets.task))
+            }
+        return self._streams[which]
 
     def weights(self, layers: list[LinearLayer]) -> WeightPair:
         """Stored base and SFT weights, checked to hold every layer with the same shape."""
@@ -172,6 +235,21 @@ class _Models:
         )
         pair.check_same_tensors(layers)
         return pair
+
+    def identity(self, options: PatchOptions, honesty_data: str | Path, task_data: str | Path) -> dict[str, Any]:
+        """What the work folder's parts depend on: a folder recording anything else is stale."""
+        return {
+            "tool": "surgery",
+            "tool_version": __version__,
+            "torch": torch.__version__,
+            "options": options.to_dict(),
+            "calibration": {"honesty": dataset_fingerprint(honesty_data), "task": dataset_fingerprint(task_data)},
+            "models": {"sft": model_fingerprint(self.sft), "base": model_fingerprint(self.base)},
+            "compute": self.compute_record(),
+        }
+
+    def compute_record(self) -> dict[str, Any]:
+        return {"dtype": self.compute.dtype, "device": self.device.type, "world_size": 1}
 
     def manifest(
         self, options: PatchOptions, stats: PatchStats, honesty_data: str | Path, task_data: str | Path
@@ -186,6 +264,7 @@ class _Models:
             options=options.to_dict(),
             calibration={"honesty": dataset_fingerprint(honesty_data), "task": dataset_fingerprint(task_data)},
             stats=stats,
+            compute=self.compute_record(),
         )
 
 
@@ -198,17 +277,11 @@ def _resolve_base(sft_src: ModelSource, base: str | None) -> ModelSource:
     raise SurgeryError("No base model: pass --base (the model before fine-tuning).")
 
 
-def patch_stats(
-    layers: list[LinearLayer],
-    selection: Selection,
-    hessians: Hessians | None,
-    patched: CompensatedPatch,
-    weights: WeightPair,
-) -> PatchStats:
+def patch_stats(layers: list[LinearLayer], selection: Selection, parts: PatchParts, weights: WeightPair) -> PatchStats:
     """How much the patch changes, of what, and how much output drift it leaves."""
     linear_params = sum(layer.numel for layer in layers)
     total_params = weights.model_parameters()
-    changed = sum(m.parameters for m in patched.per_matrix.values())
+    changed = sum(m.parameters for m in parts.per_matrix.values())
     return PatchStats(
         parameters_changed=changed,
         share_of_linear=changed / linear_params,
@@ -217,11 +290,11 @@ def patch_stats(
         model_parameters=total_params,
         matrices_total=len(layers),
         matrices_touched=len(selection.layers),
-        fallbacks=patched.fallbacks,
-        hessian_tokens=hessians.objective.tokens if hessians else 0,
-        hessian_groups=len(hessians.objective.groups) if hessians else 0,
-        residual_ratio=patched.residual_ratio(),
-        per_matrix=patched.per_matrix,
+        fallbacks=parts.fallbacks,
+        hessian_tokens=parts.hessian_tokens,
+        hessian_groups=parts.hessian_groups,
+        residual_ratio=parts.residual_ratio(),
+        per_matrix=parts.per_matrix,
         unit_scores=selection.unit_score,
     )
 
@@ -229,10 +302,11 @@ def patch_stats(
 def _report(
     out: Path,
     timer: StageTimer,
-    device: torch.device,
+    run: _Run,
     sets: CalibrationSets,
     manifest: PatchManifest,
     stats: PatchStats,
+    reused: list[str],
 ) -> PatchReport:
     """The run summary: the patch statistics without the per-matrix detail, plus time, memory and device."""
     summary = {k: v for k, v in stats.to_dict().items() if k not in ("per_matrix", "unit_scores")}
@@ -242,9 +316,11 @@ def _report(
         seconds={k: round(v, 3) for k, v in timer.seconds.items()},
         seconds_total=round(timer.total, 3),
         peak_rss_mb=round(peak_rss_mb(), 1),
-        device=str(device),
+        device=str(run.device),
+        dtype=run.compute.dtype,
         threads=torch.get_num_threads(),
         calibration_examples=sets.examples(),
         options=dict(manifest.options),
+        reused=list(reused),
         **summary,
     )
