@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..hcnr.options import PatchOptions
+from ..hcnr.options import ComputeOptions, PatchOptions
 from ..options import parse_size
 from .options import ModelAccess, add_options, opt, options_from, reproducible_command, required, switch
 
@@ -34,7 +34,6 @@ class PatchIO:
     honesty_data: str = required("JSONL of honesty calibration examples (D_hon).", metavar="FILE")
     task_data: str = required("JSONL of SFT-task calibration examples (D_task).", metavar="FILE")
     output: str = required("Patch file to write.", short="-o", metavar="FILE")
-    device: str = opt("auto", "auto, cpu or cuda[:N].")
 
 
 @dataclass(frozen=True)
@@ -57,10 +56,13 @@ class ApplyOptions:
         return parse_size(self.max_shard_size, "--max-shard-size")
 
 
-def patch_command(sft: str, io: PatchIO, options: PatchOptions) -> str:
-    """The exact command that reproduces a patch, every option spelled out (written beside the patch)."""
+def patch_command(sft: str, io: PatchIO, options: PatchOptions, dtype: str = "float32") -> str:
+    """The exact command that reproduces a patch, every option spelled out (written beside the patch).
+
+    The device is the machine's business; the dtype changes the numbers, so it is kept when not float32."""
     words = ["surgery", "patch", sft] + (["--base", io.base] if io.base else [])
     words += ["--honesty-data", io.honesty_data, "--task-data", io.task_data, "-o", io.output]
+    words += ["--dtype", dtype] if dtype != "float32" else []
     return shlex.join(reproducible_command(words, options)) + "\n"
 
 
@@ -108,6 +110,7 @@ def check(sft: str, **kwargs: Any) -> None:
 @click.argument("sft")
 @add_options(PatchIO)
 @add_options(ModelAccess)
+@add_options(ComputeOptions)
 @add_options(PatchOptions)
 def patch(sft: str, **kwargs: Any) -> None:
     """Compute an HCNR honesty patch for SFT (a sparse safetensors file)."""
@@ -117,6 +120,7 @@ def patch(sft: str, **kwargs: Any) -> None:
     io = options_from(PatchIO, kwargs)
     access = options_from(ModelAccess, kwargs)
     options = options_from(PatchOptions, kwargs)
+    compute = options_from(ComputeOptions, kwargs)
     _check_patch_outputs(sft, io)
     report = make_patch(
         sft,
@@ -127,9 +131,9 @@ def patch(sft: str, **kwargs: Any) -> None:
         options,
         trust_remote_code=access.trust_remote_code,
         allow_pickle=access.allow_pickle,
-        device=io.device,
+        compute=compute,
     )
-    write_text_atomic(io.output + ".command.txt", patch_command(sft, io, options))
+    write_text_atomic(io.output + ".command.txt", patch_command(sft, io, options, compute.dtype))
     click.echo(f"wrote {io.output} ({report.patch_bytes / 1e6:.2f} MB)")
     click.echo(
         f"  parameters changed  {fmt_params(report.parameters_changed)} "

@@ -78,3 +78,21 @@ class PatchOptions:
     def replace(self, **changes: Any) -> PatchOptions:
         """A copy with ``changes`` applied (and validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ComputeOptions:
+    """Where and how a patch is computed, not what it is: the patch bytes depend on these only through
+    floating-point rounding (bfloat16 changes them; float32 on any device stays within rounding)."""
+
+    device: str = opt("auto", "auto (the first GPU, else the CPU), cpu, or cuda[:N].")
+    dtype: str = opt(
+        "float32",
+        "Weights and activations in float32, or bfloat16 (GPU; accumulators stay float32/float64).",
+        choices=("float32", "bfloat16"),
+    )
+    keep_work: bool = opt(False, "Keep <patch>.work/ (cached activations and parts) after success.")
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16"):
+            raise OptionError(f"--dtype must be float32 or bfloat16, not {self.dtype!r}.")

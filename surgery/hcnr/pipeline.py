@@ -31,7 +31,7 @@ from .calibration import CalibrationSets, dataset_fingerprint, load_calibration_
 from .compensation import compensate_layers
 from .fisher import FisherScores
 from .hessian import block_hessians, needs_hessians
-from .options import PatchOptions
+from .options import ComputeOptions, PatchOptions
 from .parts import PatchParts, part_name, save_part
 from .selection import Selection, WeightPair, select_neurons
 from .skeleton import ModelSkeleton
@@ -41,6 +41,7 @@ from .workdir import WorkFolder, model_fingerprint, work_folder_of
 log = logging.getLogger(__name__)
 
 DEFAULT_OPTIONS = PatchOptions()  # frozen: one shared default is safe
+DEFAULT_COMPUTE = ComputeOptions()
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -83,15 +84,6 @@ class PatchReport:
         return dataclasses.asdict(self)
 
 
-@dataclass(frozen=True)
-class Compute:
-    """Where and how the patch is computed (not what it is): device, dtype, work folder."""
-
-    device: str = "auto"
-    dtype: str = "float32"
-    keep_work: bool = False
-
-
 def make_patch(
     sft: str,
     base: str | None,
@@ -102,7 +94,7 @@ def make_patch(
     *,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
-    compute: Compute = Compute(),
+    compute: ComputeOptions = DEFAULT_COMPUTE,
 ) -> PatchReport:
     """Compute an HCNR patch for ``sft`` against ``base``; writes ``out`` and ``out.report.json``."""
     out, timer = Path(out), StageTimer()
@@ -191,7 +183,7 @@ class _Run:
     """
 
     def __init__(
-        self, sft: str, base: str | None, trust_remote_code: bool, allow_pickle: bool, compute: Compute
+        self, sft: str, base: str | None, trust_remote_code: bool, allow_pickle: bool, compute: ComputeOptions
     ) -> None:
         self.sft = locate(sft, base)
         self.base = _resolve_base(self.sft, base)

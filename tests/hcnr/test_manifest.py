@@ -55,6 +55,7 @@ def test_report_to_dict_is_the_report_file(patch):
             "seconds_total",
             "peak_rss_mb",
             "device",
+            "dtype",
             "threads",
             "calibration_examples",
             "parameters_changed",
@@ -69,6 +70,7 @@ def test_report_to_dict_is_the_report_file(patch):
             "hessian_groups",
             "residual_ratio",
             "options",
+            "reused",
         ]
     )
     assert report.patch_bytes == path.stat().st_size
