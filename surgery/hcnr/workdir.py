@@ -47,14 +47,12 @@ class WorkFolder:
     def _open(self) -> None:
         manifest = self.root / MANIFEST
         if self.root.exists():
-            try:
-                recorded = json.loads(manifest.read_text())
-            except (OSError, ValueError):
-                recorded = None
+            recorded = _read_manifest(manifest)
             if recorded == self.identity:
                 log.info("resuming from %s", self.root)
                 return
-            if not self.root.is_dir() or (recorded is None and any(self.root.iterdir()) and not manifest.exists()):
+            ours = isinstance(recorded, dict) and recorded.get("tool") == "surgery"
+            if not self.root.is_dir() or not (ours or not any(self.root.iterdir())):
                 raise SurgeryError(f"{self.root} exists and is not a work folder of this tool; move it away.")
             log.info("%s was left by a run with other inputs or options: starting afresh", self.root)
             shutil.rmtree(self.root)
@@ -105,6 +103,13 @@ class WorkFolder:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _read_manifest(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def model_fingerprint(source: ModelSource) -> dict[str, Any]:
