@@ -34,6 +34,7 @@ class PatchIO:
     honesty_data: str = required("JSONL of honesty calibration examples (D_hon).", metavar="FILE")
     task_data: str = required("JSONL of SFT-task calibration examples (D_task).", metavar="FILE")
     output: str = required("Patch file to write.", short="-o", metavar="FILE")
+    plan: bool = switch("Print the run's estimated peak memory, work-folder disk and arithmetic, and exit.")
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,9 @@ def patch(sft: str, **kwargs: Any) -> None:
     access = options_from(ModelAccess, kwargs)
     options = options_from(PatchOptions, kwargs)
     compute = options_from(ComputeOptions, kwargs)
+    if io.plan:
+        _print_plan(sft, io, options, compute, access)
+        return
     _check_patch_outputs(sft, io)
     report = make_patch(
         sft,
@@ -149,6 +153,21 @@ def patch(sft: str, **kwargs: Any) -> None:
     )
     if report.fallbacks:
         click.echo(f"  fallback to restore-only: {', '.join(report.fallbacks)}")
+
+
+def _print_plan(sft: str, io: PatchIO, options: PatchOptions, compute: ComputeOptions, access: ModelAccess) -> None:
+    from ..hcnr.pipeline import plan_patch
+
+    plan = plan_patch(
+        sft,
+        io.base,
+        io.honesty_data,
+        io.task_data,
+        options,
+        trust_remote_code=access.trust_remote_code,
+        compute=compute,
+    )
+    click.echo("\n".join(plan.lines()))
 
 
 def _check_patch_outputs(sft: str, io: PatchIO) -> None:

@@ -33,6 +33,7 @@ from .fisher import FisherScores
 from .hessian import block_hessians, needs_hessians
 from .options import ComputeOptions, PatchOptions
 from .parts import PatchParts, part_name, save_part
+from .plan import Plan, available, estimate, require_fits
 from .selection import Selection, WeightPair, select_neurons
 from .skeleton import ModelSkeleton
 from .stream import Stream
@@ -104,6 +105,7 @@ def make_patch(
         sets = load_calibration_sets(run.tokenizer(), honesty_data, task_data, options)
         work = WorkFolder(work_folder_of(out), run.identity(options, honesty_data, task_data))
         layers = run.skeleton("sft").layers
+        require_fits(estimate(run.skeleton("sft"), sets, options, compute), available(out, compute), compute)
     scores = _fisher_stage(timer, run, work, sets, options)
     with timer.stage("selection"):
         weights = run.weights(layers)
@@ -118,6 +120,22 @@ def make_patch(
     if not compute.keep_work:
         work.remove()
     return report
+
+
+def plan_patch(
+    sft: str,
+    base: str | None,
+    honesty_data: str | Path,
+    task_data: str | Path,
+    options: PatchOptions = DEFAULT_OPTIONS,
+    *,
+    trust_remote_code: bool = False,
+    compute: ComputeOptions = DEFAULT_COMPUTE,
+) -> Plan:
+    """What :func:`make_patch` with these arguments would need, computed without reading a weight."""
+    run = _Run(sft, base, trust_remote_code, False, compute)
+    sets = load_calibration_sets(run.tokenizer(), honesty_data, task_data, options)
+    return estimate(run.skeleton("sft"), sets, options, compute)
 
 
 def _fisher_stage(

@@ -79,7 +79,13 @@ class ModelSkeleton:
         if not self.blocks:
             raise SurgeryError(f"No linear layers inside numbered blocks were found in {source.spec}.")
         self.modules = dict(self.model.named_modules())
-        self._load_outside_blocks()
+        self._prepared = False
+
+    def prepare(self) -> None:
+        """Load the weights outside the blocks (once): needed to run the model, not to plan a run."""
+        if not self._prepared:
+            self._load_outside_blocks()
+            self._prepared = True
 
     @property
     def layers(self) -> list[LinearLayer]:

@@ -43,6 +43,7 @@ class Stream:
     @classmethod
     def capture(cls, skel: ModelSkeleton, work: WorkFolder, which: str, set_name: str, batches: list[Batch]) -> Stream:
         """Record every block's call for every batch (cheap: embeddings and masks, no block weights)."""
+        skel.prepare()
         returns_tuple = block_returns_tuple(skel, batches[0])
         calls = [capture_batch(skel, b, returns_tuple) for b in batches]
         return cls(skel, work, which, set_name, batches, calls, returns_tuple)
