@@ -103,9 +103,9 @@ def make_patch(
     torch.manual_seed(options.seed)
     with timer.stage("load"):
         sets = load_calibration_sets(run.tokenizer(), honesty_data, task_data, options)
+        require_fits(estimate(run.skeleton("sft"), sets, options, compute), available(out, compute), compute)
         work = WorkFolder(work_folder_of(out), run.identity(options, honesty_data, task_data))
         layers = run.skeleton("sft").layers
-        require_fits(estimate(run.skeleton("sft"), sets, options, compute), available(out, compute), compute)
     scores = _fisher_stage(timer, run, work, sets, options)
     with timer.stage("selection"):
         weights = run.weights(layers)
