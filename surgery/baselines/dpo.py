@@ -226,6 +226,7 @@ def train_dpo(
         "adapter_parameters": adapter_params,
         "adapter_bytes": adapter_bytes,
         "options": options.to_dict(),
+        "precision": placement.record() if placement is not None else {"device": "cpu", "dtype": "float32"},
     }
     return trained, info
 

@@ -227,6 +227,7 @@ def train_rait(
         "adapter_parameters": adapter_params,
         "adapter_bytes": adapter_bytes,
         "options": options.to_dict(),
+        "precision": placement.record() if placement is not None else {"device": "cpu", "dtype": "float32"},
     }
     return merged, info
 
