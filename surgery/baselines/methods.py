@@ -203,9 +203,9 @@ def _run_hcnr(method: Method, inputs: Inputs, work: Path, t0: float, placement: 
     if inputs.hon_data is None or inputs.task_data is None:
         raise SurgeryError("HCNR needs calibration data (--hon-data and --task-data, or a data folder).")
     patch = work / "patch.safetensors"
-    report = make_patch(
-        inputs.sft, inputs.base, inputs.hon_data, inputs.task_data, patch, PatchOptions(**method.params["options"])
-    )
+    options = PatchOptions(**method.params["options"])
+    device = str(placement.device) if placement is not None else "auto"  # precision: make_patch's own
+    report = make_patch(inputs.sft, inputs.base, inputs.hon_data, inputs.task_data, patch, options, device=device)
     info = {"method_seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
     t1 = time.perf_counter()
     apply_patch(inputs.sft, patch, work / "model", base=inputs.base)
@@ -307,7 +307,7 @@ def run_method(method: Method, inputs: Inputs, work: Path, placement: Placement 
     """Produce ``method``'s model; returns what it cost and where the model is (``model``, ``model_base``).
 
     ``placement`` is where and in what precision RAIT and DPO train (None: the CPU in float32); HCNR
-    patches with PatchOptions' own settings and interpolation is exact float32 arithmetic on the host.
+    patches on its device in make_patch's own precision, and interpolation is float32 arithmetic on the host.
     """
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
