@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_json_atomic, write_text_atomic
+from ..devices import DeviceOptions, Placement, resolve
 from ..errors import SurgeryError
 from ..evaluation.benchmarks import load_items
 from ..evaluation.evaluate import load_json, save_json
@@ -80,6 +81,13 @@ class ComparisonConfig:
     reference: str | None = None
     keep_models: bool = False
     extra: dict = field(default_factory=dict)
+    device: str = "auto"
+    dtype: str = "float32"
+
+    @property
+    def placement(self) -> Placement:
+        """``device``/``dtype`` resolved (:mod:`surgery.devices`); refuses a device this machine lacks."""
+        return resolve(DeviceOptions(device=self.device, dtype=self.dtype))
 
 
 def eval_items(cfg: ComparisonConfig) -> list:
@@ -100,7 +108,11 @@ def _write_lines(rows: Sequence[dict], path: Path) -> Path:
 
 def _sft_generator(cfg: ComparisonConfig) -> HFGenerator:
     src = locate(cfg.sft, cfg.base)
-    return HFGenerator(load_model(src), load_tokenizer(src), batch_size=cfg.batch_size)
+    placement = cfg.placement
+    model = load_model(src, dtype=placement.dtype)
+    if placement.device.type != "cpu":
+        model = model.to(placement.device)
+    return HFGenerator(model, load_tokenizer(src), batch_size=cfg.batch_size)
 
 
 class _LazyGenerator:
@@ -191,6 +203,9 @@ def prepare_inputs(cfg: ComparisonConfig, methods: Sequence[Method]) -> tuple[In
     return Inputs(cfg.base, cfg.sft, as_path(hon), as_path(task), as_path(train), pairs), seconds
 
 
+#: the precision every job had before ``--device``/``--dtype``: left out of the job (and its hash)
+CPU_FLOAT32 = {"device": "cpu", "dtype": "float32"}
+
 #: the shared input files each kind of method reads (only those enter its job hash)
 USES = {"hcnr": ("hon_data", "task_data"), "rait": ("train_data",), "dpo": ("pairs_data",)}
 
@@ -237,6 +252,7 @@ def run_methods(
     """Each method's result: reused when its job hash matches, else computed in a fresh worker process."""
     results = []
     hashes = {k: _file_hash(getattr(inputs, k)) for k in ("hon_data", "task_data", "train_data", "pairs_data")}
+    precision = cfg.placement.record()
     for spec in progress(list(specs), desc="methods", unit="method"):
         work = Path(cfg.out_dir) / "methods" / slug(spec)
         kind = parse_method(spec).kind
@@ -255,6 +271,8 @@ def run_methods(
             "work": str(work),
             "keep_models": cfg.keep_models,
         }
+        if precision != CPU_FLOAT32:  # so results computed before --device/--dtype existed are still reused
+            job["precision"] = precision
         job["hash"] = _job_hash(job)
         done = work / "result.json"
         if not fresh and done.is_file():
@@ -323,6 +341,7 @@ def summarize(cfg: ComparisonConfig, results: Sequence[dict], prep_seconds: dict
             "transformers": transformers.__version__,
             "python": platform.python_version(),
         },
+        "precision": cfg.placement.record(),
         "prep_seconds": prep_seconds,
         "honesty_benchmarks": benches,
         "reference": ref,
@@ -335,6 +354,7 @@ def run_comparison(cfg: ComparisonConfig, fresh: bool = False, run_missing: bool
 
     ``run_missing=False`` only summarises the methods that already have a result (report only).
     """
+    resolve(DeviceOptions(device=cfg.device, dtype=cfg.dtype))  # a device this machine lacks: refused before work
     locate(cfg.base), locate(cfg.sft, cfg.base)  # both models exist, whichever methods use them
     methods = [parse_method(s) for s in cfg.methods]
     names = [m.name for m in methods]

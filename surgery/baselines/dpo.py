@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import torch
 
+from ..devices import Placement
 from ..errors import MissingExtraError, SurgeryError
 from ..evaluation.refusal import default_matcher
 from ..hcnr.calibration_sets import IDK_RESPONSE, Example
@@ -116,8 +117,17 @@ def _time_budget(seconds: float | None):
     return TimeBudget(seconds)
 
 
-def _dpo_trainer(model, tokenizer, pairs: Sequence[dict], options: DpoOptions, work: Path):
-    """trl's DPOTrainer set up with the options (CPU, one epoch, linear decay, no checkpoints)."""
+def _dpo_trainer(
+    model, tokenizer, pairs: Sequence[dict], options: DpoOptions, work: Path, placement: Placement | None = None
+):
+    """trl's DPOTrainer set up with the options (one epoch, linear decay, no checkpoints).
+
+    On the CPU unless ``placement`` names a GPU (the trainer then places the model itself, on its first
+    visible GPU: choose another with CUDA_VISIBLE_DEVICES); with bfloat16 the trainer's ``bf16`` mixed
+    precision, i.e. bf16 autocast over float32 master weights, never float16.
+    """
+    on_cpu = placement is None or placement.device.type == "cpu"
+    bf16 = placement is not None and placement.dtype_name == "bfloat16"
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -146,7 +156,8 @@ def _dpo_trainer(model, tokenizer, pairs: Sequence[dict], options: DpoOptions, w
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        use_cpu=True,
+        use_cpu=on_cpu,
+        bf16=bf16,
         disable_tqdm=quiet(),
         dataloader_num_workers=0,
     )
@@ -177,11 +188,17 @@ def _dpo_info(trainer, pairs: Sequence[dict], options: DpoOptions, train_seconds
 
 
 def train_dpo(
-    model, tokenizer, pairs: Sequence[dict], options: DpoOptions = DpoOptions(), adapter_dir: Path | None = None
+    model,
+    tokenizer,
+    pairs: Sequence[dict],
+    options: DpoOptions = DpoOptions(),
+    adapter_dir: Path | None = None,
+    placement: Placement | None = None,
 ):
     """DPO-tune ``model`` on ``pairs``; returns (plain merged model, info dict).
 
     With LoRA and ``adapter_dir`` the adapter is also saved there (float16) before it is merged.
+    ``placement``: device and training precision (see :func:`_dpo_trainer`); None is the CPU in float32.
     """
     require_trl()
     if not pairs:
@@ -189,7 +206,7 @@ def train_dpo(
     work = Path(tempfile.mkdtemp(prefix="surgery-dpo-"))  # trl's scratch output_dir; nothing is kept
     threads = torch.get_num_threads()
     try:
-        trainer = _dpo_trainer(model, tokenizer, pairs, options, work)
+        trainer = _dpo_trainer(model, tokenizer, pairs, options, work, placement)
         t0 = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - t0
@@ -209,6 +226,7 @@ def train_dpo(
         "adapter_parameters": adapter_params,
         "adapter_bytes": adapter_bytes,
         "options": options.to_dict(),
+        "precision": placement.record() if placement is not None else {"device": "cpu", "dtype": "float32"},
     }
     return trained, info
 
@@ -221,8 +239,12 @@ def run_dpo(
     *,
     base: str | None = None,
     trust_remote_code: bool = False,
+    placement: Placement | None = None,
 ) -> dict:
-    """DPO on ``sft`` with the first ``options.examples`` pairs; writes an HF folder."""
+    """DPO on ``sft`` with the first ``options.examples`` pairs; writes an HF folder.
+
+    The model is loaded in float32 (the master weights) whatever ``placement``'s dtype.
+    """
     require_trl()
     out_dir = Path(out_dir)
     src = locate(sft, base)
@@ -237,7 +259,7 @@ def run_dpo(
             len(pairs),
         )
     adapter_dir = out_dir.with_name(out_dir.name + "-adapter") if options.mode == "lora" else None
-    trained, info = train_dpo(model, tokenizer, use, options, adapter_dir)
+    trained, info = train_dpo(model, tokenizer, use, options, adapter_dir, placement)
     side = [src.path, src.config_dir] if src.adapter_base is not None else [src.path]
     write_safetensors_folder(
         model_tensors(trained),

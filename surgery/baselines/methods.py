@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..apply import apply_patch
+from ..devices import Placement
 from ..errors import CalibrationDataError, OptionError, SurgeryError
 from ..hcnr.options import PatchOptions
 from ..hcnr.pipeline import make_patch
@@ -172,7 +173,8 @@ def _parse_dpo(kind: str, arg: str, spec: str) -> dict:
     return params
 
 
-# --- running: one function per kind, (method, inputs, work, t0) -> what it cost and where its model is --
+# --- running: one function per kind, (method, inputs, work, t0, placement) -> what it cost and where its model is
+# (``placement``: the device and precision of training; None is the CPU in float32)
 
 
 def _retuned_model_info(res: dict, work: Path, t0: float) -> dict:
@@ -189,21 +191,21 @@ def _retuned_model_info(res: dict, work: Path, t0: float) -> dict:
     }
 
 
-def _run_base(method: Method, inputs: Inputs, work: Path, t0: float) -> dict:
+def _run_base(method: Method, inputs: Inputs, work: Path, t0: float, placement: Placement | None = None) -> dict:
     return {"model": inputs.base, "model_base": None, "examples_used": 0}
 
 
-def _run_sft(method: Method, inputs: Inputs, work: Path, t0: float) -> dict:
+def _run_sft(method: Method, inputs: Inputs, work: Path, t0: float, placement: Placement | None = None) -> dict:
     return {"model": inputs.sft, "model_base": inputs.base, "examples_used": 0}
 
 
-def _run_hcnr(method: Method, inputs: Inputs, work: Path, t0: float) -> dict:
+def _run_hcnr(method: Method, inputs: Inputs, work: Path, t0: float, placement: Placement | None = None) -> dict:
     if inputs.hon_data is None or inputs.task_data is None:
         raise SurgeryError("HCNR needs calibration data (--hon-data and --task-data, or a data folder).")
     patch = work / "patch.safetensors"
-    report = make_patch(
-        inputs.sft, inputs.base, inputs.hon_data, inputs.task_data, patch, PatchOptions(**method.params["options"])
-    )
+    options = PatchOptions(**method.params["options"])
+    device = str(placement.device) if placement is not None else "auto"  # precision: make_patch's own
+    report = make_patch(inputs.sft, inputs.base, inputs.hon_data, inputs.task_data, patch, options, device=device)
     info = {"method_seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
     t1 = time.perf_counter()
     apply_patch(inputs.sft, patch, work / "model", base=inputs.base)
@@ -221,24 +223,25 @@ def _run_hcnr(method: Method, inputs: Inputs, work: Path, t0: float) -> dict:
     return info
 
 
-def _run_rait(method: Method, inputs: Inputs, work: Path, t0: float) -> dict:
+def _run_rait(method: Method, inputs: Inputs, work: Path, t0: float, placement: Placement | None = None) -> dict:
     if inputs.train_data is None:
         raise SurgeryError("RAIT needs training data (--train-data, or a data folder to build it from).")
     options = RaitOptions(mode=_mode(method.kind), **method.params)
-    res = run_rait(inputs.sft, work / "model", read_examples(inputs.train_data), options, base=inputs.base)
+    examples = read_examples(inputs.train_data)
+    res = run_rait(inputs.sft, work / "model", examples, options, base=inputs.base, placement=placement)
     return _retuned_model_info(res, work, t0)
 
 
-def _run_dpo(method: Method, inputs: Inputs, work: Path, t0: float) -> dict:
+def _run_dpo(method: Method, inputs: Inputs, work: Path, t0: float, placement: Placement | None = None) -> dict:
     if inputs.pairs_data is None:
         raise SurgeryError("DPO needs preference pairs (built from the RAIT training data).")
     options = DpoOptions(mode=_mode(method.kind), **method.params)
     pairs = read_jsonl(inputs.pairs_data, what="DPO preference pairs file", error=CalibrationDataError)
-    res = run_dpo(inputs.sft, work / "model", pairs, options, base=inputs.base)
+    res = run_dpo(inputs.sft, work / "model", pairs, options, base=inputs.base, placement=placement)
     return _retuned_model_info(res, work, t0)
 
 
-def _run_interp(method: Method, inputs: Inputs, work: Path, t0: float) -> dict:
+def _run_interp(method: Method, inputs: Inputs, work: Path, t0: float, placement: Placement | None = None) -> dict:
     res = interpolate_models(inputs.base, inputs.sft, method.params["alpha"], work / "model")
     return {
         "method_seconds": time.perf_counter() - t0,
@@ -257,7 +260,7 @@ class MethodKind:
 
     family: str
     parse: Callable[[str, str, str], dict]
-    run: Callable[[Method, Inputs, Path, float], dict]
+    run: Callable[[Method, Inputs, Path, float, Placement | None], dict]
     #: third-party modules imported before the clock starts (so no method is charged for them)
     imports: tuple[str, ...] = ()
 
@@ -300,12 +303,16 @@ def warm_imports(kind: str) -> None:
     _ = transformers.AutoModelForCausalLM  # resolves the lazy module
 
 
-def run_method(method: Method, inputs: Inputs, work: Path) -> dict:
-    """Produce ``method``'s model; returns what it cost and where the model is (``model``, ``model_base``)."""
+def run_method(method: Method, inputs: Inputs, work: Path, placement: Placement | None = None) -> dict:
+    """Produce ``method``'s model; returns what it cost and where the model is (``model``, ``model_base``).
+
+    ``placement`` is where and in what precision RAIT and DPO train (None: the CPU in float32); HCNR
+    patches on its device in make_patch's own precision, and interpolation is float32 arithmetic on the host.
+    """
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     info: dict = {"name": method.name, "kind": method.kind, "family": method.family, "params": method.params}
-    info.update(REGISTRY[method.kind].run(method, inputs, work, t0))
+    info.update(REGISTRY[method.kind].run(method, inputs, work, t0, placement))
     if "method_seconds" in info:
         info["method_seconds"] = round(info["method_seconds"], 3)
         info["peak_rss_mb"] = round(info["peak_rss_mb"], 1)

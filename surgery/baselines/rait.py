@@ -25,6 +25,7 @@ from typing import ClassVar
 
 import torch
 
+from ..devices import Placement
 from ..errors import CalibrationDataError, SurgeryError
 from ..hcnr import calibration_sets as C
 from ..jsonl import iter_jsonl
@@ -137,6 +138,7 @@ def train_full(
     max_length: int = 96,
     seed: int = 0,
     max_seconds: float | None = None,
+    placement: Placement | None = None,
 ):
     """Full fine-tune (every weight) with train_lora's recipe: response-only loss, AdamW, linear decay."""
     data = encode_examples(tokenizer, examples, max_length)
@@ -156,16 +158,25 @@ def train_full(
         seed=seed,
         max_seconds=max_seconds,
         desc=f"full fine-tune ({len(data)} ex.)",
+        placement=placement,
     )
     model.eval()
     model.training_losses = losses
     return model
 
 
-def train_rait(model, tokenizer, examples: Sequence[C.Example], options: RaitOptions, adapter_dir: Path | None = None):
+def train_rait(
+    model,
+    tokenizer,
+    examples: Sequence[C.Example],
+    options: RaitOptions,
+    adapter_dir: Path | None = None,
+    placement: Placement | None = None,
+):
     """Re-tune ``model`` on ``examples``; returns (plain merged model, info dict).
 
     With LoRA and ``adapter_dir`` the adapter is also saved there (float16) before it is merged.
+    ``placement``: the model's device and the training precision (:func:`surgery.training.lora.train_steps`).
     """
     pairs = as_pairs(examples)
     t0 = time.perf_counter()
@@ -182,6 +193,7 @@ def train_rait(model, tokenizer, examples: Sequence[C.Example], options: RaitOpt
             max_length=options.max_length,
             seed=options.seed,
             max_seconds=options.seconds,
+            placement=placement,
         )
         losses = peft_model.training_losses
         adapter_params = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
@@ -200,6 +212,7 @@ def train_rait(model, tokenizer, examples: Sequence[C.Example], options: RaitOpt
             max_length=options.max_length,
             seed=options.seed,
             max_seconds=options.seconds,
+            placement=placement,
         )
         losses, adapter_params, adapter_bytes = merged.training_losses, None, None
         train_seconds = time.perf_counter() - t0
@@ -214,6 +227,7 @@ def train_rait(model, tokenizer, examples: Sequence[C.Example], options: RaitOpt
         "adapter_parameters": adapter_params,
         "adapter_bytes": adapter_bytes,
         "options": options.to_dict(),
+        "precision": placement.record() if placement is not None else {"device": "cpu", "dtype": "float32"},
     }
     return merged, info
 
@@ -226,7 +240,7 @@ def model_tensors(model) -> Iterator[tuple[str, torch.Tensor]]:
         if key in seen:
             continue
         seen.add(key)
-        yield name, t.detach().contiguous()
+        yield name, t.detach().contiguous().cpu()  # no copy on the CPU; from a GPU, one tensor at a time
 
 
 def run_rait(
@@ -237,15 +251,22 @@ def run_rait(
     *,
     base: str | None = None,
     trust_remote_code: bool = False,
+    placement: Placement | None = None,
 ) -> dict:
-    """RAIT on ``sft``: writes the re-tuned model as an HF folder (and the LoRA adapter beside it)."""
+    """RAIT on ``sft``: writes the re-tuned model as an HF folder (and the LoRA adapter beside it).
+
+    The model is loaded in float32 whatever ``placement`` says: those are the master weights that
+    bf16 training (autocast) updates, and what the folder stores. None: CPU float32, as before.
+    """
     out_dir = Path(out_dir)
     src = locate(sft, base)
     model = load_model(src, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    if placement is not None and placement.device.type != "cpu":
+        model = model.to(placement.device)
     tokenizer = load_tokenizer(src, trust_remote_code=trust_remote_code)
     budget = list(examples) if options.examples is None else budget_examples(examples, options.examples)
     adapter_dir = out_dir.with_name(out_dir.name + "-adapter") if options.mode == "lora" else None
-    merged, info = train_rait(model, tokenizer, budget, options, adapter_dir)
+    merged, info = train_rait(model, tokenizer, budget, options, adapter_dir, placement)
     side = [src.path, src.config_dir] if src.adapter_base is not None else [src.path]
     write_safetensors_folder(
         model_tensors(merged),

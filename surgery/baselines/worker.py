@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import Placement, resolve_dtype
 from ..errors import CalibrationDataError, SurgeryError
 from ..evaluation.benchmarks import Item
 from ..evaluation.evaluate import evaluate, save_json
@@ -33,21 +34,34 @@ def run_job(job: dict) -> dict:
     work = Path(job["work"])
     inputs = Inputs(**{k: (Path(v) if k.endswith("_data") and v else v) for k, v in job["inputs"].items()})
     method = parse_method(job["method"])
+    placement = job_placement(job)
     warm_imports(method.kind)
-    info = run_method(method, inputs, work)
+    info = run_method(method, inputs, work, placement)
     gc.collect()
+    if placement.device.type == "cuda":
+        torch.cuda.empty_cache()
     items = [Item(**row) for row in read_jsonl(job["items"], what="evaluation items file", error=CalibrationDataError)]
     t0 = time.perf_counter()
     src = locate(info["model"], info.get("model_base"))
-    gen = HFGenerator(load_model(src, dtype=torch.float32), load_tokenizer(src), batch_size=int(job["batch_size"]))
+    model = load_model(src, dtype=placement.dtype)
+    if placement.device.type != "cpu":
+        model = model.to(placement.device)
+    gen = HFGenerator(model, load_tokenizer(src), batch_size=int(job["batch_size"]))
     result = evaluate(gen, items, max_new_tokens=int(job["max_new_tokens"]))
     info["eval_seconds"] = round(time.perf_counter() - t0, 3)
+    result["precision"] = info["precision"] = placement.record()
     save_json(result, work / "eval.json")
     info.update(eval=str(work / "eval.json"), job_hash=job["hash"], threads=int(job["threads"]))
     if job.get("keep_models") is False and info["kind"] not in ("base", "sft"):
         shutil.rmtree(work / "model", ignore_errors=True)
     save_json(info, work / "result.json")
     return info
+
+
+def job_placement(job: dict) -> Placement:
+    """The device and dtype the comparison resolved for this job (CPU float32 for a job that names none)."""
+    precision = job.get("precision") or {"device": "cpu", "dtype": "float32"}
+    return Placement(torch.device(precision["device"]), resolve_dtype(precision["dtype"]))
 
 
 def main(argv: list[str] | None = None) -> int:

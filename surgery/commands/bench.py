@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..baselines.tiers import DEFAULT_TIER, TIERS
+from ..devices import DeviceOptions
 from .options import add_options, opt, options_from, required, switch
 
 _METHOD_HELP = (
@@ -73,6 +74,7 @@ class BenchOptions:
 
 @click.command("bench", short_help="Compare HCNR with RAIT, DPO, restore-only, random and interpolation.")
 @add_options(BenchOptions)
+@add_options(DeviceOptions)
 def bench(**kwargs: Any) -> None:
     """Compare HCNR with RAIT, DPO, restore-only, random neurons and interpolation on one pair.
 
@@ -86,6 +88,7 @@ def bench(**kwargs: Any) -> None:
     from ..outputs import check_outputs
 
     o = options_from(BenchOptions, kwargs)
+    place = options_from(DeviceOptions, kwargs)
     inputs = (o.base, o.sft, o.hon_data, o.task_data, o.train_data, o.data_dir)
     check_outputs(inputs, folders=(("-o", o.out_dir),))
     tasks = () if o.task_benchmarks == ("none",) else o.task_benchmarks
@@ -110,6 +113,8 @@ def bench(**kwargs: Any) -> None:
         n_boot=o.n_boot,
         reference=o.reference,
         keep_models=o.keep_models,
+        device=place.device,
+        dtype=place.dtype,
     )
     summary = run_comparison(cfg, fresh=o.fresh, run_missing=not o.report_only)
     click.echo(markdown(summary), nl=False)

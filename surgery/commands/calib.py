@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..devices import DeviceOptions
 from .options import ModelAccess, add_options, opt, options_from, required
 
 
@@ -37,8 +38,11 @@ class CalibOptions:
 @click.command(short_help="Build honesty and task calibration sets for a model.")
 @add_options(CalibOptions)
 @add_options(ModelAccess)
+@add_options(DeviceOptions)
 def calib(**kwargs: Any) -> None:
     """Build calibration sets D_hon and D_task (JSONL), disjoint from every evaluation item."""
+    from ..atomic import write_json_atomic
+    from ..devices import resolve
     from ..errors import OptionError
     from ..evaluation.runner import make_generator
     from ..hcnr.calibration_sets import write_calibration
@@ -46,13 +50,19 @@ def calib(**kwargs: Any) -> None:
 
     o = options_from(CalibOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
+    placement = resolve(options_from(DeviceOptions, kwargs))  # --device cuda without CUDA: refused before any work
     check_outputs((o.model, o.data_dir), folders=(("-o", o.out_dir),))
     if o.n_hon < 2 or o.n_task < 1:
         raise OptionError("--n-hon must be at least 2 and --n-task at least 1.")
     generator = None
     if o.model:
         generator = make_generator(
-            "torch", o.model, trust_remote_code=access.trust_remote_code, allow_pickle=access.allow_pickle
+            "torch",
+            o.model,
+            trust_remote_code=access.trust_remote_code,
+            allow_pickle=access.allow_pickle,
+            device=placement.device,
+            dtype=placement.dtype,
         )
     benches = tuple(b.strip() for b in o.task_benchmarks.split(",") if b.strip())
     summary = write_calibration(
@@ -66,6 +76,9 @@ def calib(**kwargs: Any) -> None:
         task_benchmarks=benches,
         probe_model=o.model,
     )
+    if generator is not None:  # the probing model's precision, next to the summary write_calibration wrote
+        summary["precision"] = placement.record()
+        write_json_atomic(Path(o.out_dir) / "calibration.json", summary, indent=1)
     h, t = summary["honesty"], summary["task"]
     click.echo(
         f"D_hon   {Path(o.out_dir) / h['file']}  {h['n']} examples ({h['n_idk']} 'I don't know', "

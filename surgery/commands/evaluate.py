@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..devices import DeviceOptions
 from .options import ModelAccess, add_options, opt, options_from, switch
 
 _BENCHMARK_HELP = (
@@ -53,6 +54,7 @@ class EvalOptions:
 @click.argument("targets", nargs=-1, required=True, metavar="MODEL | --compare RESULT.json...")
 @add_options(EvalOptions)
 @add_options(ModelAccess)
+@add_options(DeviceOptions)
 def eval_command(targets: tuple[str, ...], **kwargs: Any) -> None:
     """Measure honesty: refusal on unanswerable vs answerable questions, F1, RF-delta, accuracy.
 
@@ -66,6 +68,7 @@ def eval_command(targets: tuple[str, ...], **kwargs: Any) -> None:
 
     o = options_from(EvalOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
+    place = options_from(DeviceOptions, kwargs)
     written = (("--json", o.json_out), ("--markdown", o.md_out), ("--plot", o.plot_out))
     check_outputs((*targets, o.refusal_patterns, *o.benchmarks), files=written)
     if o.compare:
@@ -75,10 +78,10 @@ def eval_command(targets: tuple[str, ...], **kwargs: Any) -> None:
         return
     if len(targets) != 1:
         raise OptionError("Give exactly one MODEL (or use --compare with result files).")
-    _evaluate(targets[0], o, access)
+    _evaluate(targets[0], o, access, place)
 
 
-def _evaluate(model: str, o: EvalOptions, access: ModelAccess) -> None:
+def _evaluate(model: str, o: EvalOptions, access: ModelAccess, place: DeviceOptions) -> None:
     """One model: score it, print the table, write what was asked for."""
     from ..atomic import write_text_atomic
     from ..evaluation import report
@@ -97,10 +100,15 @@ def _evaluate(model: str, o: EvalOptions, access: ModelAccess) -> None:
         refusal_patterns=o.refusal_patterns,
         trust_remote_code=access.trust_remote_code,
         allow_pickle=access.allow_pickle,
+        device=place.device,
+        dtype=place.dtype,
     )
     n, seconds = len(result["items"]), result["seconds"]
     report.print_tables([("honesty of " + model, *report.result_table(result))])
-    click.echo(f"{n} items in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} items/s)")
+    where = result["precision"]
+    click.echo(
+        f"{n} items in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} items/s) on {where['device']}, {where['dtype']}"
+    )
     if o.json_out:
         click.echo(f"wrote {save_json(result, o.json_out)}")
     if o.md_out:

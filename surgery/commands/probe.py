@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..devices import DeviceOptions
 from .options import ModelAccess, add_options, opt, options_from, required, switch
 
 
@@ -42,6 +43,7 @@ class ProbeOptions:
 @click.argument("sft")
 @add_options(ProbeOptions)
 @add_options(ModelAccess)
+@add_options(DeviceOptions)
 def probe(sft: str, **kwargs: Any) -> None:
     """Does the fine-tuned model SFT still know what it doesn't know?
 
@@ -57,6 +59,7 @@ def probe(sft: str, **kwargs: Any) -> None:
 
     o = options_from(ProbeOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
+    place = options_from(DeviceOptions, kwargs)
     check_outputs((sft, o.base, o.benchmark), files=(("--json", o.json_path), ("--plot", o.plot_path)))
     record: dict[str, Any] = {"command": command_line()}
     record |= run_probe(
@@ -75,10 +78,13 @@ def probe(sft: str, **kwargs: Any) -> None:
         share_prefix=not o.no_shared_prefix,
         trust_remote_code=access.trust_remote_code,
         allow_pickle=access.allow_pickle,
+        device=place.device,
+        dtype=place.dtype,
     )
     curves = curves_from_record(record)
     click.echo(format_table(curves))
-    click.echo(f"time: {record['seconds']['total']:.1f} s")
+    where = record["precision"]
+    click.echo(f"time: {record['seconds']['total']:.1f} s on {where['device']}, {where['dtype']}")
     if o.json_path:
         write_json(record, o.json_path)
         click.echo(f"wrote {o.json_path}")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..atomic import write_json_atomic
+from ..devices import DeviceOptions, Placement, resolve
 from ..errors import OptionError, SurgeryError
 from ..provenance import command_line
 from . import metrics as M
@@ -118,22 +119,29 @@ def run_eval(
     refusal_patterns: str | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> dict:
     """``surgery eval MODEL`` as a library call: the record ``--json`` writes (options, timing, items, metrics).
 
     Every benchmark is loaded before the model, so a bad name or file fails in seconds, not minutes.
+    ``device``/``dtype`` are ``--device``/``--dtype`` (:mod:`surgery.devices`); the record's
+    ``precision`` says which were used. Generation is batched by ``batch_size`` on every device.
     """
     if max_new_tokens < 1:
         raise OptionError(f"--max-new-tokens must be at least 1 (got {max_new_tokens}).")
     if allow_pickle and backend != "torch":
         raise OptionError("--allow-pickle applies to the torch back-end only (ONNX folders hold no pickle).")
+    precision, placement = _precision(backend, device, dtype)
     matcher = RefusalMatcher.from_file(refusal_patterns) if refusal_patterns else default_matcher()
     items: list[Item] = []
     for name in benchmarks:
         items += load_items(name, data_dir=data_dir, split=split, limit=limit, seed=seed)
     log.info("%d items from %s", len(items), ", ".join(benchmarks))
-    pickle = {"allow_pickle": True} if allow_pickle else {}
-    generator = make_generator(backend, model, batch_size=batch_size, trust_remote_code=trust_remote_code, **pickle)
+    extra: dict = {"allow_pickle": True} if allow_pickle else {}
+    if placement is not None:
+        extra.update(device=placement.device, dtype=placement.dtype)
+    generator = make_generator(backend, model, batch_size=batch_size, trust_remote_code=trust_remote_code, **extra)
     t0 = time.perf_counter()
     result = evaluate(generator, items, max_new_tokens=max_new_tokens, matcher=matcher)
     seconds = time.perf_counter() - t0
@@ -153,10 +161,24 @@ def run_eval(
             "refusal_patterns": list(matcher.patterns),
             "refusal_answer_follows": matcher.answer_follows,
         },
+        "precision": precision,
         "seconds": round(seconds, 2),
         "items_per_second": round(len(items) / seconds, 3) if seconds > 0 else None,
         **result,
     }
+
+
+def _precision(backend: str, device: str, dtype: str) -> tuple[dict, Placement | None]:
+    """What the record says about precision, and the placement the torch back-end loads the model with.
+
+    Other back-ends (onnx: onnxruntime on the CPU, in the exported precision) take neither option.
+    """
+    if backend == "torch":
+        placement = resolve(DeviceOptions(device=device, dtype=dtype))
+        return placement.record(), placement
+    if str(device).strip().lower() not in ("auto", "cpu") or dtype != "float32":
+        raise OptionError(f"--device and --dtype apply to the torch back-end only, not to '{backend}'.")
+    return {"device": "cpu", "dtype": "as exported"}, None
 
 
 def save_json(result: dict, path: str | os.PathLike) -> Path:

@@ -86,6 +86,9 @@ class HFGenerator:
         for row, ids in enumerate(batch):
             input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, width - len(ids) :] = 1
+        device = getattr(self.model, "device", None)
+        if isinstance(device, torch.device) and device.type != "cpu":  # CUDA/MPS: the batch goes where the model is
+            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids,
@@ -124,10 +127,16 @@ def torch_generator(
     trust_remote_code: bool = False,
     dtype: torch.dtype | None = torch.float32,
     allow_pickle: bool = False,
+    device: torch.device | str = "cpu",
 ) -> HFGenerator:
-    """A transformers model (folder, cached hub id or PEFT adapter); float32 by default on CPU."""
+    """A transformers model (folder, cached hub id or PEFT adapter); float32 on the CPU by default.
+
+    ``dtype``/``device`` come from :func:`surgery.devices.resolve` in the commands (``--dtype``, ``--device``).
+    """
     source = locate(model)
     lm = load_model(source, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    if torch.device(device).type != "cpu":
+        lm = lm.to(device)
     tok = load_tokenizer(source, trust_remote_code=trust_remote_code)
     return HFGenerator(lm, tok, batch_size=batch_size, name="torch")
 

@@ -81,7 +81,7 @@ def _sliding_window(model: Any) -> int | None:
 
 def _prefix_cache(backbone: Any, prefix: Sequence[int]) -> Any:
     """The key/value cache of the shared prefix (batch of one), or None where the model has no usable one."""
-    ids = torch.as_tensor([list(prefix)], dtype=torch.long)
+    ids = torch.as_tensor([list(prefix)], dtype=torch.long, device=_device(backbone))
     try:
         out = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
     except (TypeError, ValueError, NotImplementedError) as exc:
@@ -89,6 +89,12 @@ def _prefix_cache(backbone: Any, prefix: Sequence[int]) -> Any:
         return None
     cache = getattr(out, "past_key_values", None)
     return cache if hasattr(cache, "batch_repeat_interleave") else None
+
+
+def _device(model: Any) -> torch.device:
+    """Where the model's weights are (its batches are built there); the CPU for anything without a device."""
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else torch.device("cpu")
 
 
 def _backbone(model: Any) -> Any:
@@ -118,7 +124,7 @@ def _block_outputs(
         ).hidden_states
     cache = copy.deepcopy(prefix)
     cache.batch_repeat_interleave(len(ids))
-    full_mask = torch.cat([torch.ones((len(ids), shared), dtype=mask.dtype), mask], dim=1)
+    full_mask = torch.cat([torch.ones((len(ids), shared), dtype=mask.dtype, device=mask.device), mask], dim=1)
     return backbone(
         input_ids=ids,
         attention_mask=full_mask,
@@ -155,6 +161,7 @@ def last_token_states(
         raise ValueError("no prompts to run")
     blocks = num_blocks(model)
     backbone = _backbone(model)
+    device = _device(model)
     order = sorted(range(n), key=lambda i: len(token_ids[i]))
     shared = shared_prefix_length(token_ids) if share_prefix else 0
     window = _sliding_window(model)
@@ -169,6 +176,8 @@ def last_token_states(
     for start in progress(starts, desc=desc, total=len(starts), unit="batch"):
         rows = order[start : start + batch_size]
         ids, mask, positions = pad_batch([token_ids[i][shared:] for i in rows], pad_id, padding_side)
+        if device.type != "cpu":
+            ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
         states = _block_outputs(backbone, ids, mask, positions, prefix, shared)
         if states is None or len(states) != blocks + 1:
             got = "none" if states is None else len(states)
@@ -177,7 +186,8 @@ def last_token_states(
                 "(embeddings + one per block); this architecture is not supported by the probe."
             )
         last = last_token_index(mask)
-        picked = torch.stack([h[torch.arange(len(rows)), last] for h in states[1:]], dim=1)  # (b, L, d)
+        rows_at = torch.arange(len(rows), device=last.device)
+        picked = torch.stack([h[rows_at, last] for h in states[1:]], dim=1)  # (b, L, d)
         if out is None:
             out = np.empty((n, blocks, picked.shape[-1]), dtype=np.float32)
         out[rows] = picked.float().cpu().numpy()

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..architecture import SAME_LAYERS, require_same_architecture
+from ..devices import DeviceOptions, Placement, resolve
 from ..errors import ArchitectureMismatch, CalibrationDataError, OptionError
 from ..evaluation.benchmarks import Item, load_items
 from ..modelio import ModelSource, load_model, load_tokenizer, locate
@@ -44,10 +45,17 @@ def model_states(
     share_prefix: bool,
     trust_remote_code: bool,
     allow_pickle: bool,
+    placement: Placement | None = None,
 ) -> np.ndarray:
-    """Load one model, take its last-prompt-token states, and free it before the next model loads."""
+    """Load one model, take its last-prompt-token states, and free it before the next model loads.
+
+    The model is loaded in ``placement``'s dtype (float32 on the CPU when None) and moved to its device.
+    """
+    placement = placement or resolve(DeviceOptions(device="cpu"))
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
-    model = load_model(source, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    model = load_model(source, dtype=placement.dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    if placement.device.type != "cpu":
+        model = model.to(placement.device)
     try:
         return prompt_states(
             model,
@@ -62,6 +70,10 @@ def model_states(
     finally:
         del model
         gc.collect()
+        if placement.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()  # the next model gets the memory back
 
 
 def run_probe(
@@ -81,9 +93,16 @@ def run_probe(
     share_prefix: bool = True,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> dict:
-    """The whole probe as a library call; returns the record that ``--json`` writes."""
+    """The whole probe as a library call; returns the record that ``--json`` writes.
+
+    ``device``/``dtype`` are ``--device``/``--dtype`` (:mod:`surgery.devices`): both models run there,
+    in batches of ``batch_size``; the states are taken back to the host as float32 either way.
+    """
     _check_settings(test_fraction=test_fraction, c=c, batch_size=batch_size, max_length=max_length)
+    placement = resolve(DeviceOptions(device=device, dtype=dtype))
     timer = StageTimer()
     with timer.stage("items"):
         items, n_ans, n_unans = probe_items(benchmark, data_dir=data_dir, split=split, limit=limit, seed=seed)
@@ -106,6 +125,7 @@ def run_probe(
         share_prefix=share_prefix,
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
+        placement=placement,
     )
     base_states, sft_states = both_states(base_src, sft_src, prompts, timer, **common)
     with timer.stage("probes"):
@@ -140,6 +160,7 @@ def run_probe(
             "line": v.line,
             "thresholds": {"preserved": PRESERVED_AUROC, "separates": SEPARATES_AUROC},
         },
+        "precision": placement.record(),
         "seconds": {k: round(s, 2) for k, s in timer.seconds.items()} | {"total": round(timer.total, 2)},
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }

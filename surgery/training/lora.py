@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_folder
+from ..devices import Placement, autocast
 from ..linear_layers import find_linear_layers
 from ..progress import progress
 from ..prompting import encode_example
@@ -122,11 +123,15 @@ def train_steps(
     max_seconds: float | None = None,
     loss_fn: Callable = plain_loss,
     desc: str = "training",
+    placement: Placement | None = None,
 ) -> list[float]:
     """The shared training loop: AdamW, linear decay to 0 without warm-up, a seeded shuffle per epoch.
 
     Stops after the first step that ends past ``max_seconds``. Returns the loss of every step; the
     LoRA and the full fine-tune both run through here so that they differ only in what they train.
+    ``placement`` (:mod:`surgery.devices`): batches go to its device (where the model must already be),
+    and with bfloat16 the forward pass runs under bf16 autocast while the parameters, their gradients
+    and AdamW's state stay float32 (master weights; never float16). None: today's CPU float32 loop.
     """
     steps_per_epoch = (len(data) + batch_size - 1) // batch_size
     total = steps_per_epoch * epochs
@@ -141,7 +146,12 @@ def train_steps(
         rng.shuffle(order)
         for s in range(steps_per_epoch):
             batch = collate([data[i] for i in order[s * batch_size : (s + 1) * batch_size]], pad_id)
-            loss = loss_fn(model, batch)
+            if placement is None:
+                loss = loss_fn(model, batch)
+            else:
+                batch = {k: v.to(placement.device) for k, v in batch.items()}
+                with autocast(placement):
+                    loss = loss_fn(model, batch)
             loss.backward()
             opt.step()
             sched.step()
@@ -170,6 +180,7 @@ def train_lora(
     target_modules: Sequence[str] | None = None,
     max_seconds: float | None = None,
     response_logits_only: bool = False,
+    placement: Placement | None = None,
 ):
     """Wrap ``model`` in a fresh LoRA adapter and train it (AdamW, linear decay, no warm-up).
 
@@ -178,6 +189,7 @@ def train_lora(
     to the plain loss, so a recipe records which one built its adapters.
 
     ``max_seconds`` (optional) stops after the first step that ends past that wall-clock budget.
+    ``placement``: the device the model is on and the training precision (see :func:`train_steps`).
     Returns the ``peft`` model in eval mode; ``merge_and_unload()`` gives the plain model back.
     """
     from peft import LoraConfig, get_peft_model
@@ -205,6 +217,7 @@ def train_lora(
         max_seconds=max_seconds,
         loss_fn=response_only_loss if response_logits_only else plain_loss,
         desc=f"LoRA r={r} ({len(data)} ex.)",
+        placement=placement,
     )
     peft_model.eval()
     peft_model.training_losses = losses
