@@ -24,7 +24,7 @@ from pathlib import Path
 from ..apply import apply_patch
 from ..devices import Placement
 from ..errors import CalibrationDataError, OptionError, SurgeryError
-from ..hcnr.options import PatchOptions
+from ..hcnr.options import ComputeOptions, PatchOptions
 from ..hcnr.pipeline import make_patch
 from ..jsonl import read_jsonl
 from ..linear_layers import is_block_linear_weight
@@ -204,8 +204,8 @@ def _run_hcnr(method: Method, inputs: Inputs, work: Path, t0: float, placement: 
         raise SurgeryError("HCNR needs calibration data (--hon-data and --task-data, or a data folder).")
     patch = work / "patch.safetensors"
     options = PatchOptions(**method.params["options"])
-    device = str(placement.device) if placement is not None else "auto"  # precision: make_patch's own
-    report = make_patch(inputs.sft, inputs.base, inputs.hon_data, inputs.task_data, patch, options, device=device)
+    compute = ComputeOptions(str(placement.device), placement.dtype_name) if placement is not None else ComputeOptions()
+    report = make_patch(inputs.sft, inputs.base, inputs.hon_data, inputs.task_data, patch, options, compute=compute)
     info = {"method_seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
     t1 = time.perf_counter()
     apply_patch(inputs.sft, patch, work / "model", base=inputs.base)

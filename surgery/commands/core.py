@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..devices import DeviceOptions
 from ..hcnr.options import ComputeOptions, PatchOptions
 from ..options import parse_size
 from .options import ModelAccess, add_options, opt, options_from, reproducible_command, required, switch
@@ -35,6 +36,7 @@ class PatchIO:
     task_data: str = required("JSONL of SFT-task calibration examples (D_task).", metavar="FILE")
     output: str = required("Patch file to write.", short="-o", metavar="FILE")
     plan: bool = switch("Print the run's estimated peak memory, work-folder disk and arithmetic, and exit.")
+    keep_work: bool = switch("Keep <patch>.work/ (cached block inputs and parts) after success.")
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def check(sft: str, **kwargs: Any) -> None:
 @click.argument("sft")
 @add_options(PatchIO)
 @add_options(ModelAccess)
-@add_options(ComputeOptions)
+@add_options(DeviceOptions)
 @add_options(PatchOptions)
 def patch(sft: str, **kwargs: Any) -> None:
     """Compute an HCNR honesty patch for SFT (a sparse safetensors file)."""
@@ -121,7 +123,8 @@ def patch(sft: str, **kwargs: Any) -> None:
     io = options_from(PatchIO, kwargs)
     access = options_from(ModelAccess, kwargs)
     options = options_from(PatchOptions, kwargs)
-    compute = options_from(ComputeOptions, kwargs)
+    placement = options_from(DeviceOptions, kwargs)
+    compute = ComputeOptions(placement.device, placement.dtype, io.keep_work)
     if io.plan:
         _print_plan(sft, io, options, compute, access)
         return

@@ -82,16 +82,15 @@ class PatchOptions:
 
 @dataclass(frozen=True)
 class ComputeOptions:
-    """Where and how a patch is computed, not what it is: the patch bytes depend on these only through
-    floating-point rounding (bfloat16 changes them; float32 on any device stays within rounding)."""
+    """Where and how a patch is computed, not what it is: in float32 the patch is the same on any device
+    up to floating-point rounding; bfloat16 changes it (the manifest records which was used).
 
-    device: str = opt("auto", "auto (the first GPU, else the CPU), cpu, or cuda[:N].")
-    dtype: str = opt(
-        "float32",
-        "Weights and activations in float32, or bfloat16 (GPU; accumulators stay float32/float64).",
-        choices=("float32", "bfloat16"),
-    )
-    keep_work: bool = opt(False, "Keep <patch>.work/ (cached activations and parts) after success.")
+    The CLI fills ``device`` and ``dtype`` from :class:`surgery.devices.DeviceOptions` (one spelling
+    for every command) and ``keep_work`` from ``surgery patch --keep-work``."""
+
+    device: str = "auto"
+    dtype: str = "float32"
+    keep_work: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):

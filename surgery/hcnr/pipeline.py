@@ -22,6 +22,7 @@ import torch
 from .. import __version__
 from ..architecture import require_same_architecture
 from ..atomic import write_json_atomic
+from ..devices import resolve_device, resolve_dtype
 from ..errors import SurgeryError
 from ..linear_layers import LinearLayer
 from ..modelio import ModelSource, load_tokenizer, locate, open_checkpoint
@@ -43,14 +44,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OPTIONS = PatchOptions()  # frozen: one shared default is safe
 DEFAULT_COMPUTE = ComputeOptions()
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` is the first GPU when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass
@@ -207,7 +200,7 @@ class _Run:
         self.base = _resolve_base(self.sft, base)
         require_same_architecture(self.base, self.sft, why="A patch between two different networks is meaningless.")
         self.trust_remote_code, self.allow_pickle = trust_remote_code, allow_pickle
-        self.compute, self.device, self.dtype = compute, pick_device(compute.device), DTYPES[compute.dtype]
+        self.compute, self.device, self.dtype = compute, resolve_device(compute.device), resolve_dtype(compute.dtype)
         self._skeleton: tuple[str, ModelSkeleton] | None = None
         self._streams: dict[str, dict[str, Stream]] = {}
 

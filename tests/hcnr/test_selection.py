@@ -1,10 +1,9 @@
 """Fisher scores and neuron selection, against naive per-example autograd and hand-made cases."""
 
+import pytest
 import torch
 
 from surgery.hcnr.calibration import CalibExample, make_batches, tokenize_examples
-import pytest
-
 from surgery.hcnr.fisher import per_example_column_scores, per_example_losses, per_example_row_scores
 from surgery.hcnr.selection import honesty_priority, relative_perturbation, select_units, top_share
 from surgery.linear_layers import find_linear_layers
