@@ -114,7 +114,9 @@ def baseline_peak(threads: int = 1) -> ChildPeak:
     return peak
 
 
-def patch_args(pair: SyntheticPair, out: Path, r_iw: float | None, max_length: int, examples: int) -> list[str]:
+def patch_args(
+    pair: SyntheticPair, out: Path, r_iw: float | None, max_length: int, examples: int, device: str = "cpu"
+) -> list[str]:
     """``surgery patch`` arguments for one case (protect; r_cw and the rest at their defaults)."""
     args = [
         "patch",
@@ -134,7 +136,7 @@ def patch_args(pair: SyntheticPair, out: Path, r_iw: float | None, max_length: i
         "--max-samples",
         str(examples),
         "--device",
-        "cpu",
+        device,
     ]
     return args + (["--r-iw", str(r_iw)] if r_iw is not None else [])
 
@@ -162,11 +164,12 @@ def measure_patch(
     threads: int = 1,
     max_length: int = 48,
     examples: int = 16,
+    device: str = "cpu",
 ) -> Case:
     """Run one patch in a child and measure it; a failing patch raises with the child's output."""
     out = work / ("".join(ch if ch.isalnum() else "-" for ch in name) + ".patch")
     out.unlink(missing_ok=True)
-    args = ["--threads", str(threads), "-q", *patch_args(pair, out, r_iw, max_length, examples)]
+    args = ["--threads", str(threads), "-q", *patch_args(pair, out, r_iw, max_length, examples, device)]
     log.info("%s: surgery %s", name, " ".join(args))
     peak = peak_of(["-m", "surgery.cli", *args], threads)
     if peak.returncode != 0 or not out.is_file():
@@ -252,6 +255,7 @@ class ScaleRun:
     r_iw: float = opt(0.5, "The default-size case's --r-iw.", above=0, high=1)
     small_r_iw: float = opt(0.125, "The small case's --r-iw.", above=0, high=1)
     threads: int = opt(1, "Torch threads of each patch.", low=1)
+    device: str = opt("cpu", "The patch's --device (peak RSS is host memory only).")
     seed: int = opt(0, "Seed of the synthetic pairs.")
     cache: str | None = opt(None, "Folder of the synthetic pairs (default: $SURGERY_CACHE/synthetic).")
     json: str | None = opt(None, "Also write the numbers here.")
@@ -277,7 +281,12 @@ def measure_scale(run: ScaleRun, work: Path) -> ScaleResult:
     shallow_pair, deep_pair = pair_for(run, run.shallow), pair_for(run, run.deep)
     baseline = baseline_peak(run.threads).peak_mb
     kw: dict[str, Any] = dict(
-        work=work, baseline_mb=baseline, threads=run.threads, max_length=run.max_length, examples=run.examples
+        work=work,
+        baseline_mb=baseline,
+        threads=run.threads,
+        max_length=run.max_length,
+        examples=run.examples,
+        device=run.device,
     )
     shallow = measure_patch(f"depth {run.shallow}", shallow_pair, run.shallow, run.r_iw, **kw)
     deep = measure_patch(f"depth {run.deep}", deep_pair, run.deep, run.r_iw, **kw)
