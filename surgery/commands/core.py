@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -140,6 +141,8 @@ def patch(sft: str, **kwargs: Any) -> None:
         allow_pickle=access.allow_pickle,
         compute=compute,
     )
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes and speaks
+        return
     write_text_atomic(io.output + ".command.txt", patch_command(sft, io, options, compute.dtype))
     click.echo(f"wrote {io.output} ({report.patch_bytes / 1e6:.2f} MB)")
     click.echo(

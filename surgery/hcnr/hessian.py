@@ -113,12 +113,14 @@ def collect_hessians(
     passes: Iterable[Pass],
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    reduce: Callable[[torch.Tensor], object] | None = None,
 ) -> HessianSet:
     """Accumulate Σ x xᵀ per input group over forward ``passes`` (float32 by default: half the cost of
     float64, and the relative rounding error of a sum of PSD outer products stays far below the 1%
     damping); the finished Hessians are returned in float64 for the solver.
 
-    N counts the tokens the attention mask keeps (prompt and response alike; padding never)."""
+    N counts the tokens the attention mask keeps (prompt and response alike; padding never). ``reduce``
+    sums the raw accumulators and counts over processes before they are finished (several ranks)."""
     acc = _GroupedAccumulator(dtype, torch.device(device))
     handles = [modules[layer.module].register_forward_hook(acc.hook(layer)) for layer in layers]
     try:
@@ -130,6 +132,12 @@ def collect_hessians(
     finally:
         for h in handles:
             h.remove()
+    if reduce is not None:
+        for a in acc.accs:
+            reduce(a)
+        counts = torch.tensor(acc.counts, dtype=torch.int64)
+        reduce(counts)
+        acc.counts = [int(c) for c in counts]
     return acc.result()
 
 
@@ -153,19 +161,32 @@ def needs_hessians(options: PatchOptions) -> bool:
 
 
 def block_hessians(
-    streams: dict[str, Stream], block: Block, layers: list[LinearLayer], options: PatchOptions
+    streams: dict[str, Stream],
+    block: Block,
+    layers: list[LinearLayer],
+    options: PatchOptions,
+    reduce: Callable[[torch.Tensor], object] | None = None,
 ) -> Hessians:
-    """Stage 2a for one block: the Hessians the chosen compensation needs, from the SFT's cached inputs."""
+    """Stage 2a for one block: the Hessians the chosen compensation needs, from the SFT's cached inputs.
+
+    With several processes each sums its own batches and ``reduce`` gathers the sums on the block's owner."""
     with streams["hon"].skel.block(block) as module:
         if options.compensation == "protect":
             return Hessians(
-                _collect(module, [streams["hon"]], block, layers), _collect(module, [streams["task"]], block, layers)
+                _collect(module, [streams["hon"]], block, layers, reduce),
+                _collect(module, [streams["task"]], block, layers, reduce),
             )
         which = {"both": ("hon", "task"), "hon": ("hon",), "task": ("task",)}[options.hessian_data]
-        return Hessians(_collect(module, [streams[w] for w in which], block, layers))
+        return Hessians(_collect(module, [streams[w] for w in which], block, layers, reduce))
 
 
-def _collect(module: nn.Module, streams: list[Stream], block: Block, layers: list[LinearLayer]) -> HessianSet:
+def _collect(
+    module: nn.Module,
+    streams: list[Stream],
+    block: Block,
+    layers: list[LinearLayer],
+    reduce: Callable[[torch.Tensor], object] | None,
+) -> HessianSet:
     """Σ x xᵀ of ``layers`` (all in ``block``) over the cached block inputs of ``streams``, in order."""
     passes: list[Pass] = []
     for s in streams:
@@ -173,4 +194,4 @@ def _collect(module: nn.Module, streams: list[Stream], block: Block, layers: lis
             run = call.calls[block.index].run
             passes.append((batch.attention_mask, functools.partial(run, module, x, s.returns_tuple)))
     skel = streams[0].skel
-    return collect_hessians(skel.modules, layers, passes, device=skel.device)
+    return collect_hessians(skel.modules, layers, passes, device=skel.device, reduce=reduce)

@@ -11,6 +11,7 @@ so memory stays at about one block and a killed run resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import logging
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from ..patchfile import PatchManifest, PatchStats, write_patch_streamed
 from ..progress import StageTimer, peak_rss_mb, progress
 from .calibration import CalibrationSets, dataset_fingerprint, load_calibration_sets
 from .compensation import compensate_layers
+from .distributed import World
 from .fisher import FisherScores
 from .hessian import block_hessians, needs_hessians
 from .options import ComputeOptions, PatchOptions
@@ -97,7 +99,7 @@ def make_patch(
     with timer.stage("load"):
         sets = load_calibration_sets(run.tokenizer(), honesty_data, task_data, options)
         require_fits(estimate(run.skeleton("sft"), sets, options, compute), available(out, compute), compute)
-        work = WorkFolder(work_folder_of(out), run.identity(options, honesty_data, task_data))
+        work = run.open_work(work_folder_of(out), run.identity(options, honesty_data, task_data))
         layers = run.skeleton("sft").layers
     scores = _fisher_stage(timer, run, work, sets, options)
     with timer.stage("selection"):
@@ -107,11 +109,14 @@ def make_patch(
     with timer.stage("write"):
         stats = patch_stats(layers, selection, parts, weights)
         manifest = run.manifest(options, stats, honesty_data, task_data)
-        manifest = write_patch_streamed(out, parts.records, parts.tensor, manifest)
+        if run.world.leader:
+            manifest = write_patch_streamed(out, parts.records, parts.tensor, manifest)
+        run.world.barrier()
     report = _report(out, timer, run, sets, manifest, stats, work.reused)
-    write_json_atomic(out.with_name(out.name + ".report.json"), report.to_dict(), sort_keys=True)
-    if not compute.keep_work:
-        work.remove()
+    if run.world.leader:
+        write_json_atomic(out.with_name(out.name + ".report.json"), report.to_dict(), sort_keys=True)
+        if not compute.keep_work:
+            work.remove()
     return report
 
 
@@ -144,7 +149,7 @@ def _fisher_stage(
         for s in streams.values():
             s.forward()
     with timer.stage("fisher"):
-        sums = {k: s.fisher(rows=options.neuron == "row") for k, s in streams.items()}
+        sums = {k: run.world.sum_fisher(s.fisher(rows=options.neuron == "row")) for k, s in streams.items()}
     return FisherScores.of(sums["hon"], sums["task"], options.neuron)
 
 
@@ -167,16 +172,21 @@ def _compensation_stage(
         with timer.stage("forward"):
             for s in streams.values():
                 s.forward()
-    for i in progress(sorted(by_block), desc="hessians + compensation", unit="block"):
-        if work.has(part_name(i)):
-            work.note_reused(f"patch part of block {i}")
-            continue
-        block = run.skeleton("sft").blocks[i]
+    world = run.world
+    world.barrier()  # every rank decides from the same parts which blocks are left
+    todo = [i for i in sorted(by_block) if not work.has(part_name(i))]
+    if len(todo) < len(by_block):
+        work.note_reused(f"patch parts of {len(by_block) - len(todo)} blocks")
+    for i in progress(todo, desc="hessians + compensation", unit="block"):
+        block, owner = run.skeleton("sft").blocks[i], world.owner(i)
         with timer.stage("hessians", log_each=False):
-            hessians = block_hessians(streams, block, by_block[i], options) if streams is not None else None
-        with timer.stage("compensation", log_each=False):
-            patched = compensate_layers(by_block[i], selection.neurons, hessians, weights, options)
-            save_part(work, i, patched, hessians)
+            reduce = functools.partial(world.sum_to, owner=owner) if world.size > 1 else None
+            hessians = block_hessians(streams, block, by_block[i], options, reduce) if streams is not None else None
+        if owner == world.rank:
+            with timer.stage("compensation", log_each=False):
+                patched = compensate_layers(by_block[i], selection.neurons, hessians, weights, options)
+                save_part(work, i, patched, hessians)
+    world.barrier()
     parts = PatchParts.load(work, sorted(by_block))
     if parts.fallbacks:
         log.warning(
@@ -203,6 +213,8 @@ class _Run:
         self.compute, self.device, self.dtype = compute, resolve_device(compute.device), resolve_dtype(compute.dtype)
         self._skeleton: tuple[str, ModelSkeleton] | None = None
         self._streams: dict[str, dict[str, Stream]] = {}
+        self.world = World.from_env(self.device)
+        self.local: WorkFolder | None = None  # this rank's block inputs (the shared folder with one process)
 
     def tokenizer(self) -> Any:
         return load_tokenizer(self.sft, trust_remote_code=self.trust_remote_code)
@@ -220,12 +232,23 @@ class _Run:
             self._skeleton = (which, ModelSkeleton(src, ckpt, self.dtype, self.device, self.trust_remote_code))
         return self._skeleton[1]
 
+    def open_work(self, root: Path, identity: dict[str, Any]) -> WorkFolder:
+        """The shared work folder (rank 0 clears a stale one first) and this rank's own folder in it."""
+        work = WorkFolder(root, identity) if self.world.leader else None
+        self.world.barrier()
+        work = work or WorkFolder(root, identity)
+        self.local = WorkFolder(root / f"rank{self.world.rank}", identity) if self.world.size > 1 else work
+        return work
+
     def streams(self, which: str, work: WorkFolder, sets: CalibrationSets) -> dict[str, Stream]:
-        """Both calibration sets streamed through ``which`` (their block calls captured once)."""
+        """Both calibration sets streamed through ``which`` (their block calls captured once).
+
+        With several processes each streams its own share of the batches, in its own folder."""
         skel = self.skeleton(which)
         if which not in self._streams:
+            local = self.local or work
             self._streams[which] = {
-                name: Stream.capture(skel, work, which, name, batches)
+                name: Stream.capture(skel, local, which, name, self.world.shard(batches, f"{name} batches"))
                 for name, batches in (("hon", sets.hon), ("task", sets.task))
             }
         return self._streams[which]
@@ -252,7 +275,7 @@ class _Run:
         }
 
     def compute_record(self) -> dict[str, Any]:
-        return {"dtype": self.compute.dtype, "device": self.device.type, "world_size": 1}
+        return {"dtype": self.compute.dtype, "device": self.device.type, "world_size": self.world.size}
 
     def manifest(
         self, options: PatchOptions, stats: PatchStats, honesty_data: str | Path, task_data: str | Path
