@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .adapter_merge import ADAPTER_CONFIG, LoraAdapter
 from .atomic import atomic_folder
 from .errors import ModelFolderError
 from .model_folder import (
@@ -32,7 +33,6 @@ from .model_folder import (
 
 log = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
 #: files copied from a source model folder into a written one (weights are written separately)
 SIDE_FILES = (
     "config.json",
@@ -171,8 +171,31 @@ class LazyCheckpoint:
             return tuple(h.get_slice(name).get_shape())
 
 
+class AdapterCheckpoint(LazyCheckpoint):
+    """A LazyCheckpoint of an adapter's base whose tensors come out with the LoRA adapter merged in.
+
+    The names and shapes are the base's (a tied weight stays stored once); ``get`` reads one base tensor
+    and only the adapter tensors that change it (:class:`surgery.adapter_merge.LoraAdapter`), so the
+    whole model is never in memory.
+    """
+
+    def __init__(
+        self,
+        base_files: list[Path],
+        adapter_dir: Path,
+        base_dir: Path,
+        allow_pickle: bool = False,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__(base_files)
+        self.adapter = LoraAdapter(self, adapter_dir, base_dir, allow_pickle=allow_pickle, dtype=dtype)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.adapter.merge(name, super().get(name))
+
+
 class StateDictCheckpoint:
-    """The LazyCheckpoint interface over an in-memory state dict (a merged PEFT adapter)."""
+    """The LazyCheckpoint interface over an in-memory state dict (tests, small in-memory models)."""
 
     def __init__(self, state: dict[str, torch.Tensor]):
         self._state = state
@@ -297,19 +320,17 @@ def load_tokenizer(source: ModelSource | str, *, trust_remote_code: bool = False
 
 def open_checkpoint(
     source: ModelSource, *, allow_pickle: bool = False, dtype: torch.dtype | None = None
-) -> LazyCheckpoint | StateDictCheckpoint:
-    """Tensor-by-tensor access to a model's weights (merged in memory for adapters)."""
+) -> LazyCheckpoint | AdapterCheckpoint:
+    """Tensor-by-tensor access to a model's weights; an adapter is merged into each tensor as it is read.
+
+    Neither form ever holds the whole model: see :mod:`surgery.adapter_merge` for how (and which) PEFT
+    adapters are merged. ``dtype`` is the dtype an adapter's base is read in before merging.
+    """
     if source.adapter_base is None:
         return LazyCheckpoint.from_dir(source.path, allow_pickle)
-    model = load_model(source, dtype=dtype, allow_pickle=allow_pickle)
-    state, seen = {}, set()
-    for k, v in model.state_dict().items():
-        key = (v.data_ptr(), tuple(v.shape))
-        if key in seen:  # a tied copy (e.g. lm_head = embeddings): the checkpoint stores it once
-            continue
-        seen.add(key)
-        state[k] = v.detach()
-    return StateDictCheckpoint(state)
+    return AdapterCheckpoint(
+        safetensors_files(source.adapter_base, allow_pickle), source.path, source.adapter_base, allow_pickle, dtype
+    )
 
 
 def copy_side_files(src_dirs: list[Path], dst: Path) -> None:
