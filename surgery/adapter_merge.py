@@ -263,14 +263,16 @@ class LoraAdapter:
                 factors[(m["module"], factor, "embedding" if embedding else "linear")] = key
                 continue
             target = name.replace(".base_layer.", ".")
-            if target not in self.base:
-                raise self._refuse(
-                    f"{key} is neither a LoRA factor nor a tensor of the base model, so it cannot be merged exactly."
-                )
-            if target in skeleton.tied and target == name:  # a base_layer copy is loaded in place, tie kept
+            # a base_layer copy of the stored tied tensor is loaded in place (the tie is kept); anything else
+            # replacing a tied weight unties it in PEFT's merge, which a checkpoint storing it once cannot express
+            if target in skeleton.tied and (target == name or target not in self.base):
                 raise self._refuse(
                     f"{key} replaces {target}, which the base ties to another weight (PEFT's merge unties them); "
                     "untie the base first."
+                )
+            if target not in self.base:
+                raise self._refuse(
+                    f"{key} is neither a LoRA factor nor a tensor of the base model, so it cannot be merged exactly."
                 )
             if tuple(self.base.shape(target)) != shapes[key]:
                 raise self._refuse(
@@ -305,7 +307,7 @@ class LoraAdapter:
         layer = skeleton.kinds.get(module)
         if layer is None or weight not in self.base:
             raise self._refuse(f"it adapts {module}, which the base model does not have (or does not store).")
-        if weight in skeleton.tied and layer != "embedding":
+        if weight in skeleton.tied and (layer != "embedding" or self.config.get("ensure_weight_tying")):
             raise self._refuse(
                 f"it adapts {module}, whose weight the base ties to the input embeddings; PEFT's merge changes "
                 "both, so it cannot be merged tensor by tensor: untie the base first."
