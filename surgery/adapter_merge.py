@@ -344,7 +344,12 @@ class LoraAdapter:
         return sorted(self._plan)
 
     def merge(self, name: str, t: torch.Tensor) -> torch.Tensor:
-        """Base tensor ``name`` (``t``) with this adapter merged into it (PEFT's arithmetic, see the module doc)."""
+        """Base tensor ``name`` (``t``) with this adapter merged into it (PEFT's arithmetic, see the module doc).
+
+        The sums are done in place, as PEFT does them (``weight.data += delta``: computed in float32, rounded
+        once to the weight's dtype), so a merge holds the tensor and one float32 product, nothing more. ``t``
+        may be modified: callers pass a tensor they own (a fresh read).
+        """
         if self.dtype is not None and t.is_floating_point():
             t = t.to(self.dtype)
         merge = self._plan.get(name)
@@ -352,18 +357,17 @@ class LoraAdapter:
             return t
         dtype = t.dtype
         if merge.replace is not None:
-            t = self._adapter_tensor(merge.replace).to(dtype)
+            t = self._adapter_tensor(merge.replace).to(dtype, copy=True)
         if merge.lora is not None:
             f = merge.lora
             a, b = self._adapter_tensor(f.a).float(), self._adapter_tensor(f.b).float()
-            if f.kind == "embedding":
-                t = t + ((b @ a).T * f.scaling).to(dtype)
+            delta = (b @ a).mul_(f.scaling)
+            del a, b
+            if f.kind == "embedding":  # PEFT's Embedding.merge rounds the delta to the weight's dtype first
+                t.add_(delta.T.to(dtype))
             else:
-                delta = b @ a
-                if f.kind == "conv1d":
-                    delta = delta.T
-                t = (t.float() + delta * f.scaling).to(dtype)
+                t.add_(delta.T if f.kind == "conv1d" else delta)
+            del delta
         if merge.lora_bias is not None and merge.lora_bias.bias is not None:
-            lb = self._adapter_tensor(merge.lora_bias.bias).float()
-            t = (t.float() + lb * merge.lora_bias.scaling).to(dtype)
+            t.add_(self._adapter_tensor(merge.lora_bias.bias).float().mul_(merge.lora_bias.scaling))
         return t.contiguous()
