@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from surgery.errors import ModelFolderError
 from surgery.modelio import AdapterCheckpoint, LazyCheckpoint, locate, open_checkpoint
 from surgery.patchfile import PatchManifest, make_entry, write_patch
-from tests.support.faults import assert_refused, cli
+from tests.support.faults import assert_refused, cli, digest
 from tests.support.tiny import build_tiny_model
 
 
@@ -242,12 +242,14 @@ def test_apply_on_an_adapter_writes_the_peft_merged_model_patched(bases, tmp_pat
     ckpt = open_checkpoint(locate(str(adapter)))
     patched = [n for n in ckpt.adapter.changed if n.endswith(".weight")][:2]
     patch = _patch_for(ckpt, tmp_path / "p.safetensors", patched)
+    inputs = digest([base, adapter])  # the merge adds in place into fresh reads, never into the files
     outs = []
     for sft in (adapter, merged_dir):
         out = tmp_path / f"out-{sft.name}"
         res = cli("apply", str(sft), str(patch), "-o", str(out), "--max-shard-size", "20KB")
         assert res.exit_code == 0, (res.output, res.stderr)
         outs.append(LazyCheckpoint.from_dir(out))
+    assert digest([base, adapter]) == inputs, "an input was changed"
     assert len(outs[0].files) > 1, "the output was not sharded"
     assert sorted(outs[0].keys()) == sorted(outs[1].keys())
     for name in outs[1].keys():
