@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import torch
 
 from .errors import ModelFolderError
-from .model_folder import read_json_object, safetensors_header
+from .model_folder import confined, read_json_object, safetensors_header
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,7 @@ class LoraAdapter:
     def _adapter_file(self, allow_pickle: bool) -> tuple[Path, dict[str, tuple[int, ...]]]:
         st, pk = self.adapter_dir / ADAPTER_SAFETENSORS, self.adapter_dir / ADAPTER_PICKLE
         if st.is_file():
+            confined(self.adapter_dir, ADAPTER_SAFETENSORS)  # a link out of the folder is refused, as for shards
             return st, safetensors_header(st)
         if pk.is_file():
             if not allow_pickle:
@@ -228,7 +229,13 @@ class LoraAdapter:
                     f"{self.adapter_dir} only has pickle adapter weights ({pk.name}); pickle can run arbitrary code, "
                     "so it is refused. Convert it to safetensors, or pass --allow-pickle if you trust the file."
                 )
-            self._pickled = torch.load(str(pk), map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(str(pk), map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt file
+                raise ModelFolderError(f"{pk} is not a readable weights file: {str(exc)[:200]}") from None
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise ModelFolderError(f"{pk} does not hold a name -> tensor mapping.")
+            self._pickled = state
             return pk, {k: tuple(v.shape) for k, v in self._pickled.items()}
         raise ModelFolderError(f"{self.adapter_dir} has no {ADAPTER_SAFETENSORS}.")
 
