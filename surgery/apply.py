@@ -4,6 +4,10 @@ The whole patch is validated when it is read (:func:`surgery.patchfile.read_patc
 shape is checked against the model before anything is written, and every touched tensor is checked against
 the patch's fingerprints before and after the splice (and the result for NaN/Inf), so the output is
 bit-for-bit what `surgery patch` computed, or nothing is written at all.
+
+It streams: each tensor is read (an adapter SFT merged into it, :mod:`surgery.adapter_merge`), checked,
+spliced and written to its output shard before the next is read, so memory holds about one tensor
+whatever the model's size (``tests/models/test_apply_memory.py``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .adapter_merge import ADAPTER_CONFIG, LoraAdapter
 from .atomic import atomic_folder
 from .errors import ModelFolderError
 from .model_folder import (
@@ -32,7 +34,6 @@ from .model_folder import (
 
 log = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
 #: files copied from a source model folder into a written one (weights are written separately)
 SIDE_FILES = (
     "config.json",
@@ -171,8 +172,33 @@ class LazyCheckpoint:
             return tuple(h.get_slice(name).get_shape())
 
 
+class AdapterCheckpoint(LazyCheckpoint):
+    """A LazyCheckpoint of an adapter's base whose tensors come out with the LoRA adapter merged in.
+
+    The names and shapes are the base's (a tied weight stays stored once); ``get`` reads one base tensor
+    and only the adapter tensors that change it (:class:`surgery.adapter_merge.LoraAdapter`), so the
+    whole model is never in memory.
+    """
+
+    def __init__(
+        self,
+        base_files: list[Path],
+        adapter_dir: Path,
+        base_dir: Path,
+        allow_pickle: bool = False,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__(base_files)
+        self.adapter = LoraAdapter(self, adapter_dir, base_dir, allow_pickle=allow_pickle, dtype=dtype)
+
+    def get(self, name: str) -> torch.Tensor:
+        t = super().get(name)
+        # the merge adds in place: a fresh safetensors read is ours, a pickle checkpoint's cached tensor is not
+        return self.adapter.merge(name, t.clone() if name in self._pickled else t)
+
+
 class StateDictCheckpoint:
-    """The LazyCheckpoint interface over an in-memory state dict (a merged PEFT adapter)."""
+    """The LazyCheckpoint interface over an in-memory state dict (tests, small in-memory models)."""
 
     def __init__(self, state: dict[str, torch.Tensor]):
         self._state = state
@@ -297,19 +323,17 @@ def load_tokenizer(source: ModelSource | str, *, trust_remote_code: bool = False
 
 def open_checkpoint(
     source: ModelSource, *, allow_pickle: bool = False, dtype: torch.dtype | None = None
-) -> LazyCheckpoint | StateDictCheckpoint:
-    """Tensor-by-tensor access to a model's weights (merged in memory for adapters)."""
+) -> LazyCheckpoint | AdapterCheckpoint:
+    """Tensor-by-tensor access to a model's weights; an adapter is merged into each tensor as it is read.
+
+    Neither form ever holds the whole model: see :mod:`surgery.adapter_merge` for how (and which) PEFT
+    adapters are merged. ``dtype`` is the dtype an adapter's base is read in before merging.
+    """
     if source.adapter_base is None:
         return LazyCheckpoint.from_dir(source.path, allow_pickle)
-    model = load_model(source, dtype=dtype, allow_pickle=allow_pickle)
-    state, seen = {}, set()
-    for k, v in model.state_dict().items():
-        key = (v.data_ptr(), tuple(v.shape))
-        if key in seen:  # a tied copy (e.g. lm_head = embeddings): the checkpoint stores it once
-            continue
-        seen.add(key)
-        state[k] = v.detach()
-    return StateDictCheckpoint(state)
+    return AdapterCheckpoint(
+        safetensors_files(source.adapter_base, allow_pickle), source.path, source.adapter_base, allow_pickle, dtype
+    )
 
 
 def copy_side_files(src_dirs: list[Path], dst: Path) -> None:
@@ -321,32 +345,126 @@ def copy_side_files(src_dirs: list[Path], dst: Path) -> None:
                 break
 
 
+#: torch dtype -> safetensors dtype name (the format's own spelling)
+_ST_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
+
+
+class _ShardFile:
+    """One safetensors shard written as tensors arrive: memory holds one tensor, never the shard.
+
+    Tensor bytes go to a body file beside the shard as they come; :meth:`finish` writes the header
+    (tensors ordered as safetensors orders them: larger elements first, then by name, which keeps
+    every tensor aligned) and copies the body into place in the kernel (``os.copy_file_range``) or
+    in 1 MiB chunks.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.body_path = path.with_name(path.name + ".body")
+        self.body = open(self.body_path, "wb")  # closed in finish(), or by _write_shards on an error
+        self.entries: list[tuple[str, torch.Tensor, int, int]] = []  # name, meta tensor, start, end
+        self.size = 0
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        t = t.detach().cpu().contiguous()
+        if t.dtype not in _ST_DTYPES:
+            raise ModelFolderError(f"Tensor {name} has dtype {t.dtype}, which safetensors cannot store.")
+        nbytes = t.numel() * t.element_size()
+        if nbytes:
+            self.body.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        self.entries.append((name, torch.empty(t.shape, dtype=t.dtype, device="meta"), self.size, self.size + nbytes))
+        self.size += nbytes
+
+    def finish(self) -> list[str]:
+        """Write the shard (header, then the body in safetensors order); returns the tensor names."""
+        self.body.close()
+        order = sorted(self.entries, key=lambda e: (-e[1].element_size(), e[0]))
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, meta, start, end in order:
+            header[name] = {
+                "dtype": _ST_DTYPES[meta.dtype],
+                "shape": list(meta.shape),
+                "data_offsets": [offset, offset + end - start],
+            }
+            offset += end - start
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as the safetensors writer pads it
+        with open(self.path, "wb") as out, open(self.body_path, "rb") as body:
+            out.write(struct.pack("<Q", len(raw)) + raw)
+            for _, _, start, end in order:
+                _copy_range(body, out, start, end - start)
+        self.body_path.unlink()
+        return [e[0] for e in self.entries]
+
+
+def _copy_range(src: Any, dst: Any, start: int, length: int) -> None:
+    """``length`` bytes of ``src`` from ``start`` appended to ``dst``, without holding them in memory."""
+    dst.flush()
+    copied = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while copied < length:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), length - copied, start + copied)
+                if n == 0:
+                    break
+                copied += n
+        except OSError:  # not supported between these file systems: fall back to reading chunks
+            pass
+    dst.seek(0, os.SEEK_END)
+    src.seek(start + copied)
+    while copied < length:
+        chunk = src.read(min(1 << 20, length - copied))
+        if not chunk:
+            raise ModelFolderError(f"{src.name} ended early while its shard was being written.")
+        dst.write(chunk)
+        copied += len(chunk)
+
+
 def _write_shards(tensors: Iterator[tuple[str, torch.Tensor]], folder: Path, max_shard_bytes: int) -> None:
     """Weights as HF-named safetensors shards (plus the index when there are several) in ``folder``.
 
-    Shards are flushed as they fill, so memory holds one shard, not the whole model.
+    Each tensor is written out as it arrives (:class:`_ShardFile`), so memory holds one tensor, not a
+    shard, let alone the model; a shard is closed when the next tensor would take it over
+    ``max_shard_bytes``.
     """
-    from safetensors.torch import save_file
-
     written: list[tuple[Path, list[str]]] = []
-    shard: dict[str, torch.Tensor] = {}
-    size = total = 0
+    shard: _ShardFile | None = None
+    total = 0
 
-    def flush() -> None:
-        part = folder / f"part-{len(written):05d}.safetensors"
-        save_file(shard, str(part), metadata={"format": "pt"})
-        written.append((part, list(shard)))
+    def flush(s: _ShardFile) -> None:
+        written.append((s.path, s.finish()))
 
-    for name, t in tensors:
-        nbytes = t.numel() * t.element_size()
-        if shard and size + nbytes > max_shard_bytes:
-            flush()
-            shard, size = {}, 0
-        shard[name] = t.contiguous()
-        size += nbytes
-        total += nbytes
-    if shard or not written:
-        flush()
+    try:
+        for name, t in tensors:
+            nbytes = t.numel() * t.element_size()
+            if shard is not None and shard.entries and shard.size + nbytes > max_shard_bytes:
+                flush(shard)
+                shard = None
+            if shard is None:
+                shard = _ShardFile(folder / f"part-{len(written):05d}.safetensors")
+            shard.add(name, t)
+            total += nbytes
+            del t
+    except BaseException:
+        if shard is not None:
+            shard.body.close()  # the caller's atomic folder removes the files
+        raise
+    if shard is not None or not written:
+        flush(shard if shard is not None else _ShardFile(folder / f"part-{len(written):05d}.safetensors"))
     n = len(written)
     weight_map = {}
     for i, (part, names) in enumerate(written):
