@@ -146,7 +146,7 @@ def compensate_summed(p: Problem) -> Solved | None:
     delta = w1 - w0
     scaled = delta[:, t] / torch.diagonal(hinv)[t]
     w = w1.clone()
-    w[:, hc] = w0[:, hc] + scaled @ hinv[t][:, hc]
+    w[:, hc] = w0[:, hc] + scaled @ hinv[:, hc][t]
     return w, rel
 
 
@@ -167,7 +167,7 @@ def compensate_protect(p: Problem) -> Solved | None:
         return None
     chol, rel = factor
     delta = w1 - w0
-    b = w0[:, hc] @ hh[hc][:, hc] - delta[:, t] @ hh[t][:, hc] + lam * (w1[:, hc] @ ht[hc][:, hc])
+    b = w0[:, hc] @ hh[hc][:, hc] - delta[:, t] @ hh[:, hc][t] + lam * (w1[:, hc] @ ht[hc][:, hc])
     w = w1.clone()
     w[:, hc] = torch.cholesky_solve(b.T, chol).T
     return w, rel

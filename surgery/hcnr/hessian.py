@@ -31,8 +31,9 @@ def accumulate_hessian(x: torch.Tensor, acc: torch.Tensor) -> int:
 
 
 def finalize_hessian(acc: torch.Tensor, n_tokens: int) -> torch.Tensor:
-    """The method's normalisation (docs/method.md) H = (2/N) Σ x xᵀ."""
-    return acc * (2.0 / max(1, n_tokens))
+    """The method's normalisation (docs/method.md) H = (2/N) Σ x xᵀ, in place (a Hessian of an MLP's
+    down projection is the largest tensor a block holds; a copy would double it)."""
+    return acc.mul_(2.0 / max(1, n_tokens))
 
 
 @dataclass
@@ -93,7 +94,11 @@ class _GroupedAccumulator:
 
     def result(self) -> HessianSet:
         """The finished Hessians H = (2/N) Σ x xᵀ per layer (siblings share one tensor), in float64 on the CPU."""
-        finals = [finalize_hessian(a.double(), c).cpu() for a, c in zip(self.accs, self.counts)]
+        finals = []
+        for g, count in enumerate(self.counts):  # one group at a time: its float32 sum is freed as it is finished
+            h = self.accs[g].double()
+            self.accs[g] = h[:0]
+            finals.append(finalize_hessian(h, count).cpu())
         members: dict[int, list[str]] = {}
         for name, g in self.group_of.items():
             members.setdefault(g, []).append(name)

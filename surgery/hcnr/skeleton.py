@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import ModelFolderError, SurgeryError
 from ..linear_layers import LinearLayer, find_linear_layers
+from ..memory import release_freed_memory
 from ..modelio import LazyCheckpoint, ModelSource, StateDictCheckpoint
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ class ModelSkeleton:
             yield module
         finally:
             _set_params(module, {n: torch.empty(_param(module, n).shape, device="meta") for n in names})
+            release_freed_memory()
 
 
 def _param(module: nn.Module, name: str) -> torch.Tensor:
