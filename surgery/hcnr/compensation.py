@@ -81,6 +81,11 @@ def _split(in_features: int, hc: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return hc, torch.nonzero(~mask).flatten()
 
 
+def _block(m: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``m[rows][:, cols]`` without the ``len(rows) x n`` copy in between (the same values)."""
+    return m[rows[:, None], cols]
+
+
 def restore_columns(w0: torch.Tensor, w1: torch.Tensor, hc: torch.Tensor) -> torch.Tensor:
     """W1 with columns hc put back to W0 (bit-exact copies, in W1's dtype)."""
     w = w1.clone()
@@ -102,13 +107,15 @@ def output_drift(d: torch.Tensor, h: torch.Tensor) -> float:
 
 def damped_cholesky(h: torch.Tensor, damp: float, scale: float) -> tuple[torch.Tensor, float] | None:
     """Lower Cholesky factor of H + λI with λ = damp · scale, retried with 10x and 100x damping."""
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     for factor in DAMP_RETRIES:
         rel = damp * factor
         lam = rel * scale
         if lam <= 0:
             continue
-        chol, info = torch.linalg.cholesky_ex(h + lam * eye)
+        damped = h.clone()
+        damped.diagonal().add_(lam)  # H + λI without an identity matrix the size of H
+        chol, info = torch.linalg.cholesky_ex(damped)
+        del damped
         if int(info) == 0 and torch.isfinite(chol).all():
             return chol, rel
     return None
@@ -119,11 +126,11 @@ def compensate_exact(p: Problem) -> Solved | None:
     w0, w1, h = p.w0.double(), p.w1.double(), p.h.double()
     hc, t = _split(w0.shape[1], p.idx)
     delta = w1 - w0
-    factor = damped_cholesky(h[hc][:, hc], p.damp, float(torch.diagonal(h).mean()))
+    factor = damped_cholesky(_block(h, hc, hc), p.damp, float(torch.diagonal(h).mean()))
     if factor is None:
         return None
     chol, rel = factor
-    rhs = h[hc][:, t] @ delta[:, t].T  # (k x out)
+    rhs = _block(h, hc, t) @ delta[:, t].T  # (k x out)
     e = -torch.cholesky_solve(rhs, chol).T  # (out x k)
     w = w1.clone()
     w[:, hc] = w0[:, hc] + e
@@ -146,7 +153,7 @@ def compensate_summed(p: Problem) -> Solved | None:
     delta = w1 - w0
     scaled = delta[:, t] / torch.diagonal(hinv)[t]
     w = w1.clone()
-    w[:, hc] = w0[:, hc] + scaled @ hinv[:, hc][t]
+    w[:, hc] = w0[:, hc] + scaled @ _block(hinv, t, hc)
     return w, rel
 
 
@@ -161,13 +168,15 @@ def compensate_protect(p: Problem) -> Solved | None:
     lam = p.task_weight
     w0, w1, hh, ht = p.w0.double(), p.w1.double(), p.h.double(), p.task_hessian().double()
     hc, t = _split(w0.shape[1], p.idx)
-    a = hh[hc][:, hc] + lam * ht[hc][:, hc]
+    hh_cc, ht_cc = _block(hh, hc, hc), _block(ht, hc, hc)
+    a = hh_cc + lam * ht_cc
     factor = damped_cholesky(a, p.damp, float(torch.diagonal(hh).mean() + lam * torch.diagonal(ht).mean()))
     if factor is None:
         return None
     chol, rel = factor
     delta = w1 - w0
-    b = w0[:, hc] @ hh[hc][:, hc] - delta[:, t] @ hh[:, hc][t] + lam * (w1[:, hc] @ ht[hc][:, hc])
+    del a
+    b = w0[:, hc] @ hh_cc - delta[:, t] @ _block(hh, t, hc) + lam * (w1[:, hc] @ ht_cc)
     w = w1.clone()
     w[:, hc] = torch.cholesky_solve(b.T, chol).T
     return w, rel

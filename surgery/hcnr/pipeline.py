@@ -39,8 +39,8 @@ from .options import ComputeOptions, PatchOptions
 from .parts import PatchParts, part_name, save_part
 from .plan import Plan, available, estimate, require_fits
 from .selection import Selection, WeightPair, select_neurons
-from .skeleton import ModelSkeleton
-from .stream import Stream
+from .skeleton import Checkpoint, ModelSkeleton
+from .stream import Stream, fisher_streams, forward_streams
 from .workdir import WorkFolder, model_fingerprint, work_folder_of
 
 log = logging.getLogger(__name__)
@@ -148,11 +148,10 @@ def _fisher_stage(
         return FisherScores()
     streams = run.streams(options.fisher_at, work, sets)
     with timer.stage("forward"):
-        for s in streams.values():
-            s.forward()
+        forward_streams([streams["hon"], streams["task"]])
     with timer.stage("fisher"):
-        sums = {k: run.world.sum_fisher(s.fisher(rows=options.neuron == "row")) for k, s in streams.items()}
-    return FisherScores.of(sums["hon"], sums["task"], options.neuron)
+        hon, task = fisher_streams([streams["hon"], streams["task"]], rows=options.neuron == "row")
+    return FisherScores.of(run.world.sum_fisher(hon), run.world.sum_fisher(task), options.neuron)
 
 
 def _compensation_stage(
@@ -172,8 +171,7 @@ def _compensation_stage(
     streams = run.streams("sft", work, sets) if needs_hessians(options) else None
     if streams is not None:
         with timer.stage("forward"):
-            for s in streams.values():
-                s.forward()
+            forward_streams([streams["hon"], streams["task"]])
     world = run.world
     world.barrier()  # every rank decides from the same parts which blocks are left
     todo = [i for i in sorted(by_block) if not work.has(part_name(i))]
@@ -218,6 +216,7 @@ class _Run:
         self._skeleton: tuple[str, ModelSkeleton] | None = None
         self._streams: dict[str, dict[str, Stream]] = {}
         self.world = World.from_env(self.device)
+        self._checkpoints: dict[str, Checkpoint] = {}
         self.local: WorkFolder | None = None  # this rank's block inputs (the shared folder with one process)
 
     def tokenizer(self) -> Any:
@@ -232,8 +231,8 @@ class _Run:
             self._skeleton, self._streams = None, {}
             gc.collect()
             src = self.source(which)
-            ckpt = open_checkpoint(src, allow_pickle=self.allow_pickle)
-            self._skeleton = (which, ModelSkeleton(src, ckpt, self.dtype, self.device, self.trust_remote_code))
+            skel = ModelSkeleton(src, self.checkpoint(which), self.dtype, self.device, self.trust_remote_code)
+            self._skeleton = (which, skel)
         return self._skeleton[1]
 
     def open_work(self, root: Path, identity: dict[str, Any]) -> WorkFolder:
@@ -257,12 +256,15 @@ class _Run:
             }
         return self._streams[which]
 
+    def checkpoint(self, which: str) -> Checkpoint:
+        """Tensor-by-tensor access to ``which`` (opened once: an adapter's opening builds a meta model)."""
+        if which not in self._checkpoints:
+            self._checkpoints[which] = open_checkpoint(self.source(which), allow_pickle=self.allow_pickle)
+        return self._checkpoints[which]
+
     def weights(self, layers: list[LinearLayer]) -> WeightPair:
         """Stored base and SFT weights, checked to hold every layer with the same shape."""
-        pair = WeightPair(
-            open_checkpoint(self.base, allow_pickle=self.allow_pickle),
-            open_checkpoint(self.sft, allow_pickle=self.allow_pickle),
-        )
+        pair = WeightPair(self.checkpoint("base"), self.checkpoint("sft"))
         pair.check_same_tensors(layers)
         return pair
 

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..progress import progress
 from .calibration import Batch
@@ -59,52 +60,33 @@ class Stream:
         part = self.work.load(self.acts_name(i), self.skel.device)
         return [part[_key(b)] for b in range(len(self.calls))]
 
-    def forward(self) -> None:
-        """Write every block's input and the last block's output, resuming after the last part written."""
-        n = len(self.skel.blocks)
-        start = 0
+    def forward_start(self) -> int:
+        """The first block whose output is not on disk yet (all blocks done: the number of blocks)."""
+        n, start = len(self.skel.blocks), 0
         while start < n and self.work.has(self.acts_name(start + 1)):
             start += 1
         if start and self.work.from_earlier_run(self.acts_name(start)):
             self.work.note_reused(f"activations {self.which}/{self.set_name} of blocks 0-{start - 1}")
-        if start == n:
-            return
-        hidden = self.inputs(start)
-        desc = f"forward {self.which} ({self.set_name})"
-        for block in progress(self.skel.blocks[start:], desc=desc, unit="block"):
-            hidden = self._run(block, hidden)
-            self.work.save(self.acts_name(block.index + 1), {_key(b): h for b, h in enumerate(hidden)})
+        return start
 
-    def _run(self, block: Block, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
-        with self.skel.block(block) as module, torch.no_grad():
-            return [c.calls[block.index].run(module, h, self.returns_tuple) for c, h in zip(self.calls, hidden)]
+    def run_block(self, module: nn.Module, block: Block, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``block`` (loaded as ``module``) on every batch; its outputs are written as the next block's input."""
+        with torch.no_grad():
+            out = [c.calls[block.index].run(module, h, self.returns_tuple) for c, h in zip(self.calls, hidden)]
+        self.work.save(self.acts_name(block.index + 1), {_key(b): h for b, h in enumerate(out)})
+        return out
 
-    def fisher(self, rows: bool) -> FisherSums:
-        """Exact per-neuron Fisher sums of every layer, block by block from the top (resumable per block)."""
-        n = len(self.skel.blocks)
-        sums = FisherSums({}, {}, sum(b.input_ids.shape[0] for b in self.batches))
-        if not self.work.has(self._fisher_name(n - 1)) and not self.work.has(self._grad_name(n)):
-            self._head_gradients()
-        desc = f"fisher {self.which} ({self.set_name})"
-        for block in progress(list(reversed(self.skel.blocks)), desc=desc, unit="block"):
-            name = self._fisher_name(block.index)
-            if self.work.from_earlier_run(name):
-                self.work.note_reused(f"Fisher sums {self.which}/{self.set_name}")
-            elif not self.work.has(name):
-                self._backward_block(block, rows)
-            sums.add(self.work.load(name))
-        self.work.delete(self._grad_name(0))
-        return sums
-
-    def _fisher_name(self, i: int) -> str:
+    def fisher_name(self, i: int) -> str:
         return f"fisher/{self.which}/{self.set_name}/{i:04d}"
 
-    def _grad_name(self, i: int) -> str:
+    def grad_name(self, i: int) -> str:
         return f"grads/{self.which}/{self.set_name}/{i:04d}"
 
-    def _head_gradients(self) -> None:
-        """d(sum of per-example losses)/d(last hidden state), per batch."""
+    def head_gradients(self) -> None:
+        """d(sum of per-example losses)/d(last hidden state), per batch (unless on disk already)."""
         n = len(self.skel.blocks)
+        if self.work.has(self.fisher_name(n - 1)) or self.work.has(self.grad_name(n)):
+            return
         grads = {}
         for b, (batch, h) in enumerate(zip(self.batches, self.inputs(n))):
             leaf = h.detach().requires_grad_(True)
@@ -112,15 +94,15 @@ class Stream:
                 head_losses(self.skel, batch, leaf, self.returns_tuple).sum().backward()
             assert leaf.grad is not None
             grads[_key(b)] = leaf.grad
-        self.work.save(self._grad_name(n), grads)
+        self.work.save(self.grad_name(n), grads)
 
-    def _backward_block(self, block: Block, rows: bool) -> None:
+    def backward_block(self, module: nn.Module, block: Block, rows: bool) -> None:
         """Recompute ``block`` from its cached input, backpropagate, keep its Fisher sums and input gradient."""
         i = block.index
-        grads_out = self.work.load(self._grad_name(i + 1), self.skel.device)
+        grads_out = self.work.load(self.grad_name(i + 1), self.skel.device)
         grads_in: dict[str, torch.Tensor] = {}
         acc = LayerFisher(list(block.layers), self.skel.modules, rows)
-        with self.skel.block(block) as module, acc.hooks():
+        with acc.hooks():
             for b, (call, x) in enumerate(zip(self.calls, self.inputs(i))):
                 acc.live = self.batches[b].attention_mask.to(self.skel.device).bool()
                 leaf = x.detach().requires_grad_(True)
@@ -130,6 +112,45 @@ class Stream:
                 assert leaf.grad is not None
                 grads_in[_key(b)] = leaf.grad
         if i > 0:
-            self.work.save(self._grad_name(i), grads_in)
-        self.work.save(self._fisher_name(i), acc.tensors())
-        self.work.delete(self._grad_name(i + 1))
+            self.work.save(self.grad_name(i), grads_in)
+        self.work.save(self.fisher_name(i), acc.tensors())
+        self.work.delete(self.grad_name(i + 1))
+
+
+def forward_streams(streams: list[Stream]) -> None:
+    """Every stream's block inputs, each block read once for all streams, resuming after the parts on disk."""
+    skel, n = streams[0].skel, len(streams[0].skel.blocks)
+    starts = [s.forward_start() for s in streams]
+    hidden: list[list[torch.Tensor] | None] = [None] * len(streams)
+    names = "+".join(s.set_name for s in streams)
+    for block in progress(skel.blocks[min(starts) : n], desc=f"forward {streams[0].which} ({names})", unit="block"):
+        todo = [k for k, start in enumerate(starts) if start <= block.index]
+        with skel.block(block) as module:
+            for k in todo:
+                prev = hidden[k]
+                inputs = prev if prev is not None else streams[k].inputs(block.index)
+                hidden[k] = streams[k].run_block(module, block, inputs)
+
+
+def fisher_streams(streams: list[Stream], rows: bool) -> list[FisherSums]:
+    """Exact per-neuron Fisher sums of every layer for every stream, from the top block down, each block read
+    once for all streams (resumable per block and stream)."""
+    skel = streams[0].skel
+    sums = [FisherSums({}, {}, sum(b.input_ids.shape[0] for b in s.batches)) for s in streams]
+    for s in streams:
+        s.head_gradients()
+    names = "+".join(s.set_name for s in streams)
+    for block in progress(list(reversed(skel.blocks)), desc=f"fisher {streams[0].which} ({names})", unit="block"):
+        todo = [s for s in streams if not s.work.has(s.fisher_name(block.index))]
+        for s in streams:
+            if s.work.from_earlier_run(s.fisher_name(block.index)):
+                s.work.note_reused(f"Fisher sums {s.which}/{s.set_name}")
+        if todo:
+            with skel.block(block) as module:
+                for s in todo:
+                    s.backward_block(module, block, rows)
+        for s, acc in zip(streams, sums):
+            acc.add(s.work.load(s.fisher_name(block.index)))
+    for s in streams:
+        s.work.delete(s.grad_name(0))
+    return sums

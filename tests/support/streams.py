@@ -9,7 +9,7 @@ import torch
 from surgery.hcnr.calibration import Batch
 from surgery.hcnr.fisher import FisherSums
 from surgery.hcnr.skeleton import ModelSkeleton
-from surgery.hcnr.stream import Stream
+from surgery.hcnr.stream import Stream, fisher_streams, forward_streams
 from surgery.hcnr.workdir import WorkFolder
 from surgery.modelio import locate, open_checkpoint
 
@@ -24,5 +24,5 @@ def streamed_fisher(path: Path, batches: list[Batch], work_root: Path, rows: boo
     skel = skeleton(path)
     work = WorkFolder(work_root, {"test": str(path)})
     stream = Stream.capture(skel, work, "sft", "hon", batches)
-    stream.forward()
-    return stream.fisher(rows=rows)
+    forward_streams([stream])
+    return fisher_streams([stream], rows=rows)[0]
