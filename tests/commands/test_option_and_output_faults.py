@@ -231,3 +231,97 @@ def test_apply_accepts_a_hugging_face_shard_size(pair_copy, made_patch, tmp_path
     )
     assert result.exit_code == 0, result.output + result.stderr
     assert (out / "model.safetensors.index.json").is_file() or (out / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------- one writer per destination; stale temps
+
+
+def test_a_destination_another_run_holds_is_refused_with_one_sentence(pair_copy, made_patch, tmp_path):
+    """Another process holds the output's lock: refused up front, nothing written, the holder's lock kept."""
+    import fcntl
+    import os
+
+    from surgery.atomic import lock_path
+
+    _, sft = pair_copy
+    dest = tmp_path / "repaired"
+    fd = os.open(lock_path(dest), os.O_RDWR | os.O_CREAT)  # another open file description: another holder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"4242")
+        line = assert_refused(["apply", str(sft), str(made_patch), "-o", str(dest)], [sft, made_patch], None)
+        assert "Another surgery run (pid 4242) is writing" in line, line
+        assert not dest.exists() and lock_path(dest).exists()
+    finally:
+        os.close(fd)
+    res = CliRunner().invoke(main, ["-q", "apply", str(sft), str(made_patch), "-o", str(dest)])
+    assert res.exit_code == 0, res.output
+    assert (dest / "model.safetensors").is_file() and not lock_path(dest).exists()
+
+
+def test_two_concurrent_applies_to_one_output_one_wins_one_sentence(pair_copy, made_patch, tmp_path):
+    """The first run holds the destination while writing it; the second exits 2 with one line, no traceback."""
+    from tests.support.faults import start_cli, temps_beside, wait_for
+
+    _, sft = pair_copy
+    dest, marker = tmp_path / "repaired", tmp_path / "winner-paused"
+    args = ["apply", str(sft), str(made_patch), "-o", str(dest)]
+    winner = start_cli(args, dest, pause="write", marker=marker, pause_s=5)
+    try:
+        wait_for(marker, winner)
+        loser = start_cli(args, dest)
+        out, err = loser.communicate(timeout=600)
+        assert loser.returncode == 2, (out, err)
+        assert err.count("\n") == 1 and err.startswith("error: Another surgery run"), err
+        assert "Traceback" not in err
+    finally:
+        w_out, w_err = winner.communicate(timeout=600)
+    assert winner.returncode == 0, (w_out, w_err)
+    expected = tmp_path / "expected"
+    assert CliRunner().invoke(main, ["-q", "apply", str(sft), str(made_patch), "-o", str(expected)]).exit_code == 0
+    assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in expected.iterdir())
+    assert (dest / "model.safetensors").read_bytes() == (expected / "model.safetensors").read_bytes()
+    assert temps_beside(dest) == []
+
+
+def test_stale_temps_of_a_killed_run_are_removed_by_the_next_run_only_ours(pair_copy, made_patch, tmp_path):
+    """Exactly our temp names for this destination go; look-alikes (other names, other destinations) stay."""
+    _, sft = pair_copy
+    dest = tmp_path / "repaired"
+    stale = [tmp_path / ".repaired.tmp-ab3_x9z1", tmp_path / ".repaired.k2j4h5g6.tmp", tmp_path / ".repaired.lock"]
+    stale[0].mkdir()
+    (stale[0] / "model.safetensors").write_bytes(b"half")
+    stale[1].write_bytes(b"half")
+    stale[2].write_text("999999")  # a lock file nobody holds
+    kept = [
+        tmp_path / ".repaired.tmp-short",
+        tmp_path / ".repaired2.tmp-ab3_x9z1",
+        tmp_path / "repaired.tmp-ab3_x9z1",
+        tmp_path / ".repaired.tmp-ab3_x9z1.mine",
+        tmp_path / ".repaired.notes",
+    ]
+    for p in kept:
+        p.write_text("user data")
+    res = CliRunner().invoke(main, ["-q", "apply", str(sft), str(made_patch), "-o", str(dest)])
+    assert res.exit_code == 0, res.output
+    assert not any(p.exists() for p in stale), [p for p in stale if p.exists()]
+    assert all(p.read_text() == "user data" for p in kept)
+
+
+@pytest.mark.onnx
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:Exporting aten..index operator:UserWarning")
+def test_export_never_deletes_a_users_folder_named_out_rejected(tiny_models, tmp_path):
+    """A failing verification goes to a fresh name; the user's OUT.rejected is left as it was."""
+    pytest.importorskip("optimum.onnxruntime", reason="needs the [onnx] extra")
+    out = tmp_path / "strict"
+    mine = tmp_path / "strict.rejected"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    args = ["export", str(tiny_models("llama")), "-o", str(out), "--max-abs-diff", "0", "--greedy-tokens", "1"]
+    res = CliRunner().invoke(main, ["-q", "--threads", "1", *args])
+    assert res.exit_code == 2, res.output
+    assert (mine / "notes.txt").read_text() == "my notes" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    fresh = tmp_path / "strict.rejected-2"
+    assert (fresh / "verify.json").is_file() and str(fresh) in res.stderr
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".strict")] == []
