@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Any, NoReturn
 
 import click
@@ -79,6 +81,26 @@ def _missing(command: str, package: str) -> NoReturn:
     raise MissingExtraError(f"'surgery {command}' needs {package}: install it with  pip install 'surgery[{extra}]'.")
 
 
+#: the exit code of a run ended by SIGTERM (128 + 15, what shells report)
+SIGTERM_EXIT = 128 + signal.SIGTERM
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM (sent by ``timeout``, schedulers, containers) unwinds like Ctrl-C: the atomic writers' cleanup
+    runs, so no temp file or folder is left. Further SIGTERMs are ignored while that cleanup runs."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.stderr.write("error: terminated (SIGTERM); nothing half-written was left.\n")
+    raise SystemExit(SIGTERM_EXIT)
+
+
+def handle_sigterm(ctx: click.Context) -> None:
+    """Install :func:`_terminated` for this invocation (main thread only) and restore the old handler after."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+
+
 def setup_logging(verbose: int, quiet: bool) -> None:
     """Logging and progress bars for this invocation; set every time, so one ``-q`` never outlives its call."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
@@ -109,6 +131,7 @@ def main(verbose: int, quiet: bool, threads: int | None) -> None:
     """Give a fine-tuned LLM back its "I don't know": honesty patches with HCNR."""
     if threads is not None and threads < 1:
         raise OptionError(f"--threads must be at least 1, got {threads}.")
+    handle_sigterm(click.get_current_context())
     setup_logging(verbose, quiet)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
