@@ -70,6 +70,13 @@ class LazyGroup(click.Group):
         except SurgeryError as exc:  # one line, whatever a hostile file put into the names it quotes
             click.echo(f"error: {printable(exc)}", err=True)
             sys.exit(2)
+        except UnicodeDecodeError as exc:  # a text file that is not UTF-8, where a reader did not name it
+            click.echo(
+                f"error: an input text file is not UTF-8 ({printable(exc.reason)} at byte {exc.start}); "
+                "JSON, JSONL and pattern files must be UTF-8.",
+                err=True,
+            )
+            sys.exit(2)
         except OSError as exc:  # a disk full, a folder gone, a permission changed mid-run: still one sentence
             where = f" ({exc.filename})" if exc.filename else ""
             click.echo(f"error: {printable(exc.strerror or exc)}{printable(where)}.", err=True)

@@ -25,7 +25,7 @@ from surgery.cli import SIGTERM_EXIT, main
 from tests.conftest import write_calibration
 from tests.support.faults import start_cli, temps_beside, wait_for
 
-pytestmark = pytest.mark.fault
+pytestmark = pytest.mark.fault("interruption")
 
 
 def _files(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:

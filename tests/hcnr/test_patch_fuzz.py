@@ -38,7 +38,7 @@ from surgery.patchfile import PAYLOAD_KEY, _serialize_safetensors, _tensor_bytes
 from tests.conftest import write_calibration
 from tests.support.faults import cli
 
-pytestmark = pytest.mark.fault
+pytestmark = pytest.mark.fault("patch")
 
 FUZZ = settings(
     deadline=None,

@@ -235,6 +235,7 @@ def test_the_rewritten_valid_patch_applies(valid, tmp_path):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+@pytest.mark.fault("patch")
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_a_hostile_patch_is_refused_before_the_model_is_touched(valid, tmp_path, case):
     damage, manifest_invalid = REFUSED[case]
@@ -272,6 +273,7 @@ HOSTILE_TEXT: dict[str, Callable[[Manifest, Tensors, str], None]] = {
 }
 
 
+@pytest.mark.fault("patch")
 @pytest.mark.parametrize("case", sorted(HOSTILE_TEXT))
 def test_control_sequences_in_manifest_strings_are_never_printed(valid, tmp_path, case):
     """Strings are only metadata: the patch still applies, and `inspect` prints them without control characters."""
@@ -347,6 +349,7 @@ def test_a_written_patch_records_the_digest_of_its_data_section(valid):
     assert valid.meta[PAYLOAD_KEY] == payload_sha256(_tensor_bytes(valid.tensors[n]) for n in sorted(valid.tensors))
 
 
+@pytest.mark.fault("patch")
 @pytest.mark.parametrize("where", ["first_byte", "middle_byte", "last_byte"])
 def test_one_changed_data_byte_is_refused_by_inspect_and_apply(valid, tmp_path, where):
     """Damage in transit is caught by the digest before any tensor is read, by `inspect` too."""
@@ -362,6 +365,7 @@ def test_one_changed_data_byte_is_refused_by_inspect_and_apply(valid, tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.fault("patch")
 @pytest.mark.parametrize("digest_value", [None, "", "0" * 63, "\x1b]0;owned\x07" + "0" * 64, "0" * 64])
 def test_a_version_2_patch_without_its_digest_is_refused(valid, tmp_path, digest_value):
     patch = _with_meta(valid, tmp_path / "p.safetensors", **{PAYLOAD_KEY: digest_value})

@@ -128,3 +128,25 @@ def wait_for(path: Path, proc, timeout: float = 300.0) -> None:
 def temps_beside(dest: Path) -> list[Path]:
     """Hidden files and folders beside ``dest`` that carry its name (temps, locks)."""
     return sorted(p for p in dest.parent.iterdir() if p.name.startswith(f".{dest.name}."))
+
+
+# ---------------------------------------------------------------- counting the suite
+
+#: the fault classes of issue 14; every fault case is marked ``@pytest.mark.fault("<class>")``
+FAULT_CLASSES = ("patch", "folder", "text", "outputs", "interruption")
+
+
+def pytest_collection_finish(session) -> None:  # a pytest hook, active with ``-p tests.support.faults``
+    """With $SURGERY_FAULT_COUNT set, write ``{node id: fault class}`` of the collected fault cases there."""
+    import json
+    import os
+
+    target = os.environ.get("SURGERY_FAULT_COUNT")
+    if not target:
+        return
+    cases = {}
+    for item in session.items:
+        mark = item.get_closest_marker("fault")
+        if mark is not None:
+            cases[item.nodeid] = mark.args[0] if mark.args else ""
+    Path(target).write_text(json.dumps(cases, indent=1))
