@@ -144,7 +144,11 @@ def main(verbose: int, quiet: bool, threads: int | None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
+    # for this invocation only: a program (or test session) calling main in-process keeps its own thread count,
+    # which results may depend on (floating-point reductions are ordered by thread)
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads or max(1, min(8, os.cpu_count() or 1)))
+    click.get_current_context().call_on_close(lambda: torch.set_num_threads(previous))
 
 
 if __name__ == "__main__":  # pragma: no cover

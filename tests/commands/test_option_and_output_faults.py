@@ -422,3 +422,18 @@ def test_eval_json_under_a_file_is_one_sentence(pair_copy, tmp_path):
     blocker.write_text("a file")
     dest = blocker / "result.json"
     assert_refused(["eval", str(sft), "--json", str(dest)], [sft, blocker], dest, words=("--json",))
+
+
+def test_an_in_process_invocation_leaves_the_callers_torch_threads_and_sigterm_handler_alone():
+    """`--threads` and the SIGTERM handler hold for one invocation; a caller's own settings come back after it
+    (a session that ran `surgery --threads 1` in-process used to compute later patches with 1 thread)."""
+    import signal
+
+    import torch
+
+    before_threads, before_handler = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+    wanted = 1 if before_threads != 1 else 2
+    res = CliRunner().invoke(main, ["-q", "--threads", str(wanted), "inspect", "/no/such/patch.safetensors"])
+    assert res.exit_code == 2
+    assert torch.get_num_threads() == before_threads
+    assert signal.getsignal(signal.SIGTERM) == before_handler
