@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Any, NoReturn
 
 import click
@@ -68,6 +70,13 @@ class LazyGroup(click.Group):
         except SurgeryError as exc:  # one line, whatever a hostile file put into the names it quotes
             click.echo(f"error: {printable(exc)}", err=True)
             sys.exit(2)
+        except UnicodeDecodeError as exc:  # a text file that is not UTF-8, where a reader did not name it
+            click.echo(
+                f"error: an input text file is not UTF-8 ({printable(exc.reason)} at byte {exc.start}); "
+                "JSON, JSONL and pattern files must be UTF-8.",
+                err=True,
+            )
+            sys.exit(2)
         except OSError as exc:  # a disk full, a folder gone, a permission changed mid-run: still one sentence
             where = f" ({exc.filename})" if exc.filename else ""
             click.echo(f"error: {printable(exc.strerror or exc)}{printable(where)}.", err=True)
@@ -77,6 +86,26 @@ class LazyGroup(click.Group):
 def _missing(command: str, package: str) -> NoReturn:
     extra = "onnx" if package.split(".")[0] in _ONNX_EXTRA else "dev"
     raise MissingExtraError(f"'surgery {command}' needs {package}: install it with  pip install 'surgery[{extra}]'.")
+
+
+#: the exit code of a run ended by SIGTERM (128 + 15, what shells report)
+SIGTERM_EXIT = 128 + signal.SIGTERM
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM (sent by ``timeout``, schedulers, containers) unwinds like Ctrl-C: the atomic writers' cleanup
+    runs, so no temp file or folder is left. Further SIGTERMs are ignored while that cleanup runs."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.stderr.write("error: terminated (SIGTERM); nothing half-written was left.\n")
+    raise SystemExit(SIGTERM_EXIT)
+
+
+def handle_sigterm(ctx: click.Context) -> None:
+    """Install :func:`_terminated` for this invocation (main thread only) and restore the old handler after."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
@@ -109,12 +138,17 @@ def main(verbose: int, quiet: bool, threads: int | None) -> None:
     """Give a fine-tuned LLM back its "I don't know": honesty patches with HCNR."""
     if threads is not None and threads < 1:
         raise OptionError(f"--threads must be at least 1, got {threads}.")
+    handle_sigterm(click.get_current_context())
     setup_logging(verbose, quiet)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
+    # for this invocation only: a program (or test session) calling main in-process keeps its own thread count,
+    # which results may depend on (floating-point reductions are ordered by thread)
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads or max(1, min(8, os.cpu_count() or 1)))
+    click.get_current_context().call_on_close(lambda: torch.set_num_threads(previous))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,9 +3,14 @@
 Layout, for every touched weight N (canonical out x in orientation, even for GPT-2's Conv1D):
 - ``N::cols`` int32 sorted input-column indices and ``N::values`` (out x k) in the model's dtype, or
 - ``N::rows`` / ``N::values`` (k x in) when neurons are output rows.
-``__metadata__`` holds ``format=surgery-patch``, ``format_version`` and ``manifest`` (JSON): tool,
-models, the sha256 of every SFT tensor the patch expects and of every tensor it produces, every
-option, calibration fingerprints and statistics. No timestamps, so equal inputs give equal bytes.
+``__metadata__`` holds ``format=surgery-patch``, ``format_version``, ``payload_sha256`` (the sha256 of the
+whole data section: every tensor's bytes in sorted-name order, which is file order) and ``manifest`` (JSON):
+tool, models, the sha256 of every SFT tensor the patch expects and of every tensor it produces, every option,
+calibration fingerprints and statistics. No timestamps, so equal inputs give equal bytes.
+
+Format versions: 2 adds ``payload_sha256``, which every reader checks first, so a patch damaged in transit is
+refused with one sentence before any tensor is looked at. Version 1 files (no digest) are still read: the
+digest only detects damage early, and they pass every other check below.
 
 The manifest is the typed :class:`PatchManifest` (with :class:`PatchStats` and one :class:`TensorRecord`
 per weight), written only by :func:`write_patch` and read only by :func:`read_manifest` /
@@ -21,10 +26,11 @@ orientation imply, and only finite entries. :func:`splice` and :func:`apply_entr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +43,11 @@ from .errors import ArchitectureMismatch, FingerprintMismatch, ModelFolderError,
 from .modelio import tensor_sha256
 
 FORMAT = "surgery-patch"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+#: versions this reader accepts: 1 has no payload digest (see the module docstring)
+READABLE_VERSIONS = ("1", "2")
+#: the ``__metadata__`` key of the data section's sha256 (beside the manifest, not inside it)
+PAYLOAD_KEY = "payload_sha256"
 
 #: what reading a damaged or truncated safetensors file raises
 _UNREADABLE = (SafetensorError, OSError, RuntimeError, ValueError)
@@ -162,6 +172,22 @@ _ST_DTYPES = {
 }
 
 
+def payload_sha256(blobs: Iterable[bytes]) -> str:
+    """The sha256 of a patch's data section: the tensors' bytes concatenated in sorted-name (file) order.
+
+    One function, so that every writer (whole-file or streamed) records the digest the reader recomputes.
+    """
+    h = hashlib.sha256()
+    for blob in blobs:
+        h.update(blob)
+    return h.hexdigest()
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    """The bytes safetensors stores for ``t`` (little-endian, C order)."""
+    return t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
 TensorSpec = tuple[str, torch.dtype, tuple[int, ...]]  # (name, dtype, shape)
 
 
@@ -181,11 +207,6 @@ def _header(specs: list[TensorSpec], metadata: dict[str, str]) -> bytes:
     head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     head += b" " * (-len(head) % 8)
     return len(head).to_bytes(8, "little") + head
-
-
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().contiguous().cpu()
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
 def _serialize_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -443,6 +464,9 @@ def _get(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str)
     return value
 
 
+_DIGEST_PLACEHOLDER = "0" * 64
+
+
 def write_patch(path: str | Path, entries: list[PatchEntry], manifest: PatchManifest) -> PatchManifest:
     """Write atomically; the manifest's ``tensors`` are taken from ``entries``. Returns what was written."""
     tensors: dict[str, torch.Tensor] = {}
@@ -469,15 +493,23 @@ def write_patch_streamed(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "manifest": json.dumps(written.to_dict(), sort_keys=True, separators=(",", ":")),
+        PAYLOAD_KEY: _DIGEST_PLACEHOLDER,  # the digest needs the data, which follows the header
     }
     specs = sorted(spec for weight, r in records.items() for spec in r.specs(weight))
+    header = _header(specs, meta)
+    digest = hashlib.sha256()
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        f.write(_header(specs, meta))
+        f.write(header)
         for name, dtype, shape in specs:
             t = tensor(name)
             if t.dtype != dtype or tuple(t.shape) != shape:
                 raise ValueError(f"{name}: {t.dtype} {tuple(t.shape)} does not match its record ({dtype} {shape})")
-            f.write(_tensor_bytes(t))
+            blob = _tensor_bytes(t)
+            digest.update(blob)
+            f.write(blob)
+        slot = f'"{PAYLOAD_KEY}":"{_DIGEST_PLACEHOLDER}"'.encode()
+        f.seek(header.index(slot) + len(slot) - len(_DIGEST_PLACEHOLDER) - 1)
+        f.write(digest.hexdigest().encode())  # same length: the header's size and offsets stand
     return written
 
 
@@ -493,16 +525,52 @@ def read_manifest(path: str | Path) -> PatchManifest:
         raise PatchFormatError(f"{path} is not a readable safetensors file (corrupt or truncated patch).") from None
     if meta.get("format") != FORMAT:
         raise PatchFormatError(f"{path} is a safetensors file but not a surgery patch (format={meta.get('format')!r}).")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise PatchFormatError(
             f"{path} has patch format version {meta.get('format_version')}; "
-            f"this surgery reads version {FORMAT_VERSION}."
+            f"this surgery reads versions {' and '.join(READABLE_VERSIONS)}."
         )
+    _check_payload(path, meta)
     try:
         data = json.loads(meta["manifest"])
     except (KeyError, ValueError, RecursionError):  # ValueError: bad JSON or an integer too long to parse
         raise PatchFormatError(f"{path} has a damaged manifest.") from None
     return PatchManifest.from_dict(data, f"{path}: manifest")
+
+
+def _check_payload(path: Path, meta: dict[str, str]) -> None:
+    """The data section hashes to the recorded ``payload_sha256`` (required from format version 2 on)."""
+    recorded = meta.get(PAYLOAD_KEY)
+    if recorded is None and meta.get("format_version") == "1":
+        return  # version 1 had no digest; its tensors are still fully validated by read_patch
+    if not isinstance(recorded, str) or not _SHA256.fullmatch(recorded):
+        raise PatchFormatError(f"{path} lacks a valid {PAYLOAD_KEY} in its metadata (damaged patch).")
+    actual = payload_sha256(_stored_blobs(path))
+    if actual != recorded:
+        raise PatchFormatError(
+            f"{path}: its tensor data does not match the {PAYLOAD_KEY} recorded in it (damaged or altered patch)."
+        )
+
+
+def _stored_blobs(path: Path) -> Iterator[bytes]:
+    """Every tensor's stored bytes, in sorted-name order (the order :func:`write_patch` lays them out in), read
+    through the header's offsets, so the digest does not depend on how another writer ordered the tensors."""
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(header_len))
+        except (ValueError, RecursionError):
+            raise PatchFormatError(f"{path} has a damaged safetensors header.") from None
+        for name in sorted(k for k in header if k != "__metadata__"):
+            start, end = header[name]["data_offsets"]
+            f.seek(8 + header_len + start)
+            remaining = end - start
+            while remaining > 0:
+                chunk = f.read(min(remaining, 1 << 20))
+                if not chunk:
+                    raise PatchFormatError(f"{path} is truncated (corrupt patch).")
+                remaining -= len(chunk)
+                yield chunk
 
 
 def read_patch(path: str | Path) -> tuple[PatchManifest, list[PatchEntry]]:

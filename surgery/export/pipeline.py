@@ -12,14 +12,13 @@ import contextlib
 import functools
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..apply import apply_patch
-from ..atomic import atomic_folder, write_json_atomic
+from ..atomic import atomic_folder, destination_lock, write_json_atomic
 from ..errors import SurgeryError
 from ..modelio import ModelSource, copy_side_files, load_model, load_tokenizer, locate, safetensors_files
 from ..progress import StageTimer
@@ -65,7 +64,10 @@ def require_empty_output(out: Path) -> None:
 
 @contextlib.contextmanager
 def _scratch(out: Path, tag: str) -> Iterator[Path]:
-    """A temporary folder beside ``out`` (same file system, so large files never cross devices)."""
+    """A temporary folder beside ``out`` (same file system, so large files never cross devices).
+
+    Its name matches :data:`surgery.atomic.TEMP_FOLDER_TAGS`, so one left by a killed run is removed by the next
+    run that locks ``out``; take :func:`~surgery.atomic.destination_lock` before making it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.{tag}-", dir=out.parent, ignore_cleanup_errors=True) as d:
         yield Path(d)
@@ -106,14 +108,25 @@ def _quantize_and_verify(
     return checks
 
 
+def rejected_path(out: Path) -> Path:
+    """Where a failing export goes: ``<out>.rejected``, or ``<out>.rejected-2``, ``-3``, ... when that exists.
+
+    Whatever already has that name (a user's folder, an earlier rejected export) is never replaced.
+    """
+    candidate, n = out.with_name(out.name + ".rejected"), 2
+    while os.path.lexists(candidate):
+        candidate, n = out.with_name(f"{out.name}.rejected-{n}"), n + 1
+    return candidate
+
+
 def _judge(folder: Path, out: Path, checks: dict[str, dict], *, artefact: str, source: str) -> dict:
-    """Write verify.json; a failing folder is moved to ``<out>.rejected`` and :class:`VerificationError` raised."""
+    """Write verify.json; a failing folder is moved to a fresh ``<out>.rejected`` name (:func:`rejected_path`)
+    and :class:`VerificationError` raised."""
     report = combine(checks, artefact=artefact, source=source)
     write_report(folder, report)
     if not report["passed"]:
-        rejected = out.with_name(out.name + ".rejected")
-        shutil.rmtree(rejected, ignore_errors=True)
-        os.replace(folder, rejected)
+        rejected = rejected_path(out)
+        os.rename(folder, rejected)
         raise VerificationError(report, where=rejected)
     return report
 
@@ -153,7 +166,8 @@ def export_model(
     check = functools.partial(
         verify_folder, prompts=prompts, threads=threads, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
     )
-    with _scratch(out, "tmp") as scratch, atomic_folder(out) as folder:
+    # the lock first: taking it removes stale temps of `out`, which the scratch folder's name also matches
+    with destination_lock(out), _scratch(out, "tmp") as scratch, atomic_folder(out) as folder:
         with timer.stage("materialize"):
             src_dir = _materialize(source, scratch, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         with timer.stage("export"):
@@ -189,7 +203,7 @@ def deploy_patch(
     load_prompts(options.prompts_file)
     out = Path(out)
     require_empty_output(out)
-    with _scratch(out, "patched") as scratch:
+    with destination_lock(out), _scratch(out, "patched") as scratch:
         patched = scratch / "model"
         apply_patch(
             sft, Path(patch), patched, base=base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle

@@ -62,6 +62,7 @@ PARSE_FAULTS = [
 ]
 
 
+@pytest.mark.fault("text")
 @pytest.mark.parametrize(("args", "flag"), PARSE_FAULTS, ids=[" ".join(a) for a, _ in PARSE_FAULTS])
 def test_bad_number_is_one_sentence_naming_the_flag(args, flag, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -121,6 +122,7 @@ def _patch_args(sft: Path, base: Path, hon: Path, task: Path, out: Path) -> list
     ]
 
 
+@pytest.mark.fault("outputs")
 @pytest.mark.parametrize("target", ["sft_weights", "sft_config", "base_weights", "honesty", "task", "sft_folder"])
 def test_patch_output_over_an_input_is_refused(target, pair_copy, calib):
     base, sft = pair_copy
@@ -136,6 +138,7 @@ def test_patch_output_over_an_input_is_refused(target, pair_copy, calib):
     assert_refused(_patch_args(sft, base, hon, task, dest), [base, sft, hon, task], dest, words=("-o",))
 
 
+@pytest.mark.fault("outputs")
 def test_patch_output_under_a_file_is_refused_before_work(pair_copy, calib, tmp_path):
     base, sft = pair_copy
     hon, task = calib
@@ -145,6 +148,7 @@ def test_patch_output_under_a_file_is_refused_before_work(pair_copy, calib, tmp_
     assert_refused(_patch_args(sft, base, hon, task, dest), [base, sft, hon, task, blocker], dest, words=("-o",))
 
 
+@pytest.mark.fault("outputs")
 @pytest.mark.parametrize("target", ["sft", "inside_sft", "base", "inside_base", "patch", "parent_of_sft"])
 def test_apply_output_over_an_input_is_refused(target, pair_copy, made_patch, tmp_path):
     base, sft = pair_copy
@@ -161,6 +165,7 @@ def test_apply_output_over_an_input_is_refused(target, pair_copy, made_patch, tm
     assert_refused(args, [base, sft, patch], dest, words=("-o",))
 
 
+@pytest.mark.fault("outputs")
 def test_apply_output_under_a_file_is_one_sentence(pair_copy, made_patch, tmp_path):
     base, sft = pair_copy
     blocker = tmp_path / "blocker"
@@ -171,6 +176,7 @@ def test_apply_output_under_a_file_is_one_sentence(pair_copy, made_patch, tmp_pa
     )
 
 
+@pytest.mark.fault("outputs")
 def test_check_json_under_a_file_is_one_sentence(pair_copy, tmp_path):
     base, sft = pair_copy
     blocker = tmp_path / "blocker"
@@ -181,12 +187,14 @@ def test_check_json_under_a_file_is_one_sentence(pair_copy, tmp_path):
     )
 
 
+@pytest.mark.fault("outputs")
 def test_check_json_over_the_sft_config_is_refused(pair_copy):
     base, sft = pair_copy
     dest = sft / "config.json"
     assert_refused(["check", str(sft), "--base", str(base), "--json", str(dest)], [base, sft], dest, words=("--json",))
 
 
+@pytest.mark.fault("outputs")
 def test_check_json_creates_missing_parent_folders(pair_copy, tmp_path):
     """--json into a folder that does not exist yet: the folders are made, as every writer does."""
     base, sft = pair_copy
@@ -196,6 +204,7 @@ def test_check_json_creates_missing_parent_folders(pair_copy, tmp_path):
     assert dest.is_file()
 
 
+@pytest.mark.fault("text")
 def test_bench_refuses_a_missing_base_even_when_no_method_uses_it(pair_copy, tmp_path):
     _, sft = pair_copy
     out = tmp_path / "bench-out"
@@ -204,6 +213,7 @@ def test_bench_refuses_a_missing_base_even_when_no_method_uses_it(pair_copy, tmp
     assert_refused(args, [sft], out, words=("no-such-base",))
 
 
+@pytest.mark.fault("text")
 def test_bench_refuses_a_missing_sft(pair_copy, tmp_path):
     base, _ = pair_copy
     out = tmp_path / "bench-out"
@@ -231,3 +241,199 @@ def test_apply_accepts_a_hugging_face_shard_size(pair_copy, made_patch, tmp_path
     )
     assert result.exit_code == 0, result.output + result.stderr
     assert (out / "model.safetensors.index.json").is_file() or (out / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------- one writer per destination; stale temps
+
+
+@pytest.mark.fault("outputs")
+def test_a_destination_another_run_holds_is_refused_with_one_sentence(pair_copy, made_patch, tmp_path):
+    """Another process holds the output's lock: refused up front, nothing written, the holder's lock kept."""
+    import fcntl
+    import os
+
+    from surgery.atomic import lock_path
+
+    _, sft = pair_copy
+    dest = tmp_path / "repaired"
+    fd = os.open(lock_path(dest), os.O_RDWR | os.O_CREAT)  # another open file description: another holder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"4242")
+        line = assert_refused(["apply", str(sft), str(made_patch), "-o", str(dest)], [sft, made_patch], None)
+        assert "Another surgery run (pid 4242) is writing" in line, line
+        assert not dest.exists() and lock_path(dest).exists()
+    finally:
+        os.close(fd)
+    res = CliRunner().invoke(main, ["-q", "apply", str(sft), str(made_patch), "-o", str(dest)])
+    assert res.exit_code == 0, res.output
+    assert (dest / "model.safetensors").is_file() and not lock_path(dest).exists()
+
+
+@pytest.mark.fault("outputs")
+def test_two_concurrent_applies_to_one_output_one_wins_one_sentence(pair_copy, made_patch, tmp_path):
+    """The first run holds the destination while writing it; the second exits 2 with one line, no traceback."""
+    from tests.support.faults import start_cli, temps_beside, wait_for
+
+    _, sft = pair_copy
+    dest, marker = tmp_path / "repaired", tmp_path / "winner-paused"
+    args = ["apply", str(sft), str(made_patch), "-o", str(dest)]
+    winner = start_cli(args, dest, pause="write", marker=marker, pause_s=5)
+    try:
+        wait_for(marker, winner)
+        loser = start_cli(args, dest)
+        out, err = loser.communicate(timeout=600)
+        assert loser.returncode == 2, (out, err)
+        assert err.count("\n") == 1 and err.startswith("error: Another surgery run"), err
+        assert "Traceback" not in err
+    finally:
+        w_out, w_err = winner.communicate(timeout=600)
+    assert winner.returncode == 0, (w_out, w_err)
+    expected = tmp_path / "expected"
+    assert CliRunner().invoke(main, ["-q", "apply", str(sft), str(made_patch), "-o", str(expected)]).exit_code == 0
+    assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in expected.iterdir())
+    assert (dest / "model.safetensors").read_bytes() == (expected / "model.safetensors").read_bytes()
+    assert temps_beside(dest) == []
+
+
+@pytest.mark.fault("outputs")
+def test_stale_temps_of_a_killed_run_are_removed_by_the_next_run_only_ours(pair_copy, made_patch, tmp_path):
+    """Exactly our temp names for this destination go; look-alikes (other names, other destinations) stay."""
+    _, sft = pair_copy
+    dest = tmp_path / "repaired"
+    stale = [tmp_path / ".repaired.tmp-ab3_x9z1", tmp_path / ".repaired.k2j4h5g6.tmp", tmp_path / ".repaired.lock"]
+    stale[0].mkdir()
+    (stale[0] / "model.safetensors").write_bytes(b"half")
+    stale[1].write_bytes(b"half")
+    stale[2].write_text("999999")  # a lock file nobody holds
+    kept = [
+        tmp_path / ".repaired.tmp-short",
+        tmp_path / ".repaired2.tmp-ab3_x9z1",
+        tmp_path / "repaired.tmp-ab3_x9z1",
+        tmp_path / ".repaired.tmp-ab3_x9z1.mine",
+        tmp_path / ".repaired.notes",
+    ]
+    for p in kept:
+        p.write_text("user data")
+    res = CliRunner().invoke(main, ["-q", "apply", str(sft), str(made_patch), "-o", str(dest)])
+    assert res.exit_code == 0, res.output
+    assert not any(p.exists() for p in stale), [p for p in stale if p.exists()]
+    assert all(p.read_text() == "user data" for p in kept)
+
+
+@pytest.mark.fault("outputs")
+@pytest.mark.onnx
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:Exporting aten..index operator:UserWarning")
+def test_export_never_deletes_a_users_folder_named_out_rejected(tiny_models, tmp_path):
+    """A failing verification goes to a fresh name; the user's OUT.rejected is left as it was."""
+    pytest.importorskip("optimum.onnxruntime", reason="needs the [onnx] extra")
+    out = tmp_path / "strict"
+    mine = tmp_path / "strict.rejected"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    args = ["export", str(tiny_models("llama")), "-o", str(out), "--max-abs-diff", "0", "--greedy-tokens", "1"]
+    res = CliRunner().invoke(main, ["-q", "--threads", "1", *args])
+    assert res.exit_code == 2, res.output
+    assert (mine / "notes.txt").read_text() == "my notes" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    fresh = tmp_path / "strict.rejected-2"
+    assert (fresh / "verify.json").is_file() and str(fresh) in res.stderr
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".strict")] == []
+
+
+# ---------------------------------------------------------------- text files: non-UTF-8, nested too deep, not JSON
+
+#: what a hostile or damaged text file may hold
+BAD_TEXT = {
+    "not-utf8": b'{"prompt": "\xff\xfe caf\xe9", "response": "x"}\n',
+    "nested-too-deep": b"[" * 100_000 + b"]" * 100_000 + b"\n",
+    "not-json": b"{prompt: nope\n",
+    "not-an-object": b"[1, 2, 3]\n",
+    "control-sequences": b'"\x1b]0;owned\x07\x1b[2J"\n',
+}
+
+
+def _bad(tmp_path: Path, kind: str, name: str) -> Path:
+    path = tmp_path / name
+    path.write_bytes(BAD_TEXT[kind])
+    return path
+
+
+@pytest.mark.fault("text")
+@pytest.mark.parametrize("kind", sorted(BAD_TEXT))
+@pytest.mark.parametrize("role", ["--honesty-data", "--task-data"])
+def test_patch_calibration_file_faults_are_one_sentence(role, kind, pair_copy, calib, tmp_path):
+    base, sft = pair_copy
+    hon, task = calib
+    bad = _bad(tmp_path, kind, "bad.jsonl")
+    hon, task = (bad, task) if role == "--honesty-data" else (hon, bad)
+    dest = tmp_path / "p.safetensors"
+    line = assert_refused(_patch_args(sft, base, hon, task, dest), [base, sft, hon, task], dest, words=("bad.jsonl",))
+    assert "\x1b" not in line and "\x07" not in line
+
+
+@pytest.mark.fault("text")
+@pytest.mark.parametrize("kind", sorted(BAD_TEXT))
+def test_eval_benchmark_file_faults_are_one_sentence(kind, pair_copy, tmp_path):
+    _, sft = pair_copy
+    bench = _bad(tmp_path, kind, "bench.jsonl")
+    out = tmp_path / "result.json"
+    args = ["eval", str(sft), "-b", str(bench), "--limit", "2", "--max-new-tokens", "1", "--json", str(out)]
+    assert_refused(args, [sft, bench], out, words=("bench.jsonl",))
+
+
+@pytest.mark.fault("text")
+@pytest.mark.parametrize("kind", sorted(BAD_TEXT))
+def test_eval_compare_result_file_faults_are_one_sentence(kind, tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text("{}")
+    bad = _bad(tmp_path, kind, "result.json")
+    out = tmp_path / "report.md"
+    assert_refused(["eval", "--compare", str(good), str(bad), "--markdown", str(out)], [good, bad], out)
+
+
+@pytest.mark.fault("text")
+def test_eval_refusal_patterns_not_utf8_is_one_sentence(pair_copy, tmp_path):
+    _, sft = pair_copy
+    patterns = tmp_path / "patterns.txt"
+    patterns.write_bytes(b"I don't know\n\xff\xfe(\n")
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text('{"question": "Who?", "answerable": false}\n')
+    out = tmp_path / "result.json"
+    args = ["eval", str(sft), "-b", str(bench), "--refusal-patterns", str(patterns), "--json", str(out)]
+    # (the line cannot name the file until surgery/evaluation/refusal.py reads it through a checked reader)
+    assert_refused(args, [sft, patterns, bench], out, words=("not UTF-8",))
+
+
+@pytest.mark.fault("text")
+@pytest.mark.parametrize("kind", sorted(BAD_TEXT))
+def test_export_prompts_file_faults_are_one_sentence(kind, pair_copy, tmp_path):
+    pytest.importorskip("optimum.onnxruntime", reason="needs the [onnx] extra")
+    _, sft = pair_copy
+    prompts = _bad(tmp_path, kind, "prompts.jsonl")
+    out = tmp_path / "onnx"
+    assert_refused(["export", str(sft), "-o", str(out), "--prompts", str(prompts)], [sft, prompts], out)
+
+
+@pytest.mark.fault("outputs")
+def test_eval_json_under_a_file_is_one_sentence(pair_copy, tmp_path):
+    _, sft = pair_copy
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    dest = blocker / "result.json"
+    assert_refused(["eval", str(sft), "--json", str(dest)], [sft, blocker], dest, words=("--json",))
+
+
+def test_an_in_process_invocation_leaves_the_callers_torch_threads_and_sigterm_handler_alone():
+    """`--threads` and the SIGTERM handler hold for one invocation; a caller's own settings come back after it
+    (a session that ran `surgery --threads 1` in-process used to compute later patches with 1 thread)."""
+    import signal
+
+    import torch
+
+    before_threads, before_handler = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+    wanted = 1 if before_threads != 1 else 2
+    res = CliRunner().invoke(main, ["-q", "--threads", str(wanted), "inspect", "/no/such/patch.safetensors"])
+    assert res.exit_code == 2
+    assert torch.get_num_threads() == before_threads
+    assert signal.getsignal(signal.SIGTERM) == before_handler

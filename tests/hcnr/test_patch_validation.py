@@ -26,7 +26,16 @@ from surgery.apply import apply_patch
 from surgery.errors import ArchitectureMismatch, ModelFolderError, PatchFormatError
 from surgery.hcnr.pipeline import make_patch
 from surgery.modelio import tensor_sha256
-from surgery.patchfile import _serialize_safetensors, apply_entry, read_patch, splice
+from surgery.patchfile import (
+    PAYLOAD_KEY,
+    _serialize_safetensors,
+    _tensor_bytes,
+    apply_entry,
+    payload_sha256,
+    read_manifest,
+    read_patch,
+    splice,
+)
 from tests.support.faults import assert_one_error_line, cli, digest
 
 Tensors = dict[str, torch.Tensor]
@@ -97,7 +106,12 @@ def _write(path: Path, valid: Valid, damage: Callable[[Manifest, Tensors, str], 
     text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
     for marker, replacement in raw.items():  # JSON that json.dumps would not write
         text = text.replace(json.dumps(marker), replacement)
-    meta = {**valid.meta, "manifest": text}
+    # the payload digest recomputed too, as an attacker would: only the other checks can catch these cases
+    meta = {
+        **valid.meta,
+        "manifest": text,
+        PAYLOAD_KEY: payload_sha256(_tensor_bytes(tensors[n]) for n in sorted(tensors)),
+    }
     path.write_bytes(_serialize_safetensors(tensors, meta))
     return path
 
@@ -221,6 +235,7 @@ def test_the_rewritten_valid_patch_applies(valid, tmp_path):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+@pytest.mark.fault("patch")
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_a_hostile_patch_is_refused_before_the_model_is_touched(valid, tmp_path, case):
     damage, manifest_invalid = REFUSED[case]
@@ -258,6 +273,7 @@ HOSTILE_TEXT: dict[str, Callable[[Manifest, Tensors, str], None]] = {
 }
 
 
+@pytest.mark.fault("patch")
 @pytest.mark.parametrize("case", sorted(HOSTILE_TEXT))
 def test_control_sequences_in_manifest_strings_are_never_printed(valid, tmp_path, case):
     """Strings are only metadata: the patch still applies, and `inspect` prints them without control characters."""
@@ -307,3 +323,74 @@ def test_a_model_with_nan_where_the_patch_does_not_write_is_refused(valid, tmp_p
     entry.sft_sha256 = tensor_sha256(stored)
     with pytest.raises(ModelFolderError, match="NaN or Inf"):
         apply_entry(stored, entry)
+
+
+# ---------------------------------------------------------------- the payload digest (format version 2)
+
+
+def _data_start(raw: bytes) -> int:
+    return 8 + int.from_bytes(raw[:8], "little")
+
+
+def _with_meta(valid: Valid, path: Path, **changes: str | None) -> Path:
+    """The valid patch written with ``__metadata__`` keys changed (None: removed), tensors unchanged."""
+    meta = {**valid.meta, PAYLOAD_KEY: payload_sha256(_tensor_bytes(valid.tensors[n]) for n in sorted(valid.tensors))}
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    path.write_bytes(_serialize_safetensors(valid.tensors, meta))
+    return path
+
+
+def test_a_written_patch_records_the_digest_of_its_data_section(valid):
+    assert valid.meta["format_version"] == "2"
+    assert valid.meta[PAYLOAD_KEY] == payload_sha256(_tensor_bytes(valid.tensors[n]) for n in sorted(valid.tensors))
+
+
+@pytest.mark.fault("patch")
+@pytest.mark.parametrize("where", ["first_byte", "middle_byte", "last_byte"])
+def test_one_changed_data_byte_is_refused_by_inspect_and_apply(valid, tmp_path, where):
+    """Damage in transit is caught by the digest before any tensor is read, by `inspect` too."""
+    patch = _with_meta(valid, tmp_path / "p.safetensors")
+    raw = bytearray(patch.read_bytes())
+    start = _data_start(bytes(raw))
+    at = {"first_byte": start, "middle_byte": (start + len(raw)) // 2, "last_byte": len(raw) - 1}[where]
+    raw[at] ^= 0x01
+    patch.write_bytes(bytes(raw))
+    for args in (["inspect", str(patch)], ["apply", str(valid.sft), str(patch), "-o", str(tmp_path / "out")]):
+        line = assert_one_error_line(cli(*args))
+        assert PAYLOAD_KEY in line, line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.fault("patch")
+@pytest.mark.parametrize("digest_value", [None, "", "0" * 63, "\x1b]0;owned\x07" + "0" * 64, "0" * 64])
+def test_a_version_2_patch_without_its_digest_is_refused(valid, tmp_path, digest_value):
+    patch = _with_meta(valid, tmp_path / "p.safetensors", **{PAYLOAD_KEY: digest_value})
+    with pytest.raises(PatchFormatError, match=PAYLOAD_KEY):
+        read_manifest(patch)
+    res = cli("inspect", str(patch))
+    assert_one_error_line(res)
+    _assert_printable(res)
+
+
+def test_a_version_1_patch_without_a_digest_is_still_read_and_validated(valid, tmp_path):
+    """Version 1 files predate the digest: they are accepted, and every other check still applies."""
+    patch = _with_meta(valid, tmp_path / "p.safetensors", format_version="1", **{PAYLOAD_KEY: None})
+    res = cli("apply", str(valid.sft), str(patch), "-o", str(tmp_path / "out"))
+    assert res.exit_code == 0, res.output
+    damaged = tmp_path / "nan.safetensors"
+    tensors = {k: v.clone() for k, v in valid.tensors.items()}
+    tensors[f"{valid.weight}::values"][0, 0] = float("nan")
+    v1_meta = {k: v for k, v in valid.meta.items() if k != PAYLOAD_KEY}
+    damaged.write_bytes(_serialize_safetensors(tensors, {**v1_meta, "format_version": "1"}))
+    with pytest.raises(PatchFormatError, match="NaN"):
+        read_patch(damaged)
+
+
+def test_an_unknown_format_version_is_refused(valid, tmp_path):
+    patch = _with_meta(valid, tmp_path / "p.safetensors", format_version="3")
+    with pytest.raises(PatchFormatError, match="format version 3"):
+        read_manifest(patch)

@@ -165,6 +165,7 @@ FOLDER_FAULTS: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
 }
 
 
+@pytest.mark.fault("folder")
 @pytest.mark.parametrize("case", sorted(FOLDER_FAULTS))
 def test_damaged_sft_folder_is_one_sentence_everywhere(case, pair, pristine, good_patch, tmp_path):
     damage, words = FOLDER_FAULTS[case]
@@ -172,6 +173,7 @@ def test_damaged_sft_folder_is_one_sentence_everywhere(case, pair, pristine, goo
     _all_three(pair, pristine, good_patch, tmp_path, words)
 
 
+@pytest.mark.fault("folder")
 def test_shape_disagreeing_with_config_isassert_refused(pair, pristine, good_patch, tmp_path):
     """Both configs say a wider model than the tensors are: the tensor and the config are named."""
     for folder in pair:
@@ -179,16 +181,19 @@ def test_shape_disagreeing_with_config_isassert_refused(pair, pristine, good_pat
     _all_three(pair, pristine, good_patch, tmp_path, ("hidden_size", "config.json"))
 
 
+@pytest.mark.fault("folder")
 def test_adapter_config_not_json(pair, pristine, good_patch, tmp_path):
     (pair[1] / "adapter_config.json").write_text("{not json")
     _all_three(pair, pristine, good_patch, tmp_path, ("adapter_config.json",))
 
 
+@pytest.mark.fault("folder")
 def test_adapter_config_not_object(pair, pristine, good_patch, tmp_path):
     (pair[1] / "adapter_config.json").write_text('"a string"')
     _all_three(pair, pristine, good_patch, tmp_path, ("adapter_config.json", "not a JSON object"))
 
 
+@pytest.mark.fault("folder")
 @pytest.mark.parametrize("where", ["dotdot", "absolute"])
 def test_index_entry_outside_the_folder_isassert_refused(where, pair, pristine, good_patch, tmp_path):
     sft = pair[1]
@@ -199,6 +204,7 @@ def test_index_entry_outside_the_folder_isassert_refused(where, pair, pristine, 
     _all_three(pair, pristine, good_patch, tmp_path, ("outside the folder",))
 
 
+@pytest.mark.fault("folder")
 def test_symlinked_shard_escaping_the_folder_isassert_refused(pair, pristine, good_patch, tmp_path):
     sft = pair[1]
     outside = tmp_path / "stash"
@@ -208,6 +214,7 @@ def test_symlinked_shard_escaping_the_folder_isassert_refused(pair, pristine, go
     _all_three(pair, pristine, good_patch, tmp_path, ("outside the model folder",))
 
 
+@pytest.mark.fault("folder")
 def test_pickle_shard_in_index_needs_allow_pickle(pair, pristine, good_patch, tmp_path):
     sft = pair[1]
     _reshard(sft, {"b": "b.bin"})
@@ -224,6 +231,7 @@ def _poison(sft: Path, name: str | None = None) -> str:
     return name
 
 
+@pytest.mark.fault("folder")
 def test_nan_weight_is_reported_by_check(pair, tmp_path):
     base, sft = pair
     name = _poison(sft)
@@ -234,6 +242,7 @@ def test_nan_weight_is_reported_by_check(pair, tmp_path):
     assert json.loads(report.read_text())["nonfinite"] == [name]
 
 
+@pytest.mark.fault("folder")
 def test_nan_weight_is_refused_by_patch_and_apply(pair, pristine, good_patch, tmp_path):
     name = _poison(pair[1])
     base, sft = pair
@@ -258,6 +267,7 @@ def test_nan_weight_is_refused_by_patch_and_apply(pair, pristine, good_patch, tm
     )
 
 
+@pytest.mark.fault("folder")
 def test_inf_in_base_is_refused_by_patch(pair, pristine, tmp_path):
     base, sft = pair
     tensors = load_file(str(_shard(base)))
@@ -281,6 +291,7 @@ def test_inf_in_base_is_refused_by_patch(pair, pristine, tmp_path):
     assert_refused(args, [base, sft, hon, task], out, words=(name, "base"))
 
 
+@pytest.mark.fault("folder")
 def test_patch_refuses_a_different_architecture_of_the_same_shapes(pair, pristine, tmp_path):
     """A Llama base with a "Qwen2" SFT of identical tensor shapes: patch refuses it as check does."""
     base, sft = pair

@@ -51,3 +51,102 @@ def assert_refused(args: list[str], inputs: list[Path], dest: Path | None, *, wo
     for w in words:
         assert w in line, line
     return line
+
+
+# ---------------------------------------------------------------- runs in a child process (signals, races)
+
+#: ``python -c`` code that runs ``surgery ARGS`` after wrapping ``os.replace`` so that the run stops (announcing
+#: it in the file $SURGERY_TEST_MARKER) at a chosen point of writing $SURGERY_TEST_DEST: ``write`` (the first
+#: rename inside a hidden temp beside it: half-written) or ``publish`` (the rename of the finished temp onto it).
+#: Test code only: the product has no hook.
+PAUSING_CLI = r"""
+import os, sys, time
+dest = os.path.abspath(os.environ["SURGERY_TEST_DEST"])
+point, marker = os.environ.get("SURGERY_TEST_PAUSE", ""), os.environ.get("SURGERY_TEST_MARKER", "")
+_replace = os.replace
+
+def _pause():
+    with open(marker, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(float(os.environ.get("SURGERY_TEST_PAUSE_S", "120")))
+
+def replace(src, dst, *args, **kwargs):
+    global point
+    dst_abs = os.path.abspath(os.fspath(dst))
+    inside_temp = os.path.basename(os.path.dirname(dst_abs)).startswith("." + os.path.basename(dest) + ".")
+    if (point == "publish" and dst_abs == dest) or (point == "write" and inside_temp):
+        point = ""
+        _pause()
+    return _replace(src, dst, *args, **kwargs)
+
+os.replace = replace
+from surgery.cli import main
+main(["-q", "--threads", "1", *sys.argv[1:]], prog_name="surgery")
+"""
+
+
+def start_cli(args: list[str], dest: Path, *, pause: str = "", marker: Path | None = None, pause_s: float = 120.0):
+    """``surgery ARGS`` in a child process (see :data:`PAUSING_CLI`); returns the ``subprocess.Popen``."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "SURGERY_TEST_DEST": str(dest),
+        "SURGERY_TEST_PAUSE": pause,
+        "SURGERY_TEST_MARKER": str(marker or ""),
+        "SURGERY_TEST_PAUSE_S": str(pause_s),
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", PAUSING_CLI, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(path: Path, proc, timeout: float = 300.0) -> None:
+    """Wait until ``path`` exists (the child reached its pause); fail if the child ends first."""
+    import time
+
+    end = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the run ended (rc {proc.returncode}) before reaching its pause:\n{out}\n{err}")
+        if time.monotonic() > end:
+            proc.kill()
+            raise AssertionError(f"the run did not reach its pause within {timeout} s")
+        time.sleep(0.05)
+
+
+def temps_beside(dest: Path) -> list[Path]:
+    """Hidden files and folders beside ``dest`` that carry its name (temps, locks)."""
+    return sorted(p for p in dest.parent.iterdir() if p.name.startswith(f".{dest.name}."))
+
+
+# ---------------------------------------------------------------- counting the suite
+
+#: the fault classes of issue 14; every fault case is marked ``@pytest.mark.fault("<class>")``
+FAULT_CLASSES = ("patch", "folder", "text", "outputs", "interruption")
+
+
+def pytest_collection_finish(session) -> None:  # a pytest hook, active with ``-p tests.support.faults``
+    """With $SURGERY_FAULT_COUNT set, write ``{node id: fault class}`` of the collected fault cases there."""
+    import json
+    import os
+
+    target = os.environ.get("SURGERY_FAULT_COUNT")
+    if not target:
+        return
+    cases = {}
+    for item in session.items:
+        mark = item.get_closest_marker("fault")
+        if mark is not None:
+            cases[item.nodeid] = mark.args[0] if mark.args else ""
+    Path(target).write_text(json.dumps(cases, indent=1))
