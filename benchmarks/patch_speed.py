@@ -54,6 +54,8 @@ CHILD_CODE = "from benchmarks.patch_speed import child_main; child_main()"
 PATCH, LORA = "patch", "lora"
 #: the file names of the calibration sets inside ``WORK_DIR/calib`` (what the demo writes)
 CALIB_FILES = ("d_hon.jsonl", "d_task.jsonl")
+#: the pipeline's stages in the order they run (``report.json`` stores them sorted by name)
+STAGE_ORDER = ("load", "capture", "forward", "fisher", "selection", "hessians", "compensation", "write")
 
 
 class BenchmarkError(SurgeryError):
@@ -117,6 +119,12 @@ class SpeedResult:
 # --- formatting (no model: tested in the unit tier)
 
 
+def ordered_stages(stages: dict[str, float]) -> dict[str, float]:
+    """``stages`` in pipeline order (:data:`STAGE_ORDER`), stages it does not know last in their own order."""
+    rank = {name: i for i, name in enumerate(STAGE_ORDER)}
+    return dict(sorted(stages.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+
+
 def _cell(x: float | None, fmt: str) -> str:
     return "–" if x is None else format(x, fmt)
 
@@ -144,6 +152,7 @@ def format_table(result: SpeedResult) -> str:
         "|---|---|",
     ]
     lines += [f"| {name} | {sec:.1f} |" for name, sec in result.stages.items()]
+    lines.append(f"| all stages | {sum(result.stages.values()):.1f} |")
     return "\n".join(lines)
 
 
@@ -318,7 +327,7 @@ def measure(run: PatchSpeedRun) -> SpeedResult:
             l_out["examples"],
         ),
     }
-    rows = {k: MethodRow(**{**asdict(r), **scores.get(k, {})}) for k, r in rows.items()}
+    rows = {k: MethodRow(**{**asdict(r), **_rounded(asdict(r)), **scores.get(k, {})}) for k, r in rows.items()}
     details = {
         "patch_report": {k: report.get(k) for k in ("device", "dtype", "threads", "patch_bytes", "reused")}
         | {k: report.get(k) for k in ("parameters_changed", "share_of_linear", "seconds_total", "options")},
@@ -330,7 +339,16 @@ def measure(run: PatchSpeedRun) -> SpeedResult:
     }
     if report.get("reused"):
         log.warning("the patch reused parts of an earlier run: %s", report["reused"])
-    return SpeedResult(run.threads, rows[PATCH], rows[LORA], dict(report["seconds"]), run.max_ratio, details)
+    return SpeedResult(run.threads, rows[PATCH], rows[LORA], ordered_stages(report["seconds"]), run.max_ratio, details)
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    """Seconds to 0.01 s and megabytes to 0.1 MB: what a timer and VmHWM can vouch for."""
+    return {
+        "seconds": round(row["seconds"], 2),
+        "child_seconds": round(row["child_seconds"], 2),
+        "peak_rss_mb": round(row["peak_rss_mb"], 1),
+    }
 
 
 def _cpu_name() -> str | None:

@@ -15,6 +15,7 @@ from benchmarks.patch_speed import (
     ensure_calibration,
     format_table,
     main,
+    ordered_stages,
     result_record,
 )
 
@@ -38,7 +39,13 @@ def test_table_shows_both_rows_the_ratio_and_the_stages():
     assert "patch / LoRA: 0.39 (goal <= 0.5: PASS), 2 thread(s)" in lines
     assert "| fisher | 40.0 |" in lines and "| load | 1.2 |" in lines
     assert lines.index("| load | 1.2 |") < lines.index("| write | 0.8 |")  # the report's stage order
+    assert "| all stages | 54.5 |" in lines
     assert "honesty F1" not in text
+
+
+def test_stages_follow_the_pipeline_order_unknown_ones_last():
+    report_order = {"compensation": 3.0, "fisher": 2.0, "load": 1.0, "new": 9.0, "selection": 0.5, "write": 0.1}
+    assert list(ordered_stages(report_order)) == ["load", "fisher", "selection", "compensation", "write", "new"]
 
 
 def test_ratio_above_the_goal_fails():
