@@ -4,7 +4,8 @@
     SURGERY_CACHE=/work/main/.cache python -m benchmarks.patch_speed --threads 2
     python -m benchmarks.patch_speed --eval --limit 20 --task-limit 20   # adds honesty F1 / task accuracy
 
-Inputs: the bundled pair (M0 base, M1 SFT as a merged folder, as the comparison measures it) and the
+Inputs: the bundled pair (M0 base, M1 SFT as a merged folder as the comparison measures it, or with
+``--sft-form adapter`` as its LoRA adapter on M0 as the demo patches it, for both methods) and the
 recipe's calibration sets, built as ``surgery demo`` builds them (the recipe's "calibration" section,
 D_hon's known half probed on M1) into ``WORK_DIR/calib/`` and reused when both files are there.
 
@@ -71,6 +72,11 @@ class PatchSpeedRun:
         ".cache/bench/patch-speed", "Work folder: calib/ (reused when present), the patch, the LoRA model."
     )
     recipe: str = opt("smollm2", "The bundled pair and recipe (a folder under recipes/).")
+    sft_form: str = opt(
+        "merged",
+        "M1 as the merged folder (as the comparison measures it) or its LoRA adapter on M0 (as the demo patches it).",
+        choices=("merged", "adapter"),
+    )
     data_dir: str | None = opt(None, "Benchmark data folder (default: $SURGERY_DATA_DIR, else the bundled samples).")
     max_ratio: float = opt(0.5, "Exit 1 when patch seconds / LoRA seconds is above this.", above=0)
     eval: bool = opt(False, "Also score M1 + patch and M1 + LoRA on the demo's held-out items.")
@@ -232,7 +238,7 @@ def _child_lora(spec: dict[str, Any]) -> dict[str, Any]:
     examples = read_examples(spec["hon"]) + read_examples(spec["task"])
     options = RaitOptions(mode="lora", examples=len(examples))
     t0 = time.perf_counter()
-    info = run_rait(spec["sft"], spec["out"], examples, options)
+    info = run_rait(spec["sft"], spec["out"], examples, options, base=spec["base"])
     return {"seconds": time.perf_counter() - t0, "examples": info["examples_used"], "info": info}
 
 
@@ -299,7 +305,7 @@ def measure(run: PatchSpeedRun) -> SpeedResult:
     recipe_dir = recipe_dir_of(run.recipe)
     recipe = load_recipe(recipe_dir)
     pair = ensure_pair(recipe_dir)
-    sft, base = str(pair.m1), str(pair.m0)
+    sft, base = str(pair.m1 if run.sft_form == "merged" else pair.m1_adapter), str(pair.m0)
     hon, task = ensure_calibration(work / "calib", _demo_calibration(run, str(pair.m1_adapter), base, recipe))
     patch, lora_model = work / "m1.hcnr.safetensors", work / "m1-lora"
     patch_report = patch.with_name(patch.name + ".report.json")

@@ -101,5 +101,5 @@ def test_calibration_is_built_when_a_file_is_missing(tmp_path):
 def test_help_lists_the_options():
     res = CliRunner().invoke(main, ["--help"])
     assert res.exit_code == 0, res.output
-    for flag in ("--threads", "--work-dir", "--eval", "--limit", "--task-limit", "--max-ratio", "--json"):
+    for flag in ("--threads", "--work-dir", "--eval", "--limit", "--task-limit", "--max-ratio", "--sft-form", "--json"):
         assert flag in res.output
