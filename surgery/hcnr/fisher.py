@@ -37,6 +37,13 @@ def per_example_row_scores(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor
     return ((a @ delta) * delta).sum(0)
 
 
+def batched_column_scores(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """:func:`per_example_column_scores` of every example of a batch: x (B x T x in), delta (B x T x out)
+    -> (B x in). Swapping the arguments gives the row scores (the identities are symmetric)."""
+    a = delta @ delta.transpose(1, 2)
+    return ((a @ x) * x).sum(1)
+
+
 def per_example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over each example's response tokens -> (B,)."""
     logits = logits[:, :-1].float()
@@ -116,20 +123,17 @@ class LayerFisher:
         return fwd
 
     def on_grad(self, layer: LinearLayer, grad: torch.Tensor) -> None:
-        """Per-example column (and row) sums of this layer's weight gradient, from its input and output grad."""
+        """Per-example column (and row) sums of this layer's weight gradient, from its input and output grad.
+
+        All examples of the batch at once: padding rows are zeroed, so they add nothing to Δ Δᵀ or X Xᵀ."""
         assert self.live is not None
-        x = self.inputs.pop(layer.weight).float()
-        d = grad.detach().float()
-        c = torch.zeros(layer.in_features, dtype=torch.float64, device=x.device)
-        r = torch.zeros(layer.out_features, dtype=torch.float64, device=x.device)
-        for b in range(x.shape[0]):
-            keep = self.live[b]
-            xb, db = x[b, keep], d[b, keep]
-            c += per_example_column_scores(xb, db).double()
-            if self.want_rows:
-                r += per_example_row_scores(xb, db).double()
+        keep = self.live.unsqueeze(-1).float()
+        x = self.inputs.pop(layer.weight).float() * keep
+        d = grad.detach().float() * keep
+        c = batched_column_scores(x, d).double().sum(0)
         self.cols[layer.weight] += c.cpu()
-        self.rows[layer.weight] += r.cpu()
+        if self.want_rows:
+            self.rows[layer.weight] += batched_column_scores(d, x).double().sum(0).cpu()
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The sums as one work-folder part: ``<weight>::cols`` (and ``::rows``)."""
