@@ -105,14 +105,22 @@ def output_drift(d: torch.Tensor, h: torch.Tensor) -> float:
     return float(((d @ h) * d).sum())
 
 
-def damped_cholesky(h: torch.Tensor, damp: float, scale: float) -> tuple[torch.Tensor, float] | None:
-    """Lower Cholesky factor of H + λI with λ = damp · scale, retried with 10x and 100x damping."""
+def damped_cholesky(
+    h: torch.Tensor, damp: float, scale: float, in_place: bool = False
+) -> tuple[torch.Tensor, float] | None:
+    """Lower Cholesky factor of H + λI with λ = damp · scale, retried with 10x and 100x damping.
+
+    ``in_place`` damps ``h`` itself (its diagonal is restored exactly before each retry): for a caller
+    whose H is a scratch copy, one matrix the size of H fewer."""
+    diagonal = h.diagonal().clone() if in_place else None
     for factor in DAMP_RETRIES:
         rel = damp * factor
         lam = rel * scale
         if lam <= 0:
             continue
-        damped = h.clone()
+        damped = h if in_place else h.clone()
+        if diagonal is not None:
+            damped.diagonal().copy_(diagonal)
         damped.diagonal().add_(lam)  # H + λI without an identity matrix the size of H
         chol, info = torch.linalg.cholesky_ex(damped)
         del damped
@@ -168,15 +176,16 @@ def compensate_protect(p: Problem) -> Solved | None:
     lam = p.task_weight
     w0, w1, hh, ht = p.w0.double(), p.w1.double(), p.h.double(), p.task_hessian().double()
     hc, t = _split(w0.shape[1], p.idx)
+    scale = float(torch.diagonal(hh).mean() + lam * torch.diagonal(ht).mean())
     hh_cc, ht_cc = _block(hh, hc, hc), _block(ht, hc, hc)
-    a = hh_cc + lam * ht_cc
-    factor = damped_cholesky(a, p.damp, float(torch.diagonal(hh).mean() + lam * torch.diagonal(ht).mean()))
+    b = w0[:, hc] @ hh_cc - (w1 - w0)[:, t] @ _block(hh, t, hc) + lam * (w1[:, hc] @ ht_cc)
+    a = hh_cc.add_(ht_cc.mul_(lam))  # H_h[hc,hc] + λ H_t[hc,hc], in the copies' own memory
+    del ht_cc
+    factor = damped_cholesky(a, p.damp, scale, in_place=True)
     if factor is None:
         return None
     chol, rel = factor
-    delta = w1 - w0
     del a
-    b = w0[:, hc] @ hh_cc - delta[:, t] @ _block(hh, t, hc) + lam * (w1[:, hc] @ ht_cc)
     w = w1.clone()
     w[:, hc] = torch.cholesky_solve(b.T, chol).T
     return w, rel
