@@ -26,7 +26,7 @@ from ..atomic import write_json_atomic
 from ..devices import resolve_device, resolve_dtype
 from ..errors import SurgeryError
 from ..linear_layers import LinearLayer
-from ..memory import release_freed_memory
+from ..memory import map_large_allocations, release_freed_memory
 from ..modelio import ModelSource, load_tokenizer, locate, open_checkpoint
 from ..patchfile import PatchManifest, PatchStats, write_patch_streamed
 from ..progress import StageTimer, peak_rss_mb, progress
@@ -95,6 +95,7 @@ def make_patch(
 ) -> PatchReport:
     """Compute an HCNR patch for ``sft`` against ``base``; writes ``out`` and ``out.report.json``."""
     out, timer = Path(out), StageTimer()
+    map_large_allocations()
     run = _Run(sft, base, trust_remote_code, allow_pickle, compute)
     torch.manual_seed(options.seed)
     with timer.stage("load"):
