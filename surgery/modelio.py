@@ -346,7 +346,7 @@ def copy_side_files(src_dirs: list[Path], dst: Path) -> None:
 
 
 #: torch dtype -> safetensors dtype name (the format's own spelling)
-_ST_DTYPES: dict[torch.dtype, str] = {
+SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
     torch.float64: "F64",
     torch.float32: "F32",
     torch.float16: "F16",
@@ -380,7 +380,7 @@ class _ShardFile:
 
     def add(self, name: str, t: torch.Tensor) -> None:
         t = t.detach().cpu().contiguous()
-        if t.dtype not in _ST_DTYPES:
+        if t.dtype not in SAFETENSORS_DTYPES:
             raise ModelFolderError(f"Tensor {name} has dtype {t.dtype}, which safetensors cannot store.")
         nbytes = t.numel() * t.element_size()
         if nbytes:
@@ -396,7 +396,7 @@ class _ShardFile:
         offset = 0
         for name, meta, start, end in order:
             header[name] = {
-                "dtype": _ST_DTYPES[meta.dtype],
+                "dtype": SAFETENSORS_DTYPES[meta.dtype],
                 "shape": list(meta.shape),
                 "data_offsets": [offset, offset + end - start],
             }

@@ -40,7 +40,7 @@ from safetensors import SafetensorError, safe_open
 
 from .atomic import atomic_file
 from .errors import ArchitectureMismatch, FingerprintMismatch, ModelFolderError, PatchFormatError, SurgeryError
-from .modelio import tensor_sha256
+from .modelio import SAFETENSORS_DTYPES, tensor_sha256
 
 FORMAT = "surgery-patch"
 FORMAT_VERSION = "2"
@@ -158,18 +158,7 @@ def make_entry(
     return entry
 
 
-_ST_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
+_ST_DTYPES = SAFETENSORS_DTYPES  # one spelling table for every safetensors writer
 
 
 def payload_sha256(blobs: Iterable[bytes]) -> str:

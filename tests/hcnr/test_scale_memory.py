@@ -83,6 +83,7 @@ def test_patch_memory_is_flat_in_depth_and_in_patch_size(tmp_path):
     the patches differ ~4x. The pairs are cached in $SURGERY_CACHE."""
     result = measure_scale(ScaleRun(), tmp_path)
     table = "\n" + format_table(result)
+    print(table)  # the numbers docs/scale.md quotes (pytest -s)
     shallow, deep, small = result.cases
     assert deep.peak_mb - shallow.peak_mb <= GUARD_DEPTH_GROWTH_MB, table
     assert all(c.peak_mb < result.baseline_mb + GUARD_OVER_BASELINE_MB for c in result.cases), table
