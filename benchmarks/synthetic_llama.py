@@ -310,9 +310,15 @@ def _corpus(seed: int) -> list[str]:
 def build_tokenizer(vocab_size: int, seed: int = 0) -> Any:
     """A byte-level BPE tokenizer trained offline on a fixed word corpus, with a chat template.
 
-    The same idea as the tiny models' tokenizer (tests/support/tiny.py), sized by ``vocab_size``; the
-    trainer stops early when the corpus has no more merges, so the result may be a little smaller.
+    Sized by ``vocab_size``; the trainer stops early when the corpus has no more merges, so the result
+    may be a little smaller.
     """
+    return bpe_tokenizer(_corpus(seed), vocab_size)
+
+
+def bpe_tokenizer(corpus: list[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer trained on ``corpus`` with this project's specials and chat template
+    (also the tiny test models' tokenizer, tests/support/tiny.py)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -325,7 +331,7 @@ def build_tokenizer(vocab_size: int, seed: int = 0) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(seed), trainer)
+    tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",

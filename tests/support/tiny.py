@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.synthetic_llama import bpe_tokenizer
+
 #: small config overrides per family; every model has 2 blocks, hidden 32-64, vocab = tokenizer's
 FAMILIES: dict[str, dict] = {
     "llama": dict(
@@ -70,10 +72,6 @@ FAMILIES: dict[str, dict] = {
     "gpt2": dict(model_type="gpt2", n_embd=48, n_head=4, n_layer=2, n_positions=128),
 }
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 
 _CORPUS = [
     "What is the capital of France? Paris is the capital of France.",
@@ -88,31 +86,7 @@ _CORPUS = [
 
 def build_tokenizer(vocab_size: int = 384):
     """A byte-level BPE tokenizer trained on a fixed corpus, with a chat template (deterministic)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="<|end|>",
-        pad_token="<pad>",
-        unk_token=None,
-        additional_special_tokens=["<|user|>", "<|assistant|>", "<|system|>", "</s>"],
-        model_input_names=["input_ids", "attention_mask"],
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return bpe_tokenizer(_CORPUS * 4, vocab_size)
 
 
 def build_config(family: str, vocab_size: int, tokenizer=None):
