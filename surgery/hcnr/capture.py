@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SurgeryError
 from .calibration import Batch
-from .fisher import per_example_losses
+from .fisher import per_example_losses, target_losses
 from .skeleton import ModelSkeleton
 
 
@@ -41,12 +40,15 @@ class BlockCall:
     kwargs: dict[str, Any]
     hidden_kw: bool  # hidden states passed as ``hidden_states=`` rather than first positional
 
+    def call(self, module: nn.Module, hidden: torch.Tensor) -> Any:
+        """The block's own return value for input ``hidden`` (a tensor or a tuple, by model family)."""
+        if self.hidden_kw:
+            return module(*self.args, hidden_states=hidden, **self.kwargs)
+        return module(hidden, *self.args, **self.kwargs)
+
     def run(self, module: nn.Module, hidden: torch.Tensor, returns_tuple: bool) -> torch.Tensor:
         """The block's output hidden states for input ``hidden``."""
-        if self.hidden_kw:
-            out = module(*self.args, hidden_states=hidden, **self.kwargs)
-        else:
-            out = module(hidden, *self.args, **self.kwargs)
+        out = self.call(module, hidden)
         return out[0] if returns_tuple else out
 
 
@@ -134,10 +136,7 @@ def block_returns_tuple(skel: ModelSkeleton, batch: Batch) -> bool:
     first = capture_batch(skel, batch, None)
     call = first.calls[0]
     with skel.block(skel.blocks[0]) as module, torch.no_grad():
-        if call.hidden_kw:
-            out = module(*call.args, hidden_states=first.hidden, **call.kwargs)
-        else:
-            out = module(first.hidden, *call.args, **call.kwargs)
+        out = call.call(module, first.hidden)
     if isinstance(out, torch.Tensor):
         return False
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
@@ -175,18 +174,7 @@ def head_losses(skel: ModelSkeleton, batch: Batch, last_hidden: torch.Tensor, re
         logits = skel.model(**inputs).logits
     if keep is None:
         return per_example_losses(logits, labels)
-    return _kept_losses(logits, labels, keep)
-
-
-def _kept_losses(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """:func:`per_example_losses` when ``logits`` hold positions ``keep`` only (each predicting t + 1)."""
-    target = labels[:, keep + 1]
-    mask = target != -100
-    tok = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
-    )
-    tok = tok.view(target.shape) * mask
-    return tok.sum(1) / mask.sum(1).clamp(min=1)
+    return target_losses(logits, labels[:, keep + 1])  # the kept positions t predict t + 1
 
 
 def _accepts_logits_to_keep(model: nn.Module) -> bool:

@@ -25,31 +25,25 @@ from ..linear_layers import LinearLayer
 log = logging.getLogger(__name__)
 
 
-def per_example_column_scores(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Σ_rows (Σ_t δ[t,row] x[t,k])² for one example: x (T x in), delta (T x out) -> (in,)."""
-    a = delta @ delta.T
-    return ((a @ x) * x).sum(0)
-
-
-def per_example_row_scores(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Σ_cols (Σ_t δ[t,row] x[t,col])² for one example -> (out,)."""
-    a = x @ x.T
-    return ((a @ delta) * delta).sum(0)
-
-
 def batched_column_scores(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """:func:`per_example_column_scores` of every example of a batch: x (B x T x in), delta (B x T x out)
-    -> (B x in). Swapping the arguments gives the row scores (the identities are symmetric)."""
+    """Σ_rows (Σ_t δ[t,row] x[t,k])² of every example of a batch: x (B x T x in), delta (B x T x out)
+    -> (B x in). Swapping the arguments gives the row scores Σ_cols (Σ_t δ[t,row] x[t,col])² (B x out):
+    the identity is symmetric in x and δ."""
     a = delta @ delta.transpose(1, 2)
     return ((a @ x) * x).sum(1)
 
 
 def per_example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over each example's response tokens -> (B,)."""
-    logits = logits[:, :-1].float()
-    target = labels[:, 1:]
+    return target_losses(logits[:, :-1], labels[:, 1:])
+
+
+def target_losses(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` (B x T x V) against ``target`` (B x T, -100 ignored) per example."""
     mask = target != -100
-    tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none")
+    tok = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
+    )
     tok = tok.view(target.shape) * mask
     return tok.sum(1) / mask.sum(1).clamp(min=1)
 

@@ -174,10 +174,10 @@ def _compensation_stage(
             forward_streams([streams["hon"], streams["task"]])
     world = run.world
     world.barrier()  # every rank decides from the same parts which blocks are left
-    todo = [i for i in sorted(by_block) if not work.has(part_name(i))]
-    if len(todo) < len(by_block):
-        work.note_reused(f"patch parts of {len(by_block) - len(todo)} blocks")
-    for i in progress(todo, desc="hessians + compensation", unit="block"):
+    missing = [i for i in sorted(by_block) if not work.has(part_name(i))]
+    if len(missing) < len(by_block):
+        work.note_reused(f"patch parts of {len(by_block) - len(missing)} blocks")
+    for i in progress(missing, desc="hessians + compensation", unit="block"):
         block, owner = run.skeleton("sft").blocks[i], world.owner(i)
         with timer.stage("hessians", log_each=False):
             reduce = functools.partial(world.sum_to, owner=owner) if world.size > 1 else None

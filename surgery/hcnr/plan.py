@@ -123,15 +123,3 @@ def require_fits(plan: Plan, have: dict[str, int], compute: ComputeOptions) -> N
                 f"This run needs about {need / _MB:.0f} MB of {what} "
                 f"(available: {have[key] / _MB:.0f} MB; see surgery patch --plan)."
             )
-
-
-def as_dict(plan: Plan) -> dict[str, Any]:
-    return {
-        "host_bytes": plan.host_bytes,
-        "device_bytes": plan.device_bytes,
-        "disk_bytes": plan.disk_bytes,
-        "flops": plan.flops,
-        "blocks": plan.blocks,
-        "tokens": plan.tokens,
-        "detail": dict(plan.detail),
-    }

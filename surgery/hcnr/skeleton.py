@@ -11,10 +11,8 @@ Nothing is hard-coded per family: blocks are the numbered modules that hold the 
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from accelerate import init_empty_weights
@@ -24,8 +22,6 @@ from ..errors import ModelFolderError, SurgeryError
 from ..linear_layers import LinearLayer, find_linear_layers
 from ..memory import release_freed_memory
 from ..modelio import LazyCheckpoint, ModelSource, StateDictCheckpoint
-
-log = logging.getLogger(__name__)
 
 Checkpoint = LazyCheckpoint | StateDictCheckpoint
 
@@ -155,8 +151,3 @@ def _set_params(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         owner, _, leaf = name.rpartition(".")
         sub = module.get_submodule(owner) if owner else module
         sub._parameters[leaf] = nn.Parameter(t, requires_grad=False)
-
-
-def describe(blocks: list[Block]) -> dict[str, Any]:
-    """How many blocks and layers the stream covers (for logs and the plan)."""
-    return {"blocks": len(blocks), "layers": sum(len(b.layers) for b in blocks)}

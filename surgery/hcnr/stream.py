@@ -9,7 +9,6 @@ gradient, fold the per-example gradients into the Fisher sums, and pass the inpu
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +20,6 @@ from .capture import BatchCalls, block_returns_tuple, capture_batch, head_losses
 from .fisher import FisherSums, LayerFisher
 from .skeleton import Block, ModelSkeleton
 from .workdir import WorkFolder
-
-log = logging.getLogger(__name__)
 
 
 def _key(b: int) -> str:
@@ -124,9 +121,9 @@ def forward_streams(streams: list[Stream]) -> None:
     hidden: list[list[torch.Tensor] | None] = [None] * len(streams)
     names = "+".join(s.set_name for s in streams)
     for block in progress(skel.blocks[min(starts) : n], desc=f"forward {streams[0].which} ({names})", unit="block"):
-        todo = [k for k, start in enumerate(starts) if start <= block.index]
+        due = [k for k, start in enumerate(starts) if start <= block.index]
         with skel.block(block) as module:
-            for k in todo:
+            for k in due:
                 prev = hidden[k]
                 inputs = prev if prev is not None else streams[k].inputs(block.index)
                 hidden[k] = streams[k].run_block(module, block, inputs)
@@ -141,13 +138,13 @@ def fisher_streams(streams: list[Stream], rows: bool) -> list[FisherSums]:
         s.head_gradients()
     names = "+".join(s.set_name for s in streams)
     for block in progress(list(reversed(skel.blocks)), desc=f"fisher {streams[0].which} ({names})", unit="block"):
-        todo = [s for s in streams if not s.work.has(s.fisher_name(block.index))]
+        missing = [s for s in streams if not s.work.has(s.fisher_name(block.index))]
         for s in streams:
             if s.work.from_earlier_run(s.fisher_name(block.index)):
                 s.work.note_reused(f"Fisher sums {s.which}/{s.set_name}")
-        if todo:
+        if missing:
             with skel.block(block) as module:
-                for s in todo:
+                for s in missing:
                     s.backward_block(module, block, rows)
         for s, acc in zip(streams, sums):
             acc.add(s.work.load(s.fisher_name(block.index)))

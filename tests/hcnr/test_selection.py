@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from surgery.hcnr.calibration import CalibExample, make_batches, tokenize_examples
-from surgery.hcnr.fisher import per_example_column_scores, per_example_losses, per_example_row_scores
+from surgery.hcnr.fisher import batched_column_scores, per_example_losses
 from surgery.hcnr.selection import honesty_priority, relative_perturbation, select_units, top_share
 from surgery.linear_layers import find_linear_layers
 from surgery.modelio import load_tokenizer, locate
@@ -15,8 +15,8 @@ def test_column_and_row_score_identities():
     g = torch.Generator().manual_seed(0)
     x, d = torch.randn(5, 7, generator=g), torch.randn(5, 3, generator=g)
     grad = d.T @ x  # out x in, the per-example weight gradient
-    assert torch.allclose(per_example_column_scores(x, d), (grad**2).sum(0), atol=1e-5)
-    assert torch.allclose(per_example_row_scores(x, d), (grad**2).sum(1), atol=1e-5)
+    assert torch.allclose(batched_column_scores(x[None], d[None])[0], (grad**2).sum(0), atol=1e-5)
+    assert torch.allclose(batched_column_scores(d[None], x[None])[0], (grad**2).sum(1), atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3", "qwen2"])
