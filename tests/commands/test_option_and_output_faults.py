@@ -20,7 +20,7 @@ from surgery.hcnr.options import PatchOptions
 from surgery.hcnr.pipeline import make_patch
 from surgery.options import parse_size
 from tests.conftest import write_calibration
-from tests.support.faults import assert_refused
+from tests.support.faults import assert_refused, patch_args
 
 # ---------------------------------------------------------------- parse-time faults: no model needed
 
@@ -107,21 +107,6 @@ def made_patch(tiny_pair, tmp_path_factory) -> Path:
     return patch
 
 
-def _patch_args(sft: Path, base: Path, hon: Path, task: Path, out: Path) -> list[str]:
-    return [
-        "patch",
-        str(sft),
-        "--base",
-        str(base),
-        "--honesty-data",
-        str(hon),
-        "--task-data",
-        str(task),
-        "-o",
-        str(out),
-    ]
-
-
 @pytest.mark.fault("outputs")
 @pytest.mark.parametrize("target", ["sft_weights", "sft_config", "base_weights", "honesty", "task", "sft_folder"])
 def test_patch_output_over_an_input_is_refused(target, pair_copy, calib):
@@ -135,7 +120,7 @@ def test_patch_output_over_an_input_is_refused(target, pair_copy, calib):
         "task": task,
         "sft_folder": sft,
     }[target]
-    assert_refused(_patch_args(sft, base, hon, task, dest), [base, sft, hon, task], dest, words=("-o",))
+    assert_refused(patch_args(sft, base, hon, task, dest), [base, sft, hon, task], dest, words=("-o",))
 
 
 @pytest.mark.fault("outputs")
@@ -145,7 +130,7 @@ def test_patch_output_under_a_file_is_refused_before_work(pair_copy, calib, tmp_
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a folder")
     dest = blocker / "p.safetensors"
-    assert_refused(_patch_args(sft, base, hon, task, dest), [base, sft, hon, task, blocker], dest, words=("-o",))
+    assert_refused(patch_args(sft, base, hon, task, dest), [base, sft, hon, task, blocker], dest, words=("-o",))
 
 
 @pytest.mark.fault("outputs")
@@ -368,7 +353,7 @@ def test_patch_calibration_file_faults_are_one_sentence(role, kind, pair_copy, c
     bad = _bad(tmp_path, kind, "bad.jsonl")
     hon, task = (bad, task) if role == "--honesty-data" else (hon, bad)
     dest = tmp_path / "p.safetensors"
-    line = assert_refused(_patch_args(sft, base, hon, task, dest), [base, sft, hon, task], dest, words=("bad.jsonl",))
+    line = assert_refused(patch_args(sft, base, hon, task, dest), [base, sft, hon, task], dest, words=("bad.jsonl",))
     assert "\x1b" not in line and "\x07" not in line
 
 

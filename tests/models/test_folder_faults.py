@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from surgery.hcnr.options import PatchOptions
 from surgery.hcnr.pipeline import make_patch
-from tests.support.faults import assert_refused, cli
+from tests.support.faults import assert_refused, cli, patch_args
 from tests.support.tiny import perturb_columns
 
 FAST = PatchOptions(compensation="none")
@@ -249,18 +249,7 @@ def test_nan_weight_is_refused_by_patch_and_apply(pair, pristine, good_patch, tm
     _, _, hon, task = pristine
     inputs = [base, sft, hon, task, good_patch]
     out = tmp_path / "out.safetensors"
-    args = [
-        "patch",
-        str(sft),
-        "--base",
-        str(base),
-        "--honesty-data",
-        str(hon),
-        "--task-data",
-        str(task),
-        "-o",
-        str(out),
-    ]
+    args = patch_args(sft, base, hon, task, out)
     assert_refused(args, inputs, out, words=(name, "NaN"))
     assert_refused(
         ["apply", str(sft), str(good_patch), "-o", str(tmp_path / "r")], inputs, tmp_path / "r", words=(name,)
@@ -276,18 +265,7 @@ def test_inf_in_base_is_refused_by_patch(pair, pristine, tmp_path):
     save_file(tensors, str(_shard(base)), metadata={"format": "pt"})
     _, _, hon, task = pristine
     out = tmp_path / "out.safetensors"
-    args = [
-        "patch",
-        str(sft),
-        "--base",
-        str(base),
-        "--honesty-data",
-        str(hon),
-        "--task-data",
-        str(task),
-        "-o",
-        str(out),
-    ]
+    args = patch_args(sft, base, hon, task, out)
     assert_refused(args, [base, sft, hon, task], out, words=(name, "base"))
 
 
@@ -300,17 +278,6 @@ def test_patch_refuses_a_different_architecture_of_the_same_shapes(pair, pristin
     (sft / "config.json").write_text(json.dumps(cfg))
     _, _, hon, task = pristine
     out = tmp_path / "out.safetensors"
-    args = [
-        "patch",
-        str(sft),
-        "--base",
-        str(base),
-        "--honesty-data",
-        str(hon),
-        "--task-data",
-        str(task),
-        "-o",
-        str(out),
-    ]
+    args = patch_args(sft, base, hon, task, out)
     assert_refused(args, [base, sft, hon, task], out, words=("model_type",))
     assert_refused(["check", str(sft), "--base", str(base)], [base, sft], None, words=("model_type",))

@@ -150,3 +150,9 @@ def pytest_collection_finish(session) -> None:  # a pytest hook, active with ``-
         if mark is not None:
             cases[item.nodeid] = mark.args[0] if mark.args else ""
     Path(target).write_text(json.dumps(cases, indent=1))
+
+
+def patch_args(sft: Path, base: Path, hon: Path, task: Path, out: Path) -> list[str]:
+    """``surgery patch`` arguments for a fault case (the pair, both calibration files, the output)."""
+    data = ["--honesty-data", str(hon), "--task-data", str(task)]
+    return ["patch", str(sft), "--base", str(base), *data, "-o", str(out)]
