@@ -1,26 +1,28 @@
 """`surgery apply` streams: its peak memory is about one shard, not the model, for a full model and an adapter.
 
-A random Llama-architecture model (hidden 1024, intermediate 4096, 16 heads / 4 KV heads, 16 blocks,
-vocabulary 4096: one 58 MiB shard per block plus one for the embeddings and head, 960 MiB of float32 on
+A random Llama-architecture model (hidden 1024, intermediate 4096, 16 heads / 4 KV heads, 24 blocks,
+vocabulary 4096: one 58 MiB shard per block plus one for the embeddings and head, 1,424 MiB of float32 on
 disk, written block by block) and a rank-16 LoRA adapter on all its projections are generated in
 ``tmp_path``. A small valid patch is applied to each in a child process (output shards of 32 MB for the
 full model, 400 MB for the adapter); the child's peak RSS (``ru_maxrss`` from ``os.wait4``) minus a
 baseline child that only imports what that apply imports must stay under
-``2 x largest input shard + patch + 250 MiB`` (367 MiB), while the model is 2.6 times that and more than
+``2 x largest input shard + patch + 300 MiB`` (417 MiB), while the model is 3.4 times that and more than
 3 times what apply used.
 
 Why that bound: the reader holds one tensor (at most 16 MiB) and its mapped file pages, the adapter
 merge one float32 product of that tensor, require_finite a mask of it, and the writer streams each
 tensor to disk (so even the 400 MB output shards are never held): together well under two input
-shards. The 250 MiB margin covers allocator slack and what the first read pulls in beyond the imports
+shards. The 300 MiB margin covers allocator slack and what the first read pulls in beyond the imports
 (for the adapter, building its base's architecture on the meta device). It fails for a whole-model
 path: before this streaming, `apply` on the 8-block version of this adapter peaked 631 MiB over the
 same baseline (the model loaded and merged by transformers + PEFT), and a writer that buffers a shard
 would hold the 400 MB shard (and its serialised copy).
 
 Measured on the 2-core development machine
-(``pytest -s -m slow tests/models/test_apply_memory.py``, about 62 s): 148 MiB over a 223 MiB baseline
-for the full model, 245 MiB over a 464 MiB baseline for the adapter.
+(``pytest -s -m slow tests/models/test_apply_memory.py``, about 70 s): 129-174 MiB over a 222 MiB
+baseline for the full model, 89-157 MiB over a 465 MiB baseline for the adapter (three runs). CI's machine
+measured up to 334 MiB for the adapter with the 16-block model, before huge pages were turned off for
+the measured process; the model was then made larger so that "several times" has room.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from surgery.modelio import LazyCheckpoint, locate, open_checkpoint, write_safet
 from surgery.patchfile import PatchManifest, make_entry, write_patch
 
 REPO = Path(__file__).resolve().parents[2]
-HIDDEN, INTER, HEADS, KV_HEADS, BLOCKS, VOCAB, RANK = 1024, 4096, 16, 4, 16, 4096, 16
+HIDDEN, INTER, HEADS, KV_HEADS, BLOCKS, VOCAB, RANK = 1024, 4096, 16, 4, 24, 4096, 16
 MB = 1024**2
 SHAPES = {
     "self_attn.q_proj": (HIDDEN, HIDDEN),
@@ -126,9 +128,12 @@ def _write_patch(sft: Path, path: Path) -> int:
 
 #: a small launcher that starts the measured command and reports its ``ru_maxrss``: the command must not
 #: be forked from this test process, whose resident set (the generated model) a forked child's peak
-#: would inherit (Linux keeps the pre-exec high-water mark in ``ru_maxrss``)
+#: would inherit (Linux keeps the pre-exec high-water mark in ``ru_maxrss``). It first turns transparent huge
+#: pages off for itself and its children (``prctl(PR_SET_THP_DISABLE)``, kept across fork and exec): with the
+#: machine's THP policy at "always" the heap is backed in 2 MiB pages and RSS measures that policy, not apply
 LAUNCHER = (
-    "import os, subprocess, sys\n"
+    "import ctypes, os, subprocess, sys\n"
+    "ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)\n"
     "child = subprocess.Popen(sys.argv[1:])\n"
     "_, status, usage = os.wait4(child.pid, 0)\n"
     "print(usage.ru_maxrss)\n"
@@ -171,7 +176,7 @@ def test_apply_peak_memory_is_about_one_shard(tmp_path):
         args = ["apply", str(sft), str(patch), "-o", str(out), "--max-shard-size", SHARD_SIZES[label]]
         peak = _peak_rss(["-m", "surgery.cli", "-q", "--threads", "1", *args])
         assert len(list(out.glob("model-*.safetensors"))) > 1 and (out / "model.safetensors.index.json").is_file()
-        bound = 2 * largest + patch_bytes + 250 * MB
+        bound = 2 * largest + patch_bytes + 300 * MB
         rows.append((label, baseline / MB, (peak - baseline) / MB, bound / MB))
         assert model_bytes > 3 * (peak - baseline), rows  # "several times larger" than what apply holds
         assert peak - baseline < bound, (rows, model_bytes / MB)
