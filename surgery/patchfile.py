@@ -158,9 +158,6 @@ def make_entry(
     return entry
 
 
-_ST_DTYPES = SAFETENSORS_DTYPES  # one spelling table for every safetensors writer
-
-
 def payload_sha256(blobs: Iterable[bytes]) -> str:
     """The sha256 of a patch's data section: the tensors' bytes concatenated in sorted-name (file) order.
 
@@ -188,10 +185,14 @@ def _header(specs: list[TensorSpec], metadata: dict[str, str]) -> bytes:
     header: dict = {"__metadata__": dict(sorted(metadata.items()))}
     offset = 0
     for name, dtype, shape in specs:
-        if dtype not in _ST_DTYPES:
+        if dtype not in SAFETENSORS_DTYPES:
             raise ValueError(f"cannot store dtype {dtype}")
         size = math.prod(shape) * dtype.itemsize
-        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     head += b" " * (-len(head) % 8)
