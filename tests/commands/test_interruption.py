@@ -3,7 +3,9 @@ never leaves a half-written destination, and the next run succeeds with the same
 
 Each run is a child process stopped at a chosen point of writing its destination (``tests/support/faults.py:
 PAUSING_CLI`` wraps ``os.replace``; the product has no hook): ``write`` (the temp beside the destination is half
-written) or ``publish`` (the finished temp is about to be renamed onto it), or after a fixed pseudo-random delay.
+written) or ``publish`` (the finished temp is about to be renamed onto it), or after a delay: a fixed
+pseudo-random fraction of how long the same command takes, uninterrupted, in a child process on this machine (a
+fixed number of seconds let a fast machine finish first: CI's apply did).
 After SIGTERM the run exits 143 with one line and leaves no temp or lock; after SIGKILL the destination is
 absent (or complete) and the rerun removes what the killed run left. Reruns are compared byte for byte with an
 uninterrupted run.
@@ -42,18 +44,34 @@ def _run(args: list[str]) -> None:
     assert res.exit_code == 0, (res.output, res.stderr)
 
 
+def _child_seconds(args: list[str], dest: Path) -> float:
+    """Wall seconds ``surgery ARGS`` takes to finish in a child process (start-up included), writing ``dest``."""
+    start = time.monotonic()
+    proc = start_cli(args, dest)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return time.monotonic() - start
+
+
 def _interrupt(args: list[str], dest: Path, tmp_path: Path, sig: int, point: str) -> tuple[int, str]:
-    """Start ``surgery ARGS``, send ``sig`` at ``point`` (``write``/``publish``, or ``delay:<seconds>``);
-    returns (exit code, stderr)."""
+    """Start ``surgery ARGS``, send ``sig`` at ``point`` (``write``/``publish``, or ``delay:<fraction>``: that
+    fraction of an uninterrupted child run of the same command, timed first into a scratch destination);
+    returns (exit code, stderr). A run that ended before the delay elapsed is not signalled (exit code 0)."""
     marker = tmp_path / f"paused-{sig}-{point}"
     pause = "" if point.startswith("delay:") else point
+    delay = 0.0
+    if not pause:
+        scratch = tmp_path / "timing" / dest.name
+        scratch.parent.mkdir()
+        delay = float(point.split(":")[1]) * _child_seconds([str(scratch) if a == str(dest) else a for a in args], scratch)
     proc = start_cli(args, dest, pause=pause, marker=marker)
     try:
         if pause:
             wait_for(marker, proc)
         else:
-            time.sleep(float(point.split(":")[1]))
-        proc.send_signal(sig)
+            time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(sig)
         _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
@@ -70,6 +88,8 @@ def _check_stopped(rc: int, err: str, sig: int, dest: Path, complete: dict[str, 
         lines = err.splitlines()
         assert lines[-1].startswith("error: terminated") and sum(x.startswith("error:") for x in lines) == 1, err
         assert temps_beside(dest) == [], temps_beside(dest)
+    elif rc == 0:  # a delayed kill that came after the run had finished: it must have finished completely
+        assert complete is not None and dest.exists(), (rc, err)
     else:
         assert rc == -signal.SIGKILL, (rc, err)
     assert "Traceback" not in err
@@ -107,7 +127,7 @@ def apply_case(tiny_pair, tmp_path_factory):
         (signal.SIGKILL, "publish"),
         (signal.SIGTERM, "write"),
         (signal.SIGTERM, "publish"),
-        (signal.SIGKILL, f"delay:{random.Random(14).uniform(2, 8):.2f}"),
+        (signal.SIGKILL, f"delay:{random.Random(14).uniform(0.3, 0.8):.2f}"),
     ],
     ids=["sigkill-write", "sigkill-publish", "sigterm-write", "sigterm-publish", "sigkill-delay"],
 )
@@ -141,7 +161,7 @@ def patch_case(tiny_pair, tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("sig", "point"),
-    [(signal.SIGTERM, "publish"), (signal.SIGKILL, "publish"), (signal.SIGKILL, "delay:6")],
+    [(signal.SIGTERM, "publish"), (signal.SIGKILL, "publish"), (signal.SIGKILL, "delay:0.6")],
     ids=["sigterm-publish", "sigkill-publish", "sigkill-delay"],
 )
 def test_patch_interrupted_is_absent_or_complete_and_reruns_identically(patch_case, tmp_path, sig, point):
