@@ -132,8 +132,11 @@ def plan_patch(
     trust_remote_code: bool = False,
     compute: ComputeOptions = DEFAULT_COMPUTE,
 ) -> Plan:
-    """What :func:`make_patch` with these arguments would need, computed without reading a weight."""
-    run = _Run(sft, base, trust_remote_code, False, compute)
+    """What :func:`make_patch` with these arguments would need, computed without reading a block's weight.
+
+    The estimate is for ``compute``'s device, but nothing runs there: the skeleton is built on the CPU, so a
+    run for a GPU machine can be planned on a laptop (``--device cuda --plan`` without CUDA)."""
+    run = _Run(sft, base, trust_remote_code, False, dataclasses.replace(compute, device="cpu"))
     sets = load_calibration_sets(run.tokenizer(), honesty_data, task_data, options)
     return estimate(run.skeleton("sft"), sets, options, compute)
 

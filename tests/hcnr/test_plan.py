@@ -35,6 +35,22 @@ def test_plan_grows_with_what_the_run_holds(tiny_pair, calib):
     assert bf16.detail["one block's weights"] * 2 == exact.detail["one block's weights"]
 
 
+def test_a_gpu_run_is_planned_on_a_machine_without_one(tiny_pair, calib, tmp_path, monkeypatch):
+    """Planning for the GPU machine a run will go to must not need that GPU here (before: 'CUDA is not
+    available' for --device cuda --plan); the estimate moves the working set from host to device."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    base, sft, _ = tiny_pair
+    args = ["patch", str(sft), "--base", str(base), "--honesty-data", str(calib[0]), "--task-data", str(calib[1])]
+    res = cli(*args, "-o", str(tmp_path / "p.safetensors"), "--plan", "--device", "cuda", "--dtype", "bfloat16")
+    assert res.exit_code == 0, res.output
+    cpu = plan_patch(str(sft), str(base), *calib, compute=ComputeOptions(device="cpu", dtype="bfloat16"))
+    gpu = plan_patch(str(sft), str(base), *calib, compute=ComputeOptions(device="cuda", dtype="bfloat16"))
+    assert cpu.device_bytes == 0 < gpu.device_bytes and gpu.host_bytes < cpu.host_bytes
+    assert f"{gpu.device_bytes / 2**20:9.0f} MB" in res.output
+
+
 @pytest.mark.parametrize(
     ("have", "names"),
     [
