@@ -55,9 +55,10 @@ class ResolvedOptions:
         return {PRESET_KEY: self.preset, **self.options.to_dict()}
 
 
-def preset_values(name: str) -> dict[str, Any]:
-    """The option values preset ``name`` sets; an unknown name is one sentence listing the known ones."""
-    if name not in PRESETS:
+def preset_values(name: Any) -> dict[str, Any]:
+    """The option values preset ``name`` sets; an unknown name (or a config file's non-string) is one
+    sentence listing the known ones."""
+    if not isinstance(name, str) or name not in PRESETS:
         raise OptionError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}.")
     return dict(PRESETS[name])
 
