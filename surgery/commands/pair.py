@@ -119,7 +119,8 @@ def demo(**kwargs: Any) -> None:
     """Show honesty come back: build the bundled pair, patch M1, evaluate M0 / M1 / M1+patch.
 
     Every ``surgery patch`` option is accepted and passed to the patch stage; one not given takes the
-    recipe's setting (recipes/<recipe>/recipe.json, "patch"), else the ``surgery patch`` default.
+    recipe's setting (recipes/<recipe>/recipe.json, "patch"), else the method's default (``--preset paper``);
+    --help shows the value each recipe gives it.
     """
     from ..atomic import write_json_atomic
     from ..errors import OptionError
