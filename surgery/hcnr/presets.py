@@ -77,8 +77,8 @@ def resolve_options(
     ``explicit`` means "not given". Bad values are refused by :class:`PatchOptions` with one sentence.
     """
     config = dict(config or {})
-    name = preset or config.pop(PRESET_KEY, None) or default_preset
-    config.pop(PRESET_KEY, None)
+    named_in_file = config.pop(PRESET_KEY, None)
+    name = preset or named_in_file or default_preset
     fields = {f.name for f in dataclasses.fields(PatchOptions)}
     given = {k: v for k, v in (explicit or {}).items() if v is not None}
     unknown = sorted((set(config) | set(given)) - fields)
