@@ -117,7 +117,7 @@ def baseline_peak(threads: int = 1) -> ChildPeak:
 def patch_args(
     pair: SyntheticPair, out: Path, r_iw: float | None, max_length: int, examples: int, device: str = "cpu"
 ) -> list[str]:
-    """``surgery patch`` arguments for one case (protect; r_cw and the rest at their defaults)."""
+    """``surgery patch`` arguments for one case (protect; r_cw and the rest at the paper preset's values)."""
     args = [
         "patch",
         str(pair.sft),
@@ -129,6 +129,8 @@ def patch_args(
         str(pair.task),
         "-o",
         str(out),
+        "--preset",
+        "paper",
         "--compensation",
         "protect",
         "--max-length",

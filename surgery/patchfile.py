@@ -380,6 +380,7 @@ class PatchManifest:
     stats: PatchStats | None = None
     tensors: dict[str, TensorRecord] = field(default_factory=dict)
     compute: dict[str, Any] | None = None  # where it was computed: dtype, device type, world size
+    preset: str | None = None  # the named option set the options started from (surgery patch --preset)
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> PatchManifest:
@@ -397,6 +398,7 @@ class PatchManifest:
             stats=None if stats is None else PatchStats.from_dict(stats, f"{where}.stats"),
             tensors=tensors,
             compute=_get(d, "compute", dict, where) if "compute" in d else None,
+            preset=_get(d, "preset", str, where) if "preset" in d else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -415,6 +417,8 @@ class PatchManifest:
         out["tensors"] = {k: t.to_dict() for k, t in self.tensors.items()}
         if self.compute is not None:
             out["compute"] = dict(self.compute)
+        if self.preset is not None:  # absent unless named, so a library patch keeps its bytes
+            out["preset"] = self.preset
         return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -14,11 +15,27 @@ import click
 
 from ..devices import DeviceOptions
 from ..hcnr.options import ComputeOptions, PatchOptions
-from ..options import parse_size
+from ..hcnr.presets import (
+    CLI_PRESET,
+    PRESET_KEY,
+    PRESET_NOTES,
+    PRESETS,
+    ResolvedOptions,
+    differing_values,
+    resolve_options,
+)
+from ..options import check_numbers, parse_size
 from .options import ModelAccess, add_options, opt, options_from, reproducible_command, required, switch
 
 if TYPE_CHECKING:  # the library is imported lazily, so that `surgery --help` stays instant
     from ..patchfile import PatchManifest
+
+#: what ``surgery patch --help`` says of --preset: each preset and what it is for
+PRESET_HELP = (
+    "Starting values of the method options: "
+    + "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES.items())
+    + f". Options given here or in --config override it.  [default: {CLI_PRESET}]"
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +53,13 @@ class PatchIO:
     honesty_data: str = required("JSONL of honesty calibration examples (D_hon).", metavar="FILE")
     task_data: str = required("JSONL of SFT-task calibration examples (D_task).", metavar="FILE")
     output: str = required("Patch file to write.", short="-o", metavar="FILE")
+    preset: str | None = opt(None, PRESET_HELP, choices=tuple(PRESETS))
+    config: str | None = opt(
+        None,
+        "YAML or JSON file of method options (and a preset), e.g. the <patch>.config.yaml a run writes; "
+        "options given on the command line override it.",
+        metavar="FILE",
+    )
     plan: bool = switch("Print the run's estimated peak memory, work-folder disk and arithmetic, and exit.")
     keep_work: bool = switch("Keep <patch>.work/ (cached block inputs and parts) after success.")
 
@@ -60,12 +84,16 @@ class ApplyOptions:
         return parse_size(self.max_shard_size, "--max-shard-size")
 
 
-def patch_command(sft: str, io: PatchIO, options: PatchOptions, dtype: str = "float32") -> str:
+def patch_command(
+    sft: str, io: PatchIO, options: PatchOptions, dtype: str = "float32", preset: str | None = None
+) -> str:
     """The exact command that reproduces a patch, every option spelled out (written beside the patch).
 
-    The device is the machine's business; the dtype changes the numbers, so it is kept when not float32."""
+    The device is the machine's business; the dtype changes the numbers, so it is kept when not float32.
+    The preset is named only for the manifest's record: every option it set is spelled out anyway."""
     words = ["surgery", "patch", sft] + (["--base", io.base] if io.base else [])
     words += ["--honesty-data", io.honesty_data, "--task-data", io.task_data, "-o", io.output]
+    words += ["--preset", preset] if preset else []
     words += ["--dtype", dtype] if dtype != "float32" else []
     return shlex.join(reproducible_command(words, options)) + "\n"
 
@@ -76,6 +104,19 @@ def fmt_params(n: int) -> str:
         if n >= div:
             return f"{n / div:.2f}{unit}"
     return str(n)
+
+
+#: the file beside a patch holding the options it was made with (``--config`` reads it back)
+CONFIG_SUFFIX = ".config.yaml"
+
+
+def _preset_note(name: str, default: Any) -> str:
+    """The ``--help`` note of a method option: the value each preset gives it, when the presets differ."""
+    values = differing_values(name)
+    if not values:
+        return f"[default: {default}]"
+    others = ", ".join(f"{p} {v}" for p, v in values.items() if p != CLI_PRESET)
+    return f"[default: {values[CLI_PRESET]} (--preset {CLI_PRESET}); {others}]"
 
 
 @click.command(short_help="Pre-flight: same architecture? where did SFT move the model?")
@@ -115,15 +156,21 @@ def check(sft: str, **kwargs: Any) -> None:
 @add_options(PatchIO)
 @add_options(ModelAccess)
 @add_options(DeviceOptions)
-@add_options(PatchOptions)
+@add_options(PatchOptions, unset=_preset_note)
 def patch(sft: str, **kwargs: Any) -> None:
-    """Compute an HCNR honesty patch for SFT (a sparse safetensors file)."""
+    """Compute an HCNR honesty patch for SFT (a sparse safetensors file).
+
+    The method options start from --preset (recommended unless named), then --config, then the
+    options given here. The options used are written beside the patch as <patch>.config.yaml:
+    --config with that file repeats the run.
+    """
     from ..atomic import write_text_atomic
     from ..hcnr.pipeline import make_patch
 
     io = options_from(PatchIO, kwargs)
     access = options_from(ModelAccess, kwargs)
-    options = options_from(PatchOptions, kwargs)
+    resolved = _resolve_options(io, kwargs)
+    options = resolved.options
     placement = options_from(DeviceOptions, kwargs)
     compute = ComputeOptions(placement.device, placement.dtype, io.keep_work)
     if io.plan:
@@ -140,10 +187,12 @@ def patch(sft: str, **kwargs: Any) -> None:
         trust_remote_code=access.trust_remote_code,
         allow_pickle=access.allow_pickle,
         compute=compute,
+        preset=resolved.preset,
     )
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes and speaks
         return
-    write_text_atomic(io.output + ".command.txt", patch_command(sft, io, options, compute.dtype))
+    write_text_atomic(io.output + ".command.txt", patch_command(sft, io, options, compute.dtype, resolved.preset))
+    write_text_atomic(io.output + CONFIG_SUFFIX, _config_text(sft, io, resolved, compute.dtype))
     click.echo(f"wrote {io.output} ({report.patch_bytes / 1e6:.2f} MB)")
     click.echo(
         f"  parameters changed  {fmt_params(report.parameters_changed)} "
@@ -159,6 +208,30 @@ def patch(sft: str, **kwargs: Any) -> None:
     )
     if report.fallbacks:
         click.echo(f"  fallback to restore-only: {', '.join(report.fallbacks)}")
+
+
+def _resolve_options(io: PatchIO, kwargs: dict[str, Any]) -> ResolvedOptions:
+    """The method options: those given here over --config over --preset over the defaults (popped from kwargs)."""
+    from ..option_file import load_option_file
+
+    explicit = {f.name: kwargs.pop(f.name) for f in dataclasses.fields(PatchOptions) if f.name in kwargs}
+    config = load_option_file(io.config, PatchOptions, extra_keys=(PRESET_KEY,)) if io.config else {}
+    resolved = resolve_options(io.preset, config, explicit)
+    check_numbers(resolved.options)  # bounds declared on the fields, as options_from checks them
+    return resolved
+
+
+def _config_text(sft: str, io: PatchIO, resolved: ResolvedOptions, dtype: str) -> str:
+    """``<patch>.config.yaml``: the preset and every option the patch was made with, under the command
+    that repeats the run with it."""
+    from ..option_file import dump_options
+
+    rerun = ["surgery", "patch", sft, *(["--base", io.base] if io.base else [])]
+    rerun += ["--honesty-data", io.honesty_data, "--task-data", io.task_data, "-o", io.output]
+    rerun += ["--dtype", dtype] if dtype != "float32" else []
+    rerun += ["--config", io.output + CONFIG_SUFFIX]
+    header = f"surgery patch options of {Path(io.output).name}; repeat the run with:\n  {shlex.join(rerun)}"
+    return dump_options(resolved.to_config(), header)
 
 
 def _print_plan(sft: str, io: PatchIO, options: PatchOptions, compute: ComputeOptions, access: ModelAccess) -> None:
@@ -181,9 +254,10 @@ def _check_patch_outputs(sft: str, io: PatchIO) -> None:
     from ..outputs import refuse_input_overlap, refuse_unwritable
 
     inputs = (sft, io.base, io.honesty_data, io.task_data)
-    for path in (io.output, io.output + ".report.json", io.output + ".command.txt"):
+    for path in (io.output, io.output + ".report.json", io.output + ".command.txt", io.output + CONFIG_SUFFIX):
         refuse_unwritable(path, flag="-o")
-        refuse_input_overlap(path, inputs, flag="-o")
+        # the config a rerun reads may be the one it rewrites (read first, rewritten with the same options)
+        refuse_input_overlap(path, inputs if path.endswith(CONFIG_SUFFIX) else (*inputs, io.config), flag="-o")
 
 
 def manifest_lines(m: PatchManifest) -> list[str]:
@@ -192,6 +266,7 @@ def manifest_lines(m: PatchManifest) -> list[str]:
         f"surgery patch v{m.tool_version} ({m.method})",
         f"  base   {m.base}",
         f"  sft    {m.sft}",
+        *([f"  preset {m.preset}"] if m.preset else []),
         f"  tensors touched     {len(m.tensors)}",
     ]
     s = m.stats

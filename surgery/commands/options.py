@@ -68,12 +68,17 @@ def _click_type(annotation: Any, choices: tuple[str, ...] | None) -> Any:
     return str
 
 
-def add_options(cls: type, *, unset: str | None = None) -> Callable[[F], F]:
+#: the help note of an override option: a text with ``{default}``, or ``(field name, shown default) -> text``
+UnsetNote = str | Callable[[str, Any], str]
+
+
+def add_options(cls: type, *, unset: UnsetNote | None = None) -> Callable[[F], F]:
     """Decorate a click command with one option per CLI field of the dataclass ``cls``.
 
     ``unset``: the options are overrides whose value is None unless given (the command fills the rest
-    from elsewhere, such as a recipe); ``unset`` is the help note that says so, with ``{default}``
-    standing for the field's own default.
+    from elsewhere, such as a recipe or a preset); ``unset`` is the help note that says so, with
+    ``{default}`` standing for the field's own default, or a function of the field's name and that
+    default, for a note that names the values actually used.
     """
     hints = _resolved_types(cls)
 
@@ -92,7 +97,7 @@ def _shows_default(default: Any) -> bool:
     return default is not None and not (isinstance(default, (tuple, str)) and not default)
 
 
-def _option_for(f: Field[Any], annotation: Any, unset: str | None = None) -> Callable[[F], F]:
+def _option_for(f: Field[Any], annotation: Any, unset: UnsetNote | None = None) -> Callable[[F], F]:
     meta = f.metadata
     long = flag_of(f)
     names = [*([meta["short"]] if meta.get("short") else []), long]  # click names errors by the first
@@ -100,7 +105,8 @@ def _option_for(f: Field[Any], annotation: Any, unset: str | None = None) -> Cal
     kwargs: dict[str, Any] = {"help": meta.get("help", ""), "show_default": _shows_default(default)}
     if unset is not None:
         shown = (long[2:] if default else "no-" + long[2:]) if isinstance(default, bool) else default
-        kwargs.update(help=f"{kwargs['help']}  {unset.format(default=shown)}", show_default=False)
+        note = unset(f.name, shown) if callable(unset) else unset.format(default=shown)
+        kwargs.update(help=f"{kwargs['help']}  {note}", show_default=False)
         default = None
     if meta.get("switch"):
         return click.option(*names, f.name, is_flag=True, default=False, help=kwargs["help"])

@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
+import recipes
+
 from ..hcnr.options import PatchOptions
 from .options import add_options, opt, options_from, switch
 
-#: the note every patch option of ``surgery demo`` carries: the recipe decides unless the user does
-RECIPE_DEFAULT = "[default: the recipe's patch setting, else {default}]"
+#: the recipe the demo runs unless --recipe names another
+DEMO_RECIPE = "smollm2"
+
+
+def recipe_patch_settings() -> dict[str, dict[str, Any]]:
+    """recipe name -> its ``"patch"`` options (recipes/<name>/recipe.json), the default recipe first;
+    a recipe that cannot be read is left out here (the demo itself reports it when run)."""
+    settings: dict[str, dict[str, Any]] = {}
+    for path in sorted(recipes.ROOT.glob("*/recipe.json"), key=lambda p: (p.parent.name != DEMO_RECIPE, p)):
+        try:
+            patch = json.loads(path.read_text(encoding="utf-8")).get("patch", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        settings[path.parent.name] = patch if isinstance(patch, dict) else {}
+    return settings
+
+
+def recipe_note(name: str, default: Any) -> str:
+    """The ``demo --help`` note of patch option ``name``: the value the demo uses with each recipe."""
+    settings = recipe_patch_settings()
+    if not any(name in patch for patch in settings.values()):
+        return f"[default: {default}]"
+    used = [f"{patch.get(name, default)} with the {recipe} recipe" for recipe, patch in settings.items()]
+    return f"[default: {'; '.join(used)}]"
 
 
 @dataclass(frozen=True)
@@ -34,7 +59,7 @@ class DemoOptions:
     """The demo's own options; its defaults are :class:`~surgery.pair.demo.DemoConfig`'s (a test checks)."""
 
     recipe: str = opt(
-        "smollm2",
+        DEMO_RECIPE,
         "Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m (Gemma: "
         "train it first with  surgery pair --recipe gemma3_270m --rebuild).",
     )
@@ -89,12 +114,13 @@ def pair(**kwargs: Any) -> None:
 
 @click.command(short_help="The whole story on the bundled pair: check, patch, apply, eval, export.")
 @add_options(DemoOptions)
-@add_options(PatchOptions, unset=RECIPE_DEFAULT)
+@add_options(PatchOptions, unset=recipe_note)
 def demo(**kwargs: Any) -> None:
     """Show honesty come back: build the bundled pair, patch M1, evaluate M0 / M1 / M1+patch.
 
     Every ``surgery patch`` option is accepted and passed to the patch stage; one not given takes the
-    recipe's setting (recipes/<recipe>/recipe.json, "patch"), else the ``surgery patch`` default.
+    recipe's setting (recipes/<recipe>/recipe.json, "patch"), else the method's default (``--preset paper``);
+    --help shows the value each recipe gives it.
     """
     from ..atomic import write_json_atomic
     from ..errors import OptionError

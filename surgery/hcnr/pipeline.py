@@ -92,6 +92,7 @@ def make_patch(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     compute: ComputeOptions = DEFAULT_COMPUTE,
+    preset: str | None = None,  # only recorded in the manifest: the preset the options came from
 ) -> PatchReport:
     """Compute an HCNR patch for ``sft`` against ``base``; writes ``out`` and ``out.report.json``."""
     out, timer = Path(out), StageTimer()
@@ -110,7 +111,7 @@ def make_patch(
     parts = _compensation_stage(timer, run, work, sets, selection, weights, options)
     with timer.stage("write"):
         stats = patch_stats(layers, selection, parts, weights)
-        manifest = run.manifest(options, stats, honesty_data, task_data)
+        manifest = dataclasses.replace(run.manifest(options, stats, honesty_data, task_data), preset=preset)
         if run.world.leader:
             manifest = write_patch_streamed(out, parts.records, parts.tensor, manifest)
         run.world.barrier()

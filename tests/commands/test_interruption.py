@@ -63,7 +63,9 @@ def _interrupt(args: list[str], dest: Path, tmp_path: Path, sig: int, point: str
     if not pause:
         scratch = tmp_path / "timing" / dest.name
         scratch.parent.mkdir()
-        delay = float(point.split(":")[1]) * _child_seconds([str(scratch) if a == str(dest) else a for a in args], scratch)
+        delay = float(point.split(":")[1]) * _child_seconds(
+            [str(scratch) if a == str(dest) else a for a in args], scratch
+        )
     proc = start_cli(args, dest, pause=pause, marker=marker)
     try:
         if pause:
@@ -153,7 +155,7 @@ def patch_case(tiny_pair, tmp_path_factory):
     root = tmp_path_factory.mktemp("interrupt_patch")
     hon, task = write_calibration(root / "calib")
     args = ["patch", str(sft), "--base", str(base), "--honesty-data", str(hon), "--task-data", str(task)]
-    args += ["--max-samples", "8"]
+    args += ["--max-samples", "8", "--preset", "paper"]  # the run the kill delays were timed on
     reference = root / "reference.safetensors"
     _run([*args, "-o", str(reference)])
     return args, reference.read_bytes()

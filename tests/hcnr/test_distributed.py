@@ -15,7 +15,7 @@ from safetensors import safe_open
 from surgery.hcnr.options import PatchOptions
 from surgery.hcnr.pipeline import make_patch
 
-OPTIONS = ["--compensation", "protect", "--max-samples", "16", "--batch-size", "4"]
+OPTIONS = ["--preset", "paper", "--compensation", "protect", "--max-samples", "16", "--batch-size", "4"]
 
 
 def _read(path):

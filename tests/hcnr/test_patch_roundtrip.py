@@ -28,6 +28,7 @@ def test_cli_patch_apply_is_bit_exact_and_generates(tiny_pair, calib, tmp_path):
     patch = tmp_path / "p.safetensors"
     res = _run(
         ["patch", str(sft), "--base", str(base), "--honesty-data", str(hon), "--task-data", str(task), "-o", str(patch)]
+        + ["--preset", "paper"]
     )
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "p.safetensors.report.json").read_text())

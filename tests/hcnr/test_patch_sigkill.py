@@ -19,7 +19,7 @@ def _cmd(pair, out):
     return [
         sys.executable, "-m", "surgery.cli", "--threads", "1", "patch", str(pair.sft), "--base", str(pair.base),
         "--honesty-data", str(pair.honesty), "--task-data", str(pair.task), "-o", str(out),
-        "--compensation", "protect", "--max-length", "48",
+        "--preset", "paper", "--compensation", "protect", "--max-length", "48",
     ]  # fmt: skip
 
 
