@@ -1,6 +1,7 @@
 """Patch bytes on tiny pairs for a fixed set of option sets: the refactoring's behaviour contract.
 
-``python -m tests.support.golden write`` records sha256s (done once, on the code before a redesign);
+``python -m tests.support.golden write`` records sha256s (done once, on the code before a redesign; on a
+new kind of CPU, ``write`` adds that machine's set, computed from the same contract code);
 the test ``tests/hcnr/test_golden_patches.py`` recomputes them and requires equality.
 """
 
@@ -27,6 +28,33 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("gemma3", {"compensation": "protect", "task_weight": 2.0}),
     ("qwen2", {}),
 ]
+
+
+def machine() -> str:
+    """The CPU kind that decides float rounding: its vendor and the kernels torch picks for it.
+
+    MKL and torch's vectorised kernels take other code paths on another vendor or instruction set, so the
+    Cholesky solves of compensation round differently there; bit-identity holds per kind of machine."""
+    import torch
+
+    vendor = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{vendor}-{torch.backends.cpu.get_cpu_capability()}"
+
+
+def expected_sets(recorded: dict[str, Any]) -> list[dict[str, str]]:
+    """The digest sets a run here must match one of: this machine's if recorded, else every recorded one
+    (the first recording, ``sha256``, was made before machines were told apart)."""
+    by_machine: dict[str, dict[str, str]] = recorded.get("sha256_by_machine", {})
+    if machine() in by_machine:
+        return [by_machine[machine()]]
+    return [recorded["sha256"], *by_machine.values()]
 
 
 def versions() -> dict[str, str]:
@@ -92,6 +120,10 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["write"]:
         sys.exit("usage: python -m tests.support.golden write")
     with tempfile.TemporaryDirectory() as d:
-        data = {"versions": versions(), "sha256": compute(Path(d))}
+        got = compute(Path(d))
+    data = json.loads(FILE.read_text()) if FILE.exists() else {"versions": versions(), "sha256": got}
+    if data["versions"] != versions():
+        sys.exit(f"the file was recorded with {data['versions']}; record on those versions")
+    data.setdefault("sha256_by_machine", {})[machine()] = got
     FILE.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     print(json.dumps(data, indent=2))
