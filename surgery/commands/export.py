@@ -64,8 +64,8 @@ def _print_verify(report: dict, folder: Path) -> None:
 @click.argument("model")
 @click.option(
     "-o",
-    "--output",
     "--out",  # the old spelling, hidden
+    "--output",
     "out",
     cls=AliasedOption,
     hidden_names=("--out",),
@@ -127,8 +127,8 @@ def export(
 @click.argument("patch", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "-o",
-    "--output",
     "--out",  # the old spelling, hidden
+    "--output",
     "out",
     cls=AliasedOption,
     hidden_names=("--out",),

@@ -278,8 +278,9 @@ def _option_for(f: Field[Any], annotation: Any, unset: str | None = None) -> Cal
     if meta.get("switch"):
         hidden = tuple(meta.get("aliases") or ())
         return click.option(
-            *names,
+            *names[:-1],
             *hidden,
+            long,
             f.name,
             cls=AliasedOption,
             hidden_names=hidden,
@@ -303,7 +304,8 @@ def _option_for(f: Field[Any], annotation: Any, unset: str | None = None) -> Cal
     if meta.get("required"):
         del kwargs["default"]  # click (8.3+) counts an explicit default=None as a value and stops asking
     aliases = tuple(meta.get("aliases") or ())
-    return click.option(*names, *aliases, f.name, cls=AliasedOption, hidden_names=aliases, **kwargs)
+    # aliases before the long name: opts[-1] stays the name --help shows
+    return click.option(*names[:-1], *aliases, long, f.name, cls=AliasedOption, hidden_names=aliases, **kwargs)
 
 
 def options_from(cls: type[T], kwargs: dict[str, Any], **fixed: Any) -> T:
