@@ -44,6 +44,8 @@ DEFAULT_INTERVAL = 30.0
 
 #: monotonic time of the last progress line any loop or stage logged (a heartbeat stays quiet after one)
 _last_line = 0.0
+#: counted loops logging right now (a heartbeat stays quiet while one reports)
+_active_loops = 0
 
 
 def interval() -> float:
@@ -108,6 +110,7 @@ def _emit(line: str) -> None:
 
 def _logged(iterable: Iterable[T], desc: str, total: int | None, unit: str) -> Iterator[T]:
     """``iterable`` with a progress line every :func:`interval` seconds (also while one step takes long)."""
+    global _active_loops
     t0 = time.monotonic()
     done = 0
 
@@ -115,11 +118,13 @@ def _logged(iterable: Iterable[T], desc: str, total: int | None, unit: str) -> I
         _emit(progress_line(desc, done, total, time.monotonic() - t0, unit))
 
     ticker = _Ticker(say, interval())
+    _active_loops += 1
     try:
         for item in iterable:
             yield item
             done += 1
     finally:
+        _active_loops -= 1
         ticker.stop()
     if time.monotonic() - t0 >= interval():  # a long loop also says that it ended
         say()
@@ -137,7 +142,8 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: s
 @contextlib.contextmanager
 def heartbeat(name: str) -> Iterator[None]:
     """While the block runs, log ``name: still running, 1:30 elapsed`` every :func:`interval` seconds when the
-    output is not a terminal and no other progress line was logged meanwhile (a stage without a count)."""
+    output is not a terminal, no counted loop is reporting and no other progress line was logged meanwhile
+    (a stage without a count)."""
     if not log_lines():
         yield
         return
@@ -145,7 +151,7 @@ def heartbeat(name: str) -> Iterator[None]:
     every = interval()
 
     def say() -> None:
-        if time.monotonic() - _last_line >= every * 0.99:
+        if not _active_loops and time.monotonic() - _last_line >= every * 0.99:
             _emit(f"{name}: still running, {_clock(time.monotonic() - t0)} elapsed")
 
     ticker = _Ticker(say, every)
