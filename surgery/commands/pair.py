@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..devices import DeviceOptions
 from ..hcnr.options import PatchOptions
 from .options import (
     add_options,
@@ -106,6 +107,7 @@ def pair(**kwargs: Any) -> None:
 @click.command(short_help="The whole story on the bundled pair: check, patch, apply, eval, export.")
 @add_options(DemoOptions)
 @add_options(PatchOptions, unset=RECIPE_DEFAULT)
+@add_options(DeviceOptions)
 @threads_option
 @json_stdout()
 def demo(**kwargs: Any) -> None:
@@ -114,12 +116,15 @@ def demo(**kwargs: Any) -> None:
     Every ``surgery patch`` option is accepted and passed to the patch stage; one not given takes the
     recipe's setting (recipes/<recipe>/recipe.json, "patch"), else the ``surgery patch`` default.
     """
+    from ..devices import resolve
     from ..errors import OptionError
     from ..outputs import check_outputs
     from ..pair.demo import DemoConfig, format_table, run_demo
     from ..pair.gguf import cache_root
 
     o = options_from(DemoOptions, kwargs)
+    place = options_from(DeviceOptions, kwargs)
+    resolve(place)  # --device cuda without CUDA: refused before the pair is built
     overrides = {k: v for k, v in kwargs.items() if v is not None}  # what is left are the patch options
     PatchOptions(**overrides)  # a bad value (--damp nan) is refused now, not after the pair is built
     check_outputs((o.data_dir,), files=(("--json", o.json_out),), folders=(("--work-dir", o.work_dir),))
@@ -138,6 +143,8 @@ def demo(**kwargs: Any) -> None:
         data_dir=o.data_dir,
         export=not o.no_export,
         patch_options=overrides,
+        device=place.device,
+        dtype=place.dtype,
     )
     summary = run_demo(cfg)
     click.echo(format_table(summary))

@@ -33,9 +33,9 @@ from surgery.options import parse_size
 from surgery.patchfile import PatchManifest, make_entry, write_patch
 
 #: commands that run a model on a device of the user's choosing
-HEAVY = {"patch", "eval", "calib", "probe", "bench"}
+HEAVY = {"patch", "eval", "calib", "probe", "bench", "demo"}
 #: commands that read or write whole models: CPU threads matter to all of them
-MODEL_COMMANDS = HEAVY | {"check", "apply", "pair", "demo", "export", "deploy"}
+MODEL_COMMANDS = HEAVY | {"check", "apply", "pair", "export", "deploy"}
 #: old spellings: never shown in --help, still parsed (for one release) where they existed
 OLD_SPELLINGS = {
     "calib": {"--out-dir", "--task"},
@@ -222,3 +222,17 @@ def test_shard_sizes_take_units_and_a_plain_number_warns(caplog):
         assert not caplog.records
         assert parse_size("2", "--max-shard-size", warn_plain=True) == 2 * 1024**3
     assert any("GiB" in r.getMessage() and "unit" in r.getMessage() for r in caplog.records)
+
+
+def test_demo_passes_device_and_dtype_to_every_stage_and_not_as_patch_options(monkeypatch, tmp_path):
+    import surgery.pair.demo as demo_module
+
+    seen = {}
+    monkeypatch.setattr(demo_module, "run_demo", lambda cfg: seen.setdefault("cfg", cfg) and {})
+    monkeypatch.setattr(demo_module, "format_table", lambda summary: "table")
+    args = ["demo", "--work-dir", str(tmp_path), "--no-export", "--device", "cpu", "--dtype", "bfloat16"]
+    result = CliRunner().invoke(main, [*args, "-b", "selfaware", "--json", "-"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert (cfg.device, cfg.dtype, cfg.patch_options, cfg.benchmarks) == ("cpu", "bfloat16", {}, ("selfaware",))
+    assert json.loads(result.stdout) == {} and "table" in result.stderr
