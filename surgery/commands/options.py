@@ -153,7 +153,7 @@ class AliasedOption(click.Option):
         finally:
             self.opts = every
 
-    def get_error_hint(self, ctx: click.Context) -> str:
+    def get_error_hint(self, ctx: click.Context | None) -> str:
         return " / ".join(f"'{o}'" for o in self.visible_opts)
 
 
@@ -207,7 +207,7 @@ def emit_json(path: str | Path, data: Any, **dump: Any) -> str:
     if str(path) != "-":
         return str(write_json_atomic(path, data, **dump))
     ctx = click.get_current_context(silent=True)
-    stream = ctx.meta.get("surgery.stdout", sys.stdout) if ctx else sys.stdout
+    stream: Any = ctx.meta.get("surgery.stdout", sys.stdout) if ctx else sys.stdout
     stream.write(json.dumps(data, **({"indent": 2} | dump)) + "\n")
     stream.flush()
     return "stdout"

@@ -82,7 +82,7 @@ def probe(sft: str, **kwargs: Any) -> None:
         raise OptionError("--plot draws one benchmark's curves; give -b once, or leave --plot out.")
     runs = {name: _probe_one(sft, name, o, access, place) for name in o.benchmarks}
     if o.json_path:  # one benchmark: its record, as before; several: every record under its benchmark's name
-        record = next(iter(runs.values()))[0] if len(runs) == 1 else {"command": command_line()}
+        record: dict[str, Any] = next(iter(runs.values()))[0] if len(runs) == 1 else {"command": command_line()}
         if len(runs) > 1:
             record["benchmarks"] = {name: rec for name, (rec, _) in runs.items()}
         click.echo(f"wrote {emit_json(o.json_path, record)}")
