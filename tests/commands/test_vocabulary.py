@@ -236,3 +236,33 @@ def test_demo_passes_device_and_dtype_to_every_stage_and_not_as_patch_options(mo
     cfg = seen["cfg"]
     assert (cfg.device, cfg.dtype, cfg.patch_options, cfg.benchmarks) == ("cpu", "bfloat16", {}, ("selfaware",))
     assert json.loads(result.stdout) == {} and "table" in result.stderr
+
+
+def test_probe_runs_once_per_repeated_benchmark(monkeypatch, tmp_path):
+    import surgery.probe.report as report
+    import surgery.probe.run as run
+
+    calls = []
+
+    def fake_run_probe(sft, base, *, benchmark, **kw):
+        calls.append(benchmark)
+        return {
+            "benchmark": benchmark,
+            "precision": {"device": "cpu", "dtype": "float32"},
+            "seconds": {"total": 1.0},
+            "verdict": {"line": f"verdict {benchmark}"},
+        }
+
+    monkeypatch.setattr(run, "run_probe", fake_run_probe)
+    monkeypatch.setattr(report, "curves_from_record", lambda record: record["benchmark"])
+    monkeypatch.setattr(report, "format_table", lambda curves: f"table {curves}")
+    args = ["probe", "sft", "--base", "base", "-b", "selfaware", "-b", "falseqa", "--json", "-"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert calls == ["selfaware", "falseqa"]
+    assert set(json.loads(result.stdout)["benchmarks"]) == {"selfaware", "falseqa"}
+    assert "verdict falseqa" in result.stderr
+    one = CliRunner().invoke(main, ["probe", "sft", "--base", "base", "--json", "-"], catch_exceptions=False)
+    assert json.loads(one.stdout)["benchmark"] == "selfaware"  # one benchmark: its record, as before
+    plot = CliRunner().invoke(main, [*args[:-2], "--plot", str(tmp_path / "p.png")])
+    assert plot.exit_code == 2 and "--plot" in plot.output
