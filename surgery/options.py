@@ -21,12 +21,15 @@ refused with one sentence naming the flag before any work, whichever command dec
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 from dataclasses import Field, field
 from typing import Any
 
 from .errors import OptionError
+
+log = logging.getLogger(__name__)
 
 
 def opt(
@@ -103,16 +106,19 @@ _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGT]i?B)?\s*
 _UNITS = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def parse_size(text: str | float, flag: str) -> int:
+def parse_size(text: str | float, flag: str, *, warn_plain: bool = False) -> int:
     """Bytes from a size as Hugging Face writes it ("5GB", "500MB", "2GiB"); a plain number is GiB.
 
-    A plain number keeps its old meaning (``--max-shard-size 2`` = 2 * 1024**3 bytes). Refuses nan, inf,
-    zero and negative sizes, which used to crash or write one shard per tensor.
+    A plain number keeps its old meaning (``--max-shard-size 2`` = 2 * 1024**3 bytes), with a warning
+    when ``warn_plain`` (the old spelling, accepted for one release). Refuses nan, inf, zero and
+    negative sizes, which used to crash or write one shard per tensor.
     """
     match = _SIZE.match(str(text))
     if not match:
         raise OptionError(f"{flag} must be a positive size such as 2 (GB), 500MB or 5GB, got {text!r}.")
     number, unit = float(match.group(1)), match.group(2)
+    if unit is None and warn_plain:
+        log.warning("%s %s: a plain number is read as GiB; write it with a unit (%sGiB, or 5GB).", flag, text, text)
     size = number * (_UNITS[unit.lower()] if unit else 1024**3)
     if not math.isfinite(size) or size < 1:
         raise OptionError(f"{flag} must be a positive size such as 2 (GB), 500MB or 5GB, got {text!r}.")

@@ -51,7 +51,7 @@ def refuse_input_overlap(
 def refuse_unwritable(output: PathLike | None, *, flag: str, folder: bool = False) -> None:
     """Refuse an output whose location cannot be written: its nearest existing ancestor must be a
     writable folder (missing parent folders are created by the writers, as for ``--json``)."""
-    if output is None:
+    if output is None or os.fspath(output) == "-":  # "-": stdout (``--json -``)
         return
     path = _real(output)
     if path.is_dir() and not folder:
@@ -75,7 +75,7 @@ def check_outputs(
     inputs = tuple(inputs)
     for outputs, folder in ((files, False), (folders, True)):
         for flag, path in outputs:
-            if path is None or os.fspath(path) == "":
+            if path is None or os.fspath(path) in ("", "-"):  # not asked for, or stdout
                 continue
             refuse_unwritable(path, flag=flag, folder=folder)
             refuse_input_overlap(path, inputs, flag=flag, folder=folder)

@@ -1,4 +1,10 @@
-"""Progress bars and stage timing, silenced by ``--quiet``."""
+"""Progress bars and stage timing, silenced by ``--quiet``.
+
+On a terminal, progress is a tqdm bar. Anywhere else (a log file, CI, a job scheduler) a bar prints
+nothing useful, so long stages log one line at least every ``SURGERY_PROGRESS_INTERVAL`` seconds
+(default 30) instead: ``done/total``, rate and ETA for a counted loop (:func:`progress`), and a
+heartbeat with the elapsed time for a stage without a count (:meth:`StageTimer.stage`).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,9 @@ import logging
 import os
 import resource
 import sys
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -32,9 +39,126 @@ def quiet() -> bool:
     return _quiet or os.environ.get("SURGERY_QUIET") == "1"
 
 
+#: seconds between progress lines when the output is not a terminal (env ``SURGERY_PROGRESS_INTERVAL``)
+DEFAULT_INTERVAL = 30.0
+
+#: monotonic time of the last progress line any loop or stage logged (a heartbeat stays quiet after one)
+_last_line = 0.0
+#: counted loops logging right now (a heartbeat stays quiet while one reports)
+_active_loops = 0
+
+
+def interval() -> float:
+    """Seconds between progress lines in logs: ``$SURGERY_PROGRESS_INTERVAL``, else 30."""
+    try:
+        value = float(os.environ.get("SURGERY_PROGRESS_INTERVAL", DEFAULT_INTERVAL))
+    except ValueError:
+        return DEFAULT_INTERVAL
+    return value if value > 0 else DEFAULT_INTERVAL
+
+
+def log_lines() -> bool:
+    """True when progress goes to the log as lines: not quiet, and stderr is not a terminal."""
+    if quiet():
+        return False
+    try:
+        return not sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream: no bar can be drawn there either
+        return True
+
+
+def _clock(seconds: float) -> str:
+    """``1:02:03`` or ``2:03``."""
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def progress_line(desc: str, done: int, total: int | None, elapsed: float, unit: str = "it") -> str:
+    """One progress line: ``desc: 12/30 block (40%), 0.52 block/s, ETA 0:35, 0:23 elapsed``."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    count = f"{done}/{total} {unit} ({100 * done / total:.0f}%)" if total else f"{done} {unit}"
+    speed = f"{rate:.3g} {unit}/s" if rate >= 1 or rate == 0 else f"{1 / rate:.3g} s/{unit}"
+    eta = f", ETA {_clock((total - done) / rate)}" if total and rate > 0 else ""
+    return f"{desc}: {count}, {speed}{eta}, {_clock(elapsed)} elapsed"
+
+
+class _Ticker:
+    """A daemon thread that calls ``say`` every ``every`` seconds until stopped."""
+
+    def __init__(self, say: Callable[[], None], every: float) -> None:
+        self._stop = threading.Event()
+        self._say, self._every = say, every
+        self._thread = threading.Thread(target=self._run, name="surgery-progress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self._say()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+
+
+def _emit(line: str) -> None:
+    global _last_line
+    _last_line = time.monotonic()
+    log.info("%s", line)
+
+
+def _logged(iterable: Iterable[T], desc: str, total: int | None, unit: str) -> Iterator[T]:
+    """``iterable`` with a progress line every :func:`interval` seconds (also while one step takes long)."""
+    global _active_loops
+    t0 = time.monotonic()
+    done = 0
+
+    def say() -> None:
+        _emit(progress_line(desc, done, total, time.monotonic() - t0, unit))
+
+    ticker = _Ticker(say, interval())
+    _active_loops += 1
+    try:
+        for item in iterable:
+            yield item
+            done += 1
+    finally:
+        _active_loops -= 1
+        ticker.stop()
+    if time.monotonic() - t0 >= interval():  # a long loop also says that it ended
+        say()
+
+
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
-    """A tqdm bar on stderr unless quiet (or not worth showing: fewer than 2 steps)."""
+    """A tqdm bar on a terminal, progress lines in a log (see the module docstring), nothing when quiet."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    if log_lines():
+        return _logged(iterable, desc, total, unit)
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=quiet() or None, leave=False, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def heartbeat(name: str) -> Iterator[None]:
+    """While the block runs, log ``name: still running, 1:30 elapsed`` every :func:`interval` seconds when the
+    output is not a terminal, no counted loop is reporting and no other progress line was logged meanwhile
+    (a stage without a count)."""
+    if not log_lines():
+        yield
+        return
+    t0 = time.monotonic()
+    every = interval()
+
+    def say() -> None:
+        if not _active_loops and time.monotonic() - _last_line >= every * 0.99:
+            _emit(f"{name}: still running, {_clock(time.monotonic() - t0)} elapsed")
+
+    ticker = _Ticker(say, every)
+    try:
+        yield
+    finally:
+        ticker.stop()
 
 
 def peak_rss_mb() -> float:
@@ -64,7 +188,8 @@ class StageTimer:
         """Time one stage (times of a stage entered again add up; ``log_each=False`` for per-block steps)."""
         t0 = time.perf_counter()
         try:
-            yield
+            with heartbeat(name) if log_each else contextlib.nullcontext():
+                yield
         finally:
             dt = time.perf_counter() - t0
             self.seconds[name] = self.seconds.get(name, 0.0) + dt

@@ -201,7 +201,7 @@ def _run_sft(method: Method, inputs: Inputs, work: Path, t0: float, placement: P
 
 def _run_hcnr(method: Method, inputs: Inputs, work: Path, t0: float, placement: Placement | None = None) -> dict:
     if inputs.hon_data is None or inputs.task_data is None:
-        raise SurgeryError("HCNR needs calibration data (--hon-data and --task-data, or a data folder).")
+        raise SurgeryError("HCNR needs calibration data (--honesty-data and --task-data, or a data folder).")
     patch = work / "patch.safetensors"
     options = PatchOptions(**method.params["options"])
     compute = ComputeOptions(str(placement.device), placement.dtype_name) if placement is not None else ComputeOptions()

@@ -10,7 +10,22 @@ import click
 
 from ..baselines.tiers import DEFAULT_TIER, TIERS
 from ..devices import DeviceOptions
-from .options import add_options, opt, options_from, required, switch
+from .options import (
+    add_options,
+    benchmark_choice,
+    emit_json,
+    honesty_data,
+    json_output,
+    json_stdout,
+    opt,
+    options_from,
+    output,
+    required,
+    switch,
+    task_benchmark_choice,
+    task_data,
+    threads_option,
+)
 
 _METHOD_HELP = (
     "KIND[:ARG], repeatable: base, sft, hcnr[:VARIANT|k=v,...], rait-lora:N, rait-lora:s=SECONDS, "
@@ -27,26 +42,16 @@ class BenchOptions:
     base: str = required("The model before fine-tuning (folder or cached hub id).")
     sft: str = required("The fine-tuned model (folder, cached hub id or PEFT adapter).")
     methods: tuple[str, ...] = opt((), _METHOD_HELP, flag="--method", short="-m", multiple=True)
-    benchmarks: tuple[str, ...] = opt(
-        ("selfaware",),
-        "Honesty benchmark name or user JSONL, repeatable.",
-        flag="--benchmark",
-        short="-b",
-        multiple=True,
-    )
+    benchmarks: tuple[str, ...] = benchmark_choice("Honesty benchmark name or user JSONL, repeatable.", ("selfaware",))
     limit: int = opt(300, "Items per honesty benchmark (balanced).", low=1)
-    task_benchmarks: tuple[str, ...] = opt(
-        ("qa_wikidata",),
-        "Task benchmark name or user JSONL (kind \"task\"), repeatable; 'none' for none.",
-        flag="--task-benchmark",
-        short="-t",
-        multiple=True,
+    task_benchmarks: tuple[str, ...] = task_benchmark_choice(
+        "Task benchmark name or user JSONL (kind \"task\"), repeatable; 'none' for none.", ("qa_wikidata",)
     )
     task_limit: int = opt(120, "Items per task benchmark.", low=1)
-    hon_data: Path | None = opt(
-        None, "D_hon JSONL for HCNR [default: built from the data folder, probing the SFT model].", metavar="FILE"
+    hon_data: Path | None = honesty_data(
+        "D_hon JSONL for HCNR [default: built from the data folder, probing the SFT model].", aliases=("--hon-data",)
     )
-    task_data: Path | None = opt(None, "D_task JSONL for HCNR [default: built from the data folder].", metavar="FILE")
+    task_data: Path | None = task_data("D_task JSONL for HCNR [default: built from the data folder].")
     train_data: Path | None = opt(
         None, "RAIT/DPO prompt/response JSONL (IDK-relabelled) [default: built from the train split].", metavar="FILE"
     )
@@ -62,24 +67,26 @@ class BenchOptions:
     seed: int = opt(0, "", low=0)
     n_boot: int = opt(1000, "Bootstrap resamples for the CIs.", low=1)
     keep_models: bool = switch("Keep every method's model folder (they are large).")
-    fresh: bool = switch("Recompute methods whose results already exist in --out.")
-    report_only: bool = switch("Only summarise the methods that already have results in --out.")
-    out_dir: Path = required(
+    fresh: bool = switch("Recompute methods whose results already exist in --output.")
+    report_only: bool = switch("Only summarise the methods that already have results in --output.")
+    out_dir: Path = output(
         "Folder for bench.json, bench.md, pareto.png, budget.png and per-method results.",
-        flag="--out",
-        short="-o",
         metavar="DIRECTORY",
+        aliases=("--out",),
     )
+    json_out: str | None = json_output("Write the summary (bench.json's content) to PATH ('-' for stdout).")
 
 
 @click.command("bench", short_help="Compare HCNR with RAIT, DPO, restore-only, random and interpolation.")
 @add_options(BenchOptions)
 @add_options(DeviceOptions)
+@threads_option
+@json_stdout()
 def bench(**kwargs: Any) -> None:
     """Compare HCNR with RAIT, DPO, restore-only, random neurons and interpolation on one pair.
 
     Every method gets the same inputs and the same held-out evaluation items and runs in its own
-    process (its own time and peak memory). Writes a Markdown table, JSON and two plots to --out.
+    process (its own time and peak memory). Writes a Markdown table, JSON and two plots to --output.
     """
     import torch
 
@@ -90,7 +97,7 @@ def bench(**kwargs: Any) -> None:
     o = options_from(BenchOptions, kwargs)
     place = options_from(DeviceOptions, kwargs)
     inputs = (o.base, o.sft, o.hon_data, o.task_data, o.train_data, o.data_dir)
-    check_outputs(inputs, folders=(("-o", o.out_dir),))
+    check_outputs(inputs, files=(("--json", o.json_out),), folders=(("-o", o.out_dir),))
     tasks = () if o.task_benchmarks == ("none",) else o.task_benchmarks
     cfg = ComparisonConfig(
         base=o.base,
@@ -119,3 +126,5 @@ def bench(**kwargs: Any) -> None:
     summary = run_comparison(cfg, fresh=o.fresh, run_missing=not o.report_only)
     click.echo(markdown(summary), nl=False)
     click.echo(f"\nwrote {o.out_dir / 'bench.json'}, bench.md, pareto.png, budget.png")
+    if o.json_out:
+        emit_json(o.json_out, summary)

@@ -9,13 +9,25 @@ from typing import Any
 import click
 
 from ..devices import DeviceOptions
-from .options import ModelAccess, add_options, opt, options_from, required
+from .options import (
+    ModelAccess,
+    add_options,
+    emit_json,
+    json_output,
+    json_stdout,
+    opt,
+    options_from,
+    output,
+    split_commas,
+    task_benchmark_choice,
+    threads_option,
+)
 
 
 @dataclass(frozen=True)
 class CalibOptions:
-    out_dir: str = required(
-        "Folder for d_hon.jsonl, d_task.jsonl and calibration.json.", short="-o", metavar="DIRECTORY"
+    out_dir: str = output(
+        "Folder for d_hon.jsonl, d_task.jsonl and calibration.json.", metavar="DIRECTORY", aliases=("--out-dir",)
     )
     model: str | None = opt(
         None,
@@ -28,17 +40,20 @@ class CalibOptions:
     )
     n_hon: int = opt(128, "Size of D_hon (half answerable, half 'I don't know').", low=2)
     n_task: int = opt(128, "Size of D_task.", low=1)
-    task_benchmarks: str = opt(
-        "nq_open,qa_wikidata", "Comma-separated task benchmarks that D_task is drawn from.", flag="--task"
+    task_benchmarks: tuple[str, ...] = task_benchmark_choice(
+        "Task benchmark D_task is drawn from, repeatable.", ("nq_open", "qa_wikidata"), aliases=("--task",)
     )
     probe: int = opt(192, "How many answerable questions to probe --model with.", low=1)
     seed: int = opt(0, "", low=0)
+    json_out: str | None = json_output("Write the summary (calibration.json's content) to PATH ('-' for stdout).")
 
 
 @click.command(short_help="Build honesty and task calibration sets for a model.")
 @add_options(CalibOptions)
 @add_options(ModelAccess)
 @add_options(DeviceOptions)
+@threads_option
+@json_stdout()
 def calib(**kwargs: Any) -> None:
     """Build calibration sets D_hon and D_task (JSONL), disjoint from every evaluation item."""
     from ..atomic import write_json_atomic
@@ -51,7 +66,7 @@ def calib(**kwargs: Any) -> None:
     o = options_from(CalibOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
     placement = resolve(options_from(DeviceOptions, kwargs))  # --device cuda without CUDA: refused before any work
-    check_outputs((o.model, o.data_dir), folders=(("-o", o.out_dir),))
+    check_outputs((o.model, o.data_dir), files=(("--json", o.json_out),), folders=(("-o", o.out_dir),))
     if o.n_hon < 2 or o.n_task < 1:
         raise OptionError("--n-hon must be at least 2 and --n-task at least 1.")
     generator = None
@@ -64,7 +79,7 @@ def calib(**kwargs: Any) -> None:
             device=placement.device,
             dtype=placement.dtype,
         )
-    benches = tuple(b.strip() for b in o.task_benchmarks.split(",") if b.strip())
+    benches = split_commas(o.task_benchmarks)  # the old --task a,b spelling still works
     summary = write_calibration(
         Path(o.out_dir),
         generator=generator,
@@ -88,3 +103,5 @@ def calib(**kwargs: Any) -> None:
         f"D_task  {Path(o.out_dir) / t['file']}  {t['n']} examples ({', '.join(t['benchmarks'])})  "
         f"sha256 {t['sha256'][:16]}"
     )
+    if o.json_out:
+        emit_json(o.json_out, summary, indent=1)

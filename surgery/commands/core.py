@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shlex
 import sys
@@ -25,7 +24,22 @@ from ..hcnr.presets import (
     resolve_options,
 )
 from ..options import check_numbers, parse_size
-from .options import ModelAccess, add_options, opt, options_from, reproducible_command, required, switch
+from .options import (
+    ModelAccess,
+    add_options,
+    emit_json,
+    honesty_data,
+    json_output,
+    json_stdout,
+    opt,
+    options_from,
+    output,
+    reproducible_command,
+    required,
+    switch,
+    task_data,
+    threads_option,
+)
 
 if TYPE_CHECKING:  # the library is imported lazily, so that `surgery --help` stays instant
     from ..patchfile import PatchManifest
@@ -42,7 +56,7 @@ PRESET_HELP = (
 class CheckOptions:
     base: str = required("The model before fine-tuning (folder or cached hub id).")
     top: int = opt(10, "How many of the most-moved matrices to list.", low=0)
-    json_out: str | None = opt(None, "Write the full report as JSON.", flag="--json", metavar="FILE")
+    json_out: str | None = json_output("Write the full report as JSON to PATH ('-' for stdout).")
 
 
 @dataclass(frozen=True)
@@ -50,9 +64,10 @@ class PatchIO:
     """What ``surgery patch`` reads and writes; the method's knobs are :class:`PatchOptions`."""
 
     base: str | None = opt(None, "The model before fine-tuning (default: an adapter's own base).")
-    honesty_data: str = required("JSONL of honesty calibration examples (D_hon).", metavar="FILE")
-    task_data: str = required("JSONL of SFT-task calibration examples (D_task).", metavar="FILE")
-    output: str = required("Patch file to write.", short="-o", metavar="FILE")
+    honesty_data: str = honesty_data("JSONL of honesty calibration examples (D_hon).", is_required=True)
+    task_data: str = task_data("JSONL of SFT-task calibration examples (D_task).", is_required=True)
+    output: str = output("Patch file to write.", metavar="FILE")
+    json_out: str | None = json_output("Write the run's report as JSON to PATH ('-' for stdout).")
     preset: str | None = opt(None, PRESET_HELP, choices=tuple(PRESETS))
     config: str | None = opt(
         None,
@@ -66,22 +81,23 @@ class PatchIO:
 
 @dataclass(frozen=True)
 class InspectOptions:
-    as_json: bool = switch("Print the manifest as JSON.", flag="--json")
+    as_json: str | None = json_output("Write the manifest as JSON to PATH ('-' or no value: stdout).", bare=True)
 
 
 @dataclass(frozen=True)
 class ApplyOptions:
-    output: str = required("Folder to write.", short="-o", metavar="DIRECTORY")
+    output: str = output("Folder to write.", metavar="DIRECTORY")
     base: str | None = opt(None, "Base of SFT when SFT is a PEFT adapter without a usable base path.")
-    max_shard_size: str = opt("2", "Shard size: a number of GB, or a size such as 500MB or 5GB.", metavar="SIZE")
+    max_shard_size: str = opt("2GiB", "Largest weight shard, as Hugging Face writes it: 500MB, 5GB.", metavar="SIZE")
+    json_out: str | None = json_output("Write what was applied as JSON to PATH ('-' for stdout).")
 
     def __post_init__(self) -> None:
         """A bad size is refused while parsing, before any model is read."""
-        self.shard_bytes()
+        parse_size(self.max_shard_size, "--max-shard-size")
 
     def shard_bytes(self) -> int:
-        """``--max-shard-size`` in bytes (a plain number is GB, as before sizes with units were accepted)."""
-        return parse_size(self.max_shard_size, "--max-shard-size")
+        """``--max-shard-size`` in bytes (a plain number is still GiB, with a warning: the old spelling)."""
+        return parse_size(self.max_shard_size, "--max-shard-size", warn_plain=True)
 
 
 def patch_command(
@@ -123,9 +139,10 @@ def _preset_note(name: str, default: Any) -> str:
 @click.argument("sft")
 @add_options(CheckOptions)
 @add_options(ModelAccess)
+@threads_option
+@json_stdout()
 def check(sft: str, **kwargs: Any) -> None:
     """Pre-flight: same architecture? Where did SFT move the model?"""
-    from ..atomic import write_text_atomic
     from ..check import check_pair
     from ..modelio import locate
     from ..outputs import refuse_input_overlap, refuse_unwritable
@@ -146,7 +163,7 @@ def check(sft: str, **kwargs: Any) -> None:
     for w in report.warnings:
         click.echo(f"warning: {w}")
     if o.json_out:
-        write_text_atomic(o.json_out, json.dumps(report.to_dict(), indent=2))
+        emit_json(o.json_out, report.to_dict())
     if report.moved_matrices == 0:
         sys.exit(1)
 
@@ -156,7 +173,9 @@ def check(sft: str, **kwargs: Any) -> None:
 @add_options(PatchIO)
 @add_options(ModelAccess)
 @add_options(DeviceOptions)
+@threads_option
 @add_options(PatchOptions, unset=_preset_note)
+@json_stdout()
 def patch(sft: str, **kwargs: Any) -> None:
     """Compute an HCNR honesty patch for SFT (a sparse safetensors file).
 
@@ -208,6 +227,8 @@ def patch(sft: str, **kwargs: Any) -> None:
     )
     if report.fallbacks:
         click.echo(f"  fallback to restore-only: {', '.join(report.fallbacks)}")
+    if io.json_out:
+        emit_json(io.json_out, report.to_dict(), sort_keys=True)
 
 
 def _resolve_options(io: PatchIO, kwargs: dict[str, Any]) -> ResolvedOptions:
@@ -251,13 +272,14 @@ def _print_plan(sft: str, io: PatchIO, options: PatchOptions, compute: ComputeOp
 
 def _check_patch_outputs(sft: str, io: PatchIO) -> None:
     """Before any work: the patch and its command file go neither over an input nor where nothing can be written."""
-    from ..outputs import refuse_input_overlap, refuse_unwritable
+    from ..outputs import check_outputs, refuse_input_overlap, refuse_unwritable
 
     inputs = (sft, io.base, io.honesty_data, io.task_data)
     for path in (io.output, io.output + ".report.json", io.output + ".command.txt", io.output + CONFIG_SUFFIX):
         refuse_unwritable(path, flag="-o")
         # the config a rerun reads may be the one it rewrites (read first, rewritten with the same options)
         refuse_input_overlap(path, inputs if path.endswith(CONFIG_SUFFIX) else (*inputs, io.config), flag="-o")
+    check_outputs(inputs, files=(("--json", io.json_out),))
 
 
 def manifest_lines(m: PatchManifest) -> list[str]:
@@ -284,22 +306,31 @@ def manifest_lines(m: PatchManifest) -> list[str]:
 
 
 @click.command(short_help="Show what a patch changes, for which models, made how.")
-@click.argument("patch_file", type=click.Path(dir_okay=False))
+@click.argument("patch_file", type=click.Path(dir_okay=False), required=False)
 @add_options(InspectOptions)
-def inspect(patch_file: str, **kwargs: Any) -> None:
+@json_stdout("as_json")
+def inspect(patch_file: str | None, **kwargs: Any) -> None:
     """Show what a patch changes, for which models, made how.
 
     Every string taken from the patch is printed without control characters or escape sequences
     (a patch from a stranger cannot move the cursor, clear the screen or set the terminal's title).
     """
+    from ..errors import OptionError
+    from ..outputs import check_outputs
     from ..patchfile import read_manifest
     from ..safetext import printable
 
     o = options_from(InspectOptions, kwargs)
+    if patch_file is None and o.as_json and o.as_json != "-":  # the old flag form: inspect --json PATCH
+        patch_file, o = o.as_json, InspectOptions(as_json="-")
+    if patch_file is None:
+        raise OptionError("Give the patch file to inspect: surgery inspect PATCH [--json PATH].")
+    check_outputs((patch_file,), files=(("--json", o.as_json),))
     m = read_manifest(patch_file)
     if o.as_json:  # ensure_ascii: every control character is written as a \u escape
-        click.echo(json.dumps(m.to_dict(), indent=2, sort_keys=True, ensure_ascii=True))
-        return
+        emit_json(o.as_json, m.to_dict(), sort_keys=True, ensure_ascii=True)
+        if o.as_json == "-":
+            return
     for line in manifest_lines(m):
         click.echo(printable(line))
 
@@ -309,11 +340,13 @@ def inspect(patch_file: str, **kwargs: Any) -> None:
 @click.argument("patch_file", type=click.Path(dir_okay=False))
 @add_options(ApplyOptions)
 @add_options(ModelAccess)
+@threads_option
+@json_stdout()
 def apply(sft: str, patch_file: str, **kwargs: Any) -> None:
     """Apply a patch to SFT and write the repaired model (bit-exact, fingerprints checked first)."""
     from ..apply import apply_patch
     from ..modelio import locate
-    from ..outputs import refuse_input_overlap, refuse_unwritable
+    from ..outputs import check_outputs, refuse_input_overlap, refuse_unwritable
 
     o = options_from(ApplyOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
@@ -321,6 +354,7 @@ def apply(sft: str, patch_file: str, **kwargs: Any) -> None:
     inputs = (sft, o.base, patch_file, source.path, source.adapter_base)
     refuse_unwritable(o.output, flag="-o", folder=True)
     refuse_input_overlap(o.output, inputs, flag="-o", folder=True)
+    check_outputs((*inputs, o.output), files=(("--json", o.json_out),))
     info = apply_patch(
         sft,
         Path(patch_file),
@@ -331,3 +365,5 @@ def apply(sft: str, patch_file: str, **kwargs: Any) -> None:
         max_shard_bytes=o.shard_bytes(),
     )
     click.echo(f"wrote {o.output}: {info['tensors_patched']} tensors patched, fingerprints verified")
+    if o.json_out:
+        emit_json(o.json_out, {"output": o.output, "patch": patch_file, "sft": sft, **info})

@@ -9,7 +9,18 @@ from typing import Any
 import click
 
 from ..devices import DeviceOptions
-from .options import ModelAccess, add_options, opt, options_from, switch
+from .options import (
+    ModelAccess,
+    add_options,
+    benchmark_choice,
+    emit_json,
+    json_output,
+    json_stdout,
+    opt,
+    options_from,
+    switch,
+    threads_option,
+)
 
 _BENCHMARK_HELP = (
     "selfaware, falseqa, puqa, pkqa, puqa_pkqa, known_unknowns, nq_open, qa_wikidata, or a JSONL of "
@@ -20,9 +31,7 @@ _BENCHMARK_HELP = (
 @dataclass(frozen=True)
 class EvalOptions:
     compare: bool = switch("Compare saved --json results instead: first = base, second = SFT, the rest = candidates.")
-    benchmarks: tuple[str, ...] = opt(
-        (), _BENCHMARK_HELP, flag="--benchmark", short="-b", multiple=True, metavar="NAME|FILE.jsonl"
-    )
+    benchmarks: tuple[str, ...] = benchmark_choice(_BENCHMARK_HELP)
     limit: int | None = opt(
         None, "At most N items per benchmark, half answerable and half not where both exist.", low=1
     )
@@ -40,8 +49,8 @@ class EvalOptions:
     max_new_tokens: int = opt(32, "", low=1)
     batch_size: int = opt(16, "", low=1)
     backend: str = opt("torch", "", choices=("torch", "onnx"))
-    json_out: str | None = opt(
-        None, "Write every item's prompt, response and judgements plus the metrics.", flag="--json", metavar="FILE"
+    json_out: str | None = json_output(
+        "Write every item's prompt, response and judgements plus the metrics to PATH ('-' for stdout)."
     )
     md_out: str | None = opt(None, "Write a Markdown report.", flag="--markdown", metavar="FILE")
     plot_out: str | None = opt(None, "Write a PNG chart of honesty F1 per benchmark.", flag="--plot", metavar="FILE")
@@ -55,6 +64,8 @@ class EvalOptions:
 @add_options(EvalOptions)
 @add_options(ModelAccess)
 @add_options(DeviceOptions)
+@threads_option
+@json_stdout()
 def eval_command(targets: tuple[str, ...], **kwargs: Any) -> None:
     """Measure honesty: refusal on unanswerable vs answerable questions, F1, RF-delta, accuracy.
 
@@ -85,7 +96,7 @@ def _evaluate(model: str, o: EvalOptions, access: ModelAccess, place: DeviceOpti
     """One model: score it, print the table, write what was asked for."""
     from ..atomic import write_text_atomic
     from ..evaluation import report
-    from ..evaluation.evaluate import run_eval, save_json
+    from ..evaluation.evaluate import run_eval
 
     result = run_eval(
         model,
@@ -110,7 +121,7 @@ def _evaluate(model: str, o: EvalOptions, access: ModelAccess, place: DeviceOpti
         f"{n} items in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} items/s) on {where['device']}, {where['dtype']}"
     )
     if o.json_out:
-        click.echo(f"wrote {save_json(result, o.json_out)}")
+        click.echo(f"wrote {emit_json(o.json_out, result, indent=1, ensure_ascii=False, allow_nan=False)}")
     if o.md_out:
         click.echo(f"wrote {write_text_atomic(o.md_out, report.markdown_result(result))}")
     if o.plot_out:

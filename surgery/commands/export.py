@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ..export.options import ExportOptions
-from .options import ModelAccess, add_options, options_from
+from .options import AliasedOption, ModelAccess, add_options, emit_json, json_stdout, options_from, threads_option
 
 
 def _help(name: str) -> str:
@@ -28,10 +28,18 @@ def _export_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
             click.option("--same-greedy/--any-greedy", "same_greedy", default=None, help=_help("same_greedy")),
+            click.option(
+                "--json",
+                "json_out",
+                default=None,
+                metavar="PATH",
+                help="Write the export record (sizes, verification) as JSON to PATH ('-' for stdout).",
+            ),
+            threads_option,
         ]
     ):
         fn = option(fn)
-    return add_options(ExportOptions)(add_options(ModelAccess)(fn))
+    return add_options(ExportOptions)(add_options(ModelAccess)(json_stdout()(fn)))
 
 
 def _print_record(out: Path, record: dict) -> None:
@@ -56,7 +64,11 @@ def _print_verify(report: dict, folder: Path) -> None:
 @click.argument("model")
 @click.option(
     "-o",
-    "--out",
+    "--out",  # the old spelling, hidden
+    "--output",
+    "out",
+    cls=AliasedOption,
+    hidden_names=("--out",),
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Output folder (must not exist or be empty; written atomically).",
@@ -65,7 +77,7 @@ def _print_verify(report: dict, folder: Path) -> None:
 @click.option(
     "--verify-only",
     is_flag=True,
-    help="Do not export: re-verify the existing folder OUT against MODEL and rewrite its verify.json.",
+    help="Do not export: re-verify the existing --output folder against MODEL and rewrite its verify.json.",
 )
 @_export_options
 def export(
@@ -75,6 +87,7 @@ def export(
     verify_only: bool,
     trust_remote_code: bool,
     allow_pickle: bool,
+    json_out: str | None,
     **kwargs: Any,
 ) -> None:
     """Export MODEL (a Hugging Face folder) to an ONNX folder for onnxruntime, verified against PyTorch.
@@ -88,6 +101,7 @@ def export(
     from ..outputs import check_outputs
 
     options = options_from(ExportOptions, kwargs)
+    check_outputs((model, base, options.prompts_file, out), files=(("--json", json_out),))
     if not verify_only:
         check_outputs((model, base, options.prompts_file), folders=(("-o", out),))
     if verify_only:
@@ -97,11 +111,15 @@ def export(
             _print_verify(exc.report, out)
             raise
         _print_verify(report, out)
+        if json_out:
+            emit_json(json_out, report)
         return
     record = export_model(
         model, out, options, base=base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
     )
     _print_record(out, record)
+    if json_out:
+        emit_json(json_out, record)
 
 
 @click.command("deploy", short_help="Apply a patch, export to ONNX and verify, in one step.")
@@ -109,7 +127,11 @@ def export(
 @click.argument("patch", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "-o",
-    "--out",
+    "--out",  # the old spelling, hidden
+    "--output",
+    "out",
+    cls=AliasedOption,
+    hidden_names=("--out",),
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Output ONNX folder (must not exist or be empty; written atomically).",
@@ -117,7 +139,14 @@ def export(
 @click.option("--base", default=None, help="Base model when SFT is a PEFT adapter (default: the adapter's own).")
 @_export_options
 def deploy(
-    sft: str, patch: Path, out: Path, base: str | None, trust_remote_code: bool, allow_pickle: bool, **kwargs: Any
+    sft: str,
+    patch: Path,
+    out: Path,
+    base: str | None,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+    json_out: str | None,
+    **kwargs: Any,
 ) -> None:
     """Apply PATCH to SFT, export the repaired model to ONNX and verify it: one step to a device artefact.
 
@@ -128,9 +157,11 @@ def deploy(
     from ..outputs import check_outputs
 
     options = options_from(ExportOptions, kwargs)
-    check_outputs((sft, patch, base, options.prompts_file), folders=(("-o", out),))
+    check_outputs((sft, patch, base, options.prompts_file), files=(("--json", json_out),), folders=(("-o", out),))
     record = deploy_patch(
         sft, patch, out, options, base=base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
     )
     click.echo(f"applied {patch} to {sft}")
     _print_record(out, record)
+    if json_out:
+        emit_json(json_out, record)

@@ -10,7 +10,11 @@ Field metadata: see :mod:`surgery.options`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import json
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -20,9 +24,30 @@ from typing import Any, TypeVar
 
 import click
 
+from ..atomic import write_json_atomic
 from ..options import check_numbers, flag_of, opt
 
-__all__ = ["ModelAccess", "add_options", "flag_of", "opt", "options_from", "reproducible_command", "required", "switch"]
+__all__ = [
+    "AliasedOption",
+    "ModelAccess",
+    "add_options",
+    "benchmark_choice",
+    "emit_json",
+    "flag_of",
+    "honesty_data",
+    "json_output",
+    "json_stdout",
+    "opt",
+    "options_from",
+    "output",
+    "reproducible_command",
+    "required",
+    "split_commas",
+    "switch",
+    "task_benchmark_choice",
+    "task_data",
+    "threads_option",
+]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,6 +63,154 @@ def required(help: str, **kwargs: Any) -> Any:
     """An option the command cannot run without (``--base``): the field holds None only before parsing."""
     f = opt(None, help, **kwargs)
     return dataclasses.field(default=None, metadata={**f.metadata, "required": True})
+
+
+def _maybe_required(required_: bool, default: Any, help: str, **kwargs: Any) -> Any:
+    return required(help, **kwargs) if required_ else opt(default, help, **kwargs)
+
+
+# -- the shared vocabulary: one spelling per thing, on every command (tests/commands/test_vocabulary.py) --
+#: the spellings every command uses for the same thing; old ones are hidden aliases for one release
+OUTPUT = ("-o", "--output")
+JSON = "--json"
+BENCHMARK = ("-b", "--benchmark")
+TASK_BENCHMARK = ("-t", "--task-benchmark")
+HONESTY_DATA = "--honesty-data"
+TASK_DATA = "--task-data"
+
+
+def output(help: str, *, metavar: str = "PATH", aliases: tuple[str, ...] = (), is_required: bool = True) -> Any:
+    """``-o/--output``: where a command writes its main output (a file or a folder, as ``help`` says)."""
+    return _maybe_required(is_required, None, help, flag=OUTPUT[1], short=OUTPUT[0], metavar=metavar, aliases=aliases)
+
+
+def json_output(help: str = "Write the results as JSON to PATH ('-' for stdout).", *, bare: bool = False) -> Any:
+    """``--json PATH``: the command's results as JSON; ``-`` prints them on stdout (the text goes to stderr).
+
+    ``bare``: a ``--json`` given without a value means stdout (``inspect``'s old flag form)."""
+    f = opt(None, help, flag=JSON, metavar="PATH")
+    return dataclasses.field(default=None, metadata={**f.metadata, "flag_value": "-" if bare else None})
+
+
+def benchmark_choice(help: str, default: tuple[str, ...] = (), *, aliases: tuple[str, ...] = ()) -> Any:
+    """``-b/--benchmark NAME|FILE.jsonl``, repeatable: the honesty benchmarks a command scores on."""
+    return opt(
+        default,
+        help,
+        flag=BENCHMARK[1],
+        short=BENCHMARK[0],
+        multiple=True,
+        metavar="NAME|FILE.jsonl",
+        aliases=aliases,
+    )
+
+
+def task_benchmark_choice(help: str, default: tuple[str, ...] = (), *, aliases: tuple[str, ...] = ()) -> Any:
+    """``-t/--task-benchmark NAME|FILE.jsonl``, repeatable: the SFT-task benchmarks."""
+    return opt(
+        default,
+        help,
+        flag=TASK_BENCHMARK[1],
+        short=TASK_BENCHMARK[0],
+        multiple=True,
+        metavar="NAME|FILE.jsonl",
+        aliases=aliases,
+    )
+
+
+def honesty_data(help: str, *, is_required: bool = False, aliases: tuple[str, ...] = ()) -> Any:
+    """``--honesty-data FILE``: the honesty calibration set (D_hon)."""
+    return _maybe_required(is_required, None, help, flag=HONESTY_DATA, metavar="FILE", aliases=aliases)
+
+
+def task_data(help: str, *, is_required: bool = False, aliases: tuple[str, ...] = ()) -> Any:
+    """``--task-data FILE``: the SFT-task calibration set (D_task)."""
+    return _maybe_required(is_required, None, help, flag=TASK_DATA, metavar="FILE", aliases=aliases)
+
+
+def split_commas(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Repeated values, each also split on commas: the old comma-list spelling (``--benchmarks a,b``) still works."""
+    return tuple(part.strip() for v in values for part in str(v).split(",") if part.strip())
+
+
+class AliasedOption(click.Option):
+    """A click option with old spellings that still parse but are hidden from ``--help`` and error hints."""
+
+    def __init__(self, *args: Any, hidden_names: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hidden_names = tuple(hidden_names)
+
+    @property
+    def visible_opts(self) -> list[str]:
+        """The names ``--help`` shows (the aliases left out)."""
+        return [o for o in self.opts if o not in self.hidden_names]
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        every = self.opts
+        self.opts = self.visible_opts
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = every
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        return " / ".join(f"'{o}'" for o in self.visible_opts)
+
+
+def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    """``--threads N`` after the command name: torch CPU threads for this invocation (restored after)."""
+    if value is None:
+        return
+    if value < 1:
+        raise click.BadParameter(f"must be at least 1, got {value}.", ctx=ctx, param=param)
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(value)
+    ctx.call_on_close(lambda: torch.set_num_threads(previous))
+
+
+def threads_option(fn: F) -> F:
+    """``--threads N`` on a command that runs a model (the same option the top group takes before the command)."""
+    return click.option(
+        "--threads",
+        type=int,
+        default=None,
+        expose_value=False,
+        callback=_set_threads,
+        help="Torch CPU threads [default: $SURGERY_THREADS, else all cores, at most 8].",
+    )(fn)
+
+
+def json_stdout(name: str = "json_out") -> Callable[[F], F]:
+    """Decorate a command whose ``--json`` (its parameter ``name``) may be ``-``: its human-readable lines go to
+    stderr then, so that stdout holds only the JSON that :func:`emit_json` writes."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get(name) != "-":
+                return fn(*args, **kwargs)
+            ctx = click.get_current_context()
+            ctx.meta["surgery.stdout"] = sys.stdout
+            with contextlib.redirect_stdout(sys.stderr):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def emit_json(path: str | Path, data: Any, **dump: Any) -> str:
+    """Write ``data`` as JSON to ``path`` atomically (``dump``: :func:`json.dumps` options, default indent=2),
+    or to stdout for ``-``; returns where it went, for the ``wrote ...`` line."""
+    if str(path) != "-":
+        return str(write_json_atomic(path, data, **dump))
+    ctx = click.get_current_context(silent=True)
+    stream: Any = ctx.meta.get("surgery.stdout", sys.stdout) if ctx else sys.stdout
+    stream.write(json.dumps(data, **({"indent": 2} | dump)) + "\n")
+    stream.flush()
+    return "stdout"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +282,18 @@ def _option_for(f: Field[Any], annotation: Any, unset: UnsetNote | None = None) 
         kwargs.update(help=f"{kwargs['help']}  {note}", show_default=False)
         default = None
     if meta.get("switch"):
-        return click.option(*names, f.name, is_flag=True, default=False, help=kwargs["help"])
+        hidden = tuple(meta.get("aliases") or ())
+        return click.option(
+            *names[:-1],
+            *hidden,
+            long,
+            f.name,
+            cls=AliasedOption,
+            hidden_names=hidden,
+            is_flag=True,
+            default=False,
+            help=kwargs["help"],
+        )
     if meta.get("required"):
         kwargs.update(required=True, show_default=False)
     if annotation is bool or annotation == "bool":
@@ -121,26 +305,13 @@ def _option_for(f: Field[Any], annotation: Any, unset: UnsetNote | None = None) 
         multiple=bool(meta.get("multiple")),
         metavar=meta.get("metavar"),
     )
+    if meta.get("flag_value"):  # ``--json`` alone: the value it stands for
+        kwargs.update(is_flag=False, flag_value=meta["flag_value"])
     if meta.get("required"):
         del kwargs["default"]  # click (8.3+) counts an explicit default=None as a value and stops asking
-    option = click.option(*names, f.name, **kwargs)
     aliases = tuple(meta.get("aliases") or ())
-    if not aliases:
-        return option
-
-    def with_aliases(fn: F) -> F:
-        fn = option(fn)
-        for alias in aliases:  # old spellings: same destination, hidden from --help
-            fn = click.option(
-                alias,
-                f.name,
-                hidden=True,
-                expose_value=True,
-                **{k: v for k, v in kwargs.items() if k in ("type", "multiple")},
-            )(fn)
-        return fn
-
-    return with_aliases
+    # aliases before the long name: opts[-1] stays the name --help shows
+    return click.option(*names[:-1], *aliases, long, f.name, cls=AliasedOption, hidden_names=aliases, **kwargs)
 
 
 def options_from(cls: type[T], kwargs: dict[str, Any], **fixed: Any) -> T:

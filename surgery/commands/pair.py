@@ -11,8 +11,20 @@ import click
 
 import recipes
 
+from ..devices import DeviceOptions
 from ..hcnr.options import PatchOptions
-from .options import add_options, opt, options_from, switch
+from .options import (
+    add_options,
+    benchmark_choice,
+    emit_json,
+    json_output,
+    json_stdout,
+    opt,
+    options_from,
+    split_commas,
+    switch,
+    threads_option,
+)
 
 #: the recipe the demo runs unless --recipe names another
 DEMO_RECIPE = "smollm2"
@@ -51,7 +63,7 @@ class PairOptions:
     data_dir: str | None = opt(
         None, "Benchmark data folder (default: $SURGERY_DATA_DIR); rebuilding needs the full one.", metavar="DIRECTORY"
     )
-    json_out: str | None = opt(None, "Write the folders (and hashes) as JSON.", flag="--json", metavar="FILE")
+    json_out: str | None = json_output("Write the folders (and hashes) as JSON to PATH ('-' for stdout).")
 
 
 @dataclass(frozen=True)
@@ -63,7 +75,7 @@ class DemoOptions:
         "Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m (Gemma: "
         "train it first with  surgery pair --recipe gemma3_270m --rebuild).",
     )
-    json_out: str | None = opt(None, "Write every number (incl. recovery) as JSON.", flag="--json", metavar="FILE")
+    json_out: str | None = json_output("Write every number (incl. recovery) as JSON to PATH ('-' for stdout).")
     limit: int = opt(120, "Evaluation items per benchmark (held-out split, half answerable where both exist).", low=1)
     task_limit: int | None = opt(None, "Task (qa_wikidata) items; default: --limit.", low=1)
     work_dir: str | None = opt(
@@ -78,15 +90,20 @@ class DemoOptions:
         "benchmarks need it, e.g. ../shared/data beside a source checkout.",
         metavar="DIRECTORY",
     )
-    benchmarks: str = opt("selfaware,falseqa,puqa_pkqa", "Comma-separated honesty benchmarks to evaluate on.")
+    benchmarks: tuple[str, ...] = benchmark_choice(
+        "Honesty benchmark to evaluate on, repeatable.",
+        ("selfaware", "falseqa", "puqa_pkqa"),
+        aliases=("--benchmarks",),
+    )
     no_export: bool = switch("Skip the ONNX export stage.", flag="--no-export")
 
 
 @click.command(short_help="Build or load the bundled demo base/SFT pair.")
 @add_options(PairOptions)
+@threads_option
+@json_stdout()
 def pair(**kwargs: Any) -> None:
     """Build (or load) a bundled pair: base, M0 (honest), M1 (SFT) and M1 as an adapter."""
-    from ..atomic import write_json_atomic
     from ..outputs import check_outputs
     from ..pair.build import ensure_pair, load_lock, recipe_dir_of, train_pair
 
@@ -109,12 +126,15 @@ def pair(**kwargs: Any) -> None:
     for k, v in paths.items():
         click.echo(f"{k:10s} {v}")
     if o.json_out:
-        write_json_atomic(o.json_out, {**paths, **report})
+        emit_json(o.json_out, {**paths, **report})
 
 
 @click.command(short_help="The whole story on the bundled pair: check, patch, apply, eval, export.")
 @add_options(DemoOptions)
 @add_options(PatchOptions, unset=recipe_note)
+@add_options(DeviceOptions)
+@threads_option
+@json_stdout()
 def demo(**kwargs: Any) -> None:
     """Show honesty come back: build the bundled pair, patch M1, evaluate M0 / M1 / M1+patch.
 
@@ -122,21 +142,23 @@ def demo(**kwargs: Any) -> None:
     recipe's setting (recipes/<recipe>/recipe.json, "patch"), else the method's default (``--preset paper``);
     --help shows the value each recipe gives it.
     """
-    from ..atomic import write_json_atomic
+    from ..devices import resolve
     from ..errors import OptionError
     from ..outputs import check_outputs
     from ..pair.demo import DemoConfig, format_table, run_demo
     from ..pair.gguf import cache_root
 
     o = options_from(DemoOptions, kwargs)
+    place = options_from(DeviceOptions, kwargs)
+    resolve(place)  # --device cuda without CUDA: refused before the pair is built
     overrides = {k: v for k, v in kwargs.items() if v is not None}  # what is left are the patch options
     PatchOptions(**overrides)  # a bad value (--damp nan) is refused now, not after the pair is built
     check_outputs((o.data_dir,), files=(("--json", o.json_out),), folders=(("--work-dir", o.work_dir),))
     if o.limit < 2:
         raise OptionError("--limit must be at least 2 (one answerable and one unanswerable item).")
-    benches = tuple(b.strip() for b in o.benchmarks.split(",") if b.strip())
+    benches = split_commas(o.benchmarks)  # the old --benchmarks a,b spelling still works
     if not benches:
-        raise OptionError("--benchmarks needs at least one honesty benchmark.")
+        raise OptionError("--benchmark needs at least one honesty benchmark.")
     default_work = cache_root() / ("demo" if o.recipe == "smollm2" else f"demo-{o.recipe}")
     cfg = DemoConfig(
         work_dir=Path(o.work_dir) if o.work_dir else default_work,
@@ -147,9 +169,10 @@ def demo(**kwargs: Any) -> None:
         data_dir=o.data_dir,
         export=not o.no_export,
         patch_options=overrides,
+        device=place.device,
+        dtype=place.dtype,
     )
     summary = run_demo(cfg)
     click.echo(format_table(summary))
     if o.json_out:
-        write_json_atomic(o.json_out, summary, indent=1)
-        click.echo(f"wrote {o.json_out}")
+        click.echo(f"wrote {emit_json(o.json_out, summary, indent=1)}")

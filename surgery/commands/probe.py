@@ -9,13 +9,28 @@ from typing import Any
 import click
 
 from ..devices import DeviceOptions
-from .options import ModelAccess, add_options, opt, options_from, required, switch
+from .options import (
+    ModelAccess,
+    add_options,
+    benchmark_choice,
+    emit_json,
+    json_output,
+    json_stdout,
+    opt,
+    options_from,
+    required,
+    switch,
+    threads_option,
+)
 
 
 @dataclass(frozen=True)
 class ProbeOptions:
     base: str = required("The model before fine-tuning (HF folder, cached hub id or adapter).")
-    benchmark: str = opt("selfaware", "Built-in benchmark name or a JSONL file of {question, answerable} items.")
+    benchmarks: tuple[str, ...] = benchmark_choice(
+        "Built-in benchmark name or a JSONL file of {question, answerable} items; repeated: one probe run each.",
+        ("selfaware",),
+    )
     limit: int = opt(400, "Items to use, balanced between answerable and unanswerable.", low=4)
     seed: int = opt(0, "Seed for sampling, split and probes.", low=0)
     data_dir: str | None = opt(
@@ -35,7 +50,7 @@ class ProbeOptions:
         "Run every prompt whole instead of reusing the cache of the template prefix they share.",
         flag="--no-shared-prefix",
     )
-    json_path: str | None = opt(None, "Write the record here.", flag="--json", metavar="FILE")
+    json_path: str | None = json_output("Write the record as JSON to PATH ('-' for stdout).")
     plot_path: str | None = opt(None, "Write a PNG of the three AUROC curves here.", flag="--plot", metavar="FILE")
 
 
@@ -44,6 +59,8 @@ class ProbeOptions:
 @add_options(ProbeOptions)
 @add_options(ModelAccess)
 @add_options(DeviceOptions)
+@threads_option
+@json_stdout("json_path")
 def probe(sft: str, **kwargs: Any) -> None:
     """Does the fine-tuned model SFT still know what it doesn't know?
 
@@ -52,20 +69,43 @@ def probe(sft: str, **kwargs: Any) -> None:
     unchanged. If the base probe still works on SFT, recognition survived fine-tuning and only its
     expression was lost: the case an honesty patch is built for.
     """
+    from ..errors import OptionError
     from ..outputs import check_outputs
-    from ..probe.report import curves_from_record, format_table, plot_curves, write_json
-    from ..probe.run import run_probe
+    from ..probe.report import plot_curves
     from ..provenance import command_line
 
     o = options_from(ProbeOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
     place = options_from(DeviceOptions, kwargs)
-    check_outputs((sft, o.base, o.benchmark), files=(("--json", o.json_path), ("--plot", o.plot_path)))
+    check_outputs((sft, o.base, *o.benchmarks), files=(("--json", o.json_path), ("--plot", o.plot_path)))
+    if o.plot_path and len(o.benchmarks) > 1:
+        raise OptionError("--plot draws one benchmark's curves; give -b once, or leave --plot out.")
+    runs = {name: _probe_one(sft, name, o, access, place) for name in o.benchmarks}
+    if o.json_path:  # one benchmark: its record, as before; several: every record under its benchmark's name
+        record: dict[str, Any] = next(iter(runs.values()))[0] if len(runs) == 1 else {"command": command_line()}
+        if len(runs) > 1:
+            record["benchmarks"] = {name: rec for name, (rec, _) in runs.items()}
+        click.echo(f"wrote {emit_json(o.json_path, record)}")
+    if o.plot_path:
+        (name,) = runs
+        curves = runs[name][1]
+        plot_curves(curves, o.plot_path, title=f"{Path(sft).name} vs {Path(o.base).name} on {name}")
+        click.echo(f"wrote {o.plot_path}")
+
+
+def _probe_one(
+    sft: str, benchmark: str, o: ProbeOptions, access: ModelAccess, place: DeviceOptions
+) -> tuple[dict[str, Any], Any]:
+    """One benchmark's probe run, its table and verdict printed; returns its record and curves."""
+    from ..probe.report import curves_from_record, format_table
+    from ..probe.run import run_probe
+    from ..provenance import command_line
+
     record: dict[str, Any] = {"command": command_line()}
     record |= run_probe(
         sft,
         o.base,
-        benchmark=o.benchmark,
+        benchmark=benchmark,
         limit=o.limit,
         seed=o.seed,
         data_dir=o.data_dir,
@@ -82,13 +122,8 @@ def probe(sft: str, **kwargs: Any) -> None:
         dtype=place.dtype,
     )
     curves = curves_from_record(record)
-    click.echo(format_table(curves))
+    click.echo(format_table(curves) if len(o.benchmarks) == 1 else f"{benchmark}:\n{format_table(curves)}")
     where = record["precision"]
     click.echo(f"time: {record['seconds']['total']:.1f} s on {where['device']}, {where['dtype']}")
-    if o.json_path:
-        write_json(record, o.json_path)
-        click.echo(f"wrote {o.json_path}")
-    if o.plot_path:
-        plot_curves(curves, o.plot_path, title=f"{Path(sft).name} vs {Path(o.base).name} on {o.benchmark}")
-        click.echo(f"wrote {o.plot_path}")
     click.echo(record["verdict"]["line"])
+    return record, curves

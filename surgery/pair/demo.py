@@ -19,13 +19,14 @@ from typing import Any
 from ..apply import apply_patch
 from ..atomic import write_json_atomic
 from ..check import check_pair
+from ..devices import DeviceOptions, resolve
 from ..evaluation.benchmarks import Item, load_items
 from ..evaluation.evaluate import evaluate, save_json
 from ..evaluation.metrics import recovery
 from ..evaluation.runner import HFGenerator
 from ..export.pipeline import export_model
 from ..hcnr.calibration_sets import write_calibration
-from ..hcnr.options import PatchOptions
+from ..hcnr.options import ComputeOptions, PatchOptions
 from ..hcnr.pipeline import make_patch
 from ..modelio import load_model, load_tokenizer, locate
 from ..progress import StageTimer
@@ -52,6 +53,8 @@ class DemoConfig:
     data_dir: str | None = None
     export: bool = True
     patch_options: dict[str, Any] = field(default_factory=dict)  # PatchOptions overrides
+    device: str = "auto"  # --device/--dtype of every stage that runs a model (surgery.devices)
+    dtype: str = "float32"
 
 
 def eval_items(cfg: DemoConfig) -> list[Item]:
@@ -66,12 +69,21 @@ def eval_items(cfg: DemoConfig) -> list[Item]:
 
 def evaluate_model(model: str, items: list[Item], cfg: DemoConfig, base: str | None = None) -> dict:
     """Greedy answers of one model (folder or adapter) on ``items``, scored; the model is freed after."""
-    src = locate(model, base)
-    gen = HFGenerator(load_model(src), load_tokenizer(src), batch_size=cfg.batch_size)
+    gen = _generator(model, cfg, base)
     result = evaluate(gen, items, max_new_tokens=cfg.max_new_tokens)
     del gen
     gc.collect()
     return result
+
+
+def _generator(model: str, cfg: DemoConfig, base: str | None = None) -> HFGenerator:
+    """Greedy generation with ``model`` (folder or adapter on ``base``) on the demo's device and dtype."""
+    src = locate(model, base)
+    place = resolve(DeviceOptions(cfg.device, cfg.dtype))
+    lm = load_model(src, dtype=place.dtype)
+    if place.device.type != "cpu":
+        lm = lm.to(place.device)
+    return HFGenerator(lm, load_tokenizer(src), batch_size=cfg.batch_size)
 
 
 def _export(patched: Path, out: Path) -> dict:
@@ -151,7 +163,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     patch_file = work / "m1.hcnr.safetensors"
     with timer.stage("patch"):
         patch_report = make_patch(
-            sft, base, work / "calib" / "d_hon.jsonl", work / "calib" / "d_task.jsonl", patch_file, options
+            sft,
+            base,
+            work / "calib" / "d_hon.jsonl",
+            work / "calib" / "d_task.jsonl",
+            patch_file,
+            options,
+            compute=ComputeOptions(cfg.device, cfg.dtype),
         )
     patched = work / "m1-patched"
     with timer.stage("apply"):
@@ -207,8 +225,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 def _calibrate(sft: str, base: str, out: Path, calib: dict[str, Any], cfg: DemoConfig) -> dict:
     """The recipe's calibration sets, D_hon's known half probed on the SFT model itself."""
-    src = locate(sft, base)
-    probe_gen = HFGenerator(load_model(src), load_tokenizer(src), batch_size=cfg.batch_size)
+    probe_gen = _generator(sft, cfg, base)
     info = write_calibration(
         out,
         generator=probe_gen,

@@ -139,8 +139,9 @@ def test_cli_keeps_its_option_names_and_parses_into_export_options(monkeypatch, 
     from surgery.commands import export as cmd
     from surgery.export import pipeline
 
-    assert _flags(cmd.export) == VERIFY_FLAGS | {"-o", "--out", "--base", "--verify-only"}
-    assert _flags(cmd.deploy) == VERIFY_FLAGS | {"-o", "--out", "--base"}
+    shared = {"-o", "--output", "--out", "--json", "--threads"}  # --out: the old spelling, a hidden alias
+    assert _flags(cmd.export) == VERIFY_FLAGS | shared | {"--base", "--verify-only"}
+    assert _flags(cmd.deploy) == VERIFY_FLAGS | shared | {"--base"}
     seen = {}
 
     def fake_export(model, out, options, **kw):
