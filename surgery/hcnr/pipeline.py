@@ -23,11 +23,13 @@ import torch
 from .. import __version__
 from ..architecture import require_same_architecture
 from ..atomic import write_json_atomic
+from ..convert import convert_patch
 from ..devices import resolve_device, resolve_dtype
-from ..errors import SurgeryError
+from ..errors import OptionError, SurgeryError
 from ..linear_layers import LinearLayer
 from ..memory import map_large_allocations, release_freed_memory
 from ..modelio import ModelSource, load_tokenizer, locate, open_checkpoint
+from ..patch_encoding import ENCODINGS
 from ..patchfile import PatchManifest, PatchStats, write_patch_streamed
 from ..progress import StageTimer, peak_rss_mb, progress
 from .calibration import CalibrationSets, dataset_fingerprint, load_calibration_sets
@@ -75,6 +77,8 @@ class PatchReport:
     residual_ratio: float | None
     options: dict[str, Any]
     reused: list[str]  # parts taken from an interrupted run's work folder
+    encoding: str = "full"  # how the patch stores its values (surgery.patch_encoding)
+    encoding_error: dict[str, float | None] | None = None  # bf16/int8: weight error against the full patch
 
     def to_dict(self) -> dict[str, Any]:
         """The report as ``<patch>.report.json`` stores it."""
@@ -92,8 +96,14 @@ def make_patch(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     compute: ComputeOptions = DEFAULT_COMPUTE,
+    encoding: str = "full",
 ) -> PatchReport:
-    """Compute an HCNR patch for ``sft`` against ``base``; writes ``out`` and ``out.report.json``."""
+    """Compute an HCNR patch for ``sft`` against ``base``; writes ``out`` and ``out.report.json``.
+
+    ``encoding`` bf16/int8: the full patch is computed as always, then stored as its change against the SFT
+    weights (:mod:`surgery.convert`); the report records the weight error that costs."""
+    if encoding not in ENCODINGS:
+        raise OptionError(f"--encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}.")
     out, timer = Path(out), StageTimer()
     map_large_allocations()
     run = _Run(sft, base, trust_remote_code, allow_pickle, compute)
@@ -111,10 +121,18 @@ def make_patch(
     with timer.stage("write"):
         stats = patch_stats(layers, selection, parts, weights)
         manifest = run.manifest(options, stats, honesty_data, task_data)
-        if run.world.leader:
+        encoding_error = None
+        if run.world.leader and encoding == "full":
             manifest = write_patch_streamed(out, parts.records, parts.tensor, manifest)
+        elif run.world.leader:  # the full patch in the work folder, then its encoded form at ``out``
+            full = work.path("full-patch")
+            manifest = write_patch_streamed(full, parts.records, parts.tensor, manifest)
+            converted = convert_patch(full, out, encoding, sft=run.checkpoint("sft"))
+            manifest = dataclasses.replace(manifest, encoding=encoding)
+            encoding_error = {k: getattr(converted, k) for k in ("max_abs_error", "mean_abs_error", "mean_abs_change")}
         run.world.barrier()
     report = _report(out, timer, run, sets, manifest, stats, work.reused)
+    report.encoding, report.encoding_error = encoding, encoding_error
     if run.world.leader:
         write_json_atomic(out.with_name(out.name + ".report.json"), report.to_dict(), sort_keys=True)
         if not compute.keep_work:
