@@ -298,3 +298,22 @@ def test_convert_without_sft_is_one_error_and_writes_nothing(tiny_pair, calib, t
     res = cli("convert", str(full), "--to", "int8", "--sft", str(base), "-o", str(out))  # the wrong model
     assert res.exit_code == 2 and "another model" in assert_one_error_line(res)
     assert not out.exists()
+
+
+def test_the_benchmark_table_has_a_row_per_encoding():
+    from benchmarks.patch_encodings import table
+
+    metrics = {"honesty_f1": 0.5, "refusal_unanswerable": 0.4, "refusal_answerable": 0.1, "task_accuracy": 0.5}
+    rows = {"m1": dict(metrics, honesty_f1=0.3)}
+    for encoding, size in (("full", 40e6), ("bf16", 20e6), ("int8", 10e6)):
+        rows[encoding] = dict(
+            metrics,
+            bytes=size,
+            share_of_model_bytes=size / 540e6,
+            max_abs_error=1e-4,
+            mean_abs_error=1e-5,
+            f1_gain_kept=1.0,
+            answers_identical_to_full=9,
+        )
+    text = table({"n_items": 10, "rows": rows})
+    assert text.count("\n") == 5 and "| M1 + int8 patch | 10.0 MB | 1.85% |" in text and "9/10" in text
