@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "deploy": "surgery.commands.export:deploy",
     "probe": "surgery.commands.probe:probe",
     "bench": "surgery.commands.bench:bench",
+    "convert": "surgery.commands.convert:convert",
 }
 
 #: third-party packages that come with the [onnx] extra (anything else missing is a [dev] one)

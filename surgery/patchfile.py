@@ -10,7 +10,11 @@ calibration fingerprints and statistics. No timestamps, so equal inputs give equ
 
 Format versions: 2 adds ``payload_sha256``, which every reader checks first, so a patch damaged in transit is
 refused with one sentence before any tensor is looked at. Version 1 files (no digest) are still read: the
-digest only detects damage early, and they pass every other check below.
+digest only detects damage early, and they pass every other check below. Version 3 is an *encoded* patch
+(:mod:`surgery.patch_encoding`): the manifest records ``encoding`` (``bf16`` or ``int8``) and each weight
+stores ``N::delta`` (new − SFT on its neurons, bfloat16 or int8) and, for int8, ``N::scale`` (float32, one
+per neuron) instead of ``N::values``; the record's ``dtype`` stays the model's. A ``full`` patch is still
+written as version 2, byte for byte as before, and the version and the encoding must agree.
 
 The manifest is the typed :class:`PatchManifest` (with :class:`PatchStats` and one :class:`TensorRecord`
 per weight), written only by :func:`write_patch` and read only by :func:`read_manifest` /
@@ -41,11 +45,14 @@ from safetensors import SafetensorError, safe_open
 from .atomic import atomic_file
 from .errors import ArchitectureMismatch, FingerprintMismatch, ModelFolderError, PatchFormatError, SurgeryError
 from .modelio import SAFETENSORS_DTYPES, tensor_sha256
+from .patch_encoding import DELTA_DTYPES, ENCODINGS, SCALE_DTYPE, check_payload, decode_values, neurons
 
 FORMAT = "surgery-patch"
 FORMAT_VERSION = "2"
-#: versions this reader accepts: 1 has no payload digest (see the module docstring)
-READABLE_VERSIONS = ("1", "2")
+#: the version of an encoded (bf16/int8) patch; full patches stay at FORMAT_VERSION
+ENCODED_FORMAT_VERSION = "3"
+#: versions this reader accepts: 1 has no payload digest, 3 is encoded (see the module docstring)
+READABLE_VERSIONS = ("1", "2", "3")
 #: the ``__metadata__`` key of the data section's sha256 (beside the manifest, not inside it)
 PAYLOAD_KEY = "payload_sha256"
 
@@ -55,16 +62,40 @@ _UNREADABLE = (SafetensorError, OSError, RuntimeError, ValueError)
 
 @dataclass
 class PatchEntry:
-    """One touched weight: which neurons, their new values, and the fingerprints around them."""
+    """One touched weight: which neurons, their new values (or encoded change), and the fingerprints around them.
+
+    ``encoding`` ``full``: ``values`` are the new neuron values in the model's dtype. ``bf16``/``int8``:
+    ``values`` is the stored delta against the SFT neurons (bfloat16, or int8 with ``scale``, one float32 per
+    neuron) and ``dtype`` the model's dtype (:mod:`surgery.patch_encoding`)."""
 
     weight: str
     unit: str  # "cols" | "rows"
     index: torch.Tensor  # int32, sorted
-    values: torch.Tensor  # canonical orientation, model dtype
+    values: torch.Tensor  # canonical orientation: model dtype (full) or the encoded delta
     transposed: bool  # stored weight is (in x out), GPT-2 Conv1D
     sft_sha256: str
     patched_sha256: str
     shape: tuple[int, ...]  # stored shape
+    encoding: str = "full"
+    scale: torch.Tensor | None = None  # int8 only: (k,) float32
+    dtype: torch.dtype | None = None  # the model's dtype; None means values.dtype (full)
+
+    @property
+    def model_dtype(self) -> torch.dtype:
+        """The dtype of the weight this entry patches (and of its decoded values)."""
+        return self.dtype if self.dtype is not None else self.values.dtype
+
+    def new_values(self, stored_weight: torch.Tensor) -> torch.Tensor:
+        """The new neuron values in the weight's dtype: stored (full) or decoded against ``stored_weight``."""
+        if self.encoding == "full":
+            return self.values.to(stored_weight.dtype)
+        canon = stored_weight.t() if self.transposed else stored_weight
+        vals = decode_values(neurons(canon, self.index, self.unit), self.values, self.scale, self.unit)
+        if not bool(torch.isfinite(vals).all()):
+            raise PatchFormatError(
+                f"{self.weight}: the encoded change decodes to NaN or Inf (damaged or hostile patch)."
+            )
+        return vals
 
 
 def splice(stored_weight: torch.Tensor, entry: PatchEntry) -> torch.Tensor:
@@ -76,7 +107,7 @@ def splice(stored_weight: torch.Tensor, entry: PatchEntry) -> torch.Tensor:
     w = stored_weight.clone()
     canon = w.t() if entry.transposed else w
     idx = entry.index.long()
-    vals = entry.values.to(w.dtype)
+    vals = entry.new_values(stored_weight)
     if entry.unit == "cols":
         canon[:, idx] = vals
     else:
@@ -101,8 +132,12 @@ def canonical_shape(shape: tuple[int, ...], transposed: bool) -> tuple[int, int]
 
 
 def check_entry(entry: PatchEntry, where: str = "") -> None:
-    """An entry's index and values agree with its recorded shape, unit and orientation; values are finite."""
+    """An entry's index and values agree with its recorded shape, unit and orientation; values are finite
+    (encoded entries: the delta's dtype and the scales, :func:`surgery.patch_encoding.check_payload`)."""
     _check_layout(entry, where)
+    if entry.encoding != "full":
+        check_payload(f"{where}{entry.weight}", entry.encoding, entry.values, entry.scale, entry.unit)
+        return
     if not bool(torch.isfinite(entry.values).all()):
         raise PatchFormatError(f"{where}{entry.weight}::values contains NaN or Inf (damaged or hostile patch).")
 
@@ -135,13 +170,16 @@ def _check_layout(entry: PatchEntry, where: str) -> None:
         raise PatchFormatError(f"{key} is not strictly increasing (indices must be sorted and unique).")
     k = int(idx.numel())
     want = (out_dim, k) if entry.unit == "cols" else (k, in_dim)
+    if entry.encoding not in ENCODINGS:
+        raise PatchFormatError(f"{name}: encoding must be one of {', '.join(ENCODINGS)}, not {entry.encoding!r}.")
+    stored = "values" if entry.encoding == "full" else "delta"
     if tuple(entry.values.shape) != want:
         raise PatchFormatError(
-            f"{name}::values has shape {tuple(entry.values.shape)}; {k} {entry.unit} of the stored "
+            f"{name}::{stored} has shape {tuple(entry.values.shape)}; {k} {entry.unit} of the stored "
             f"{entry.shape} matrix (transposed={entry.transposed}) need {want}."
         )
-    if entry.values.dtype not in VALUE_DTYPES.values():
-        raise PatchFormatError(f"{name}::values has dtype {entry.values.dtype}, not a floating-point dtype.")
+    if entry.model_dtype not in VALUE_DTYPES.values():
+        raise PatchFormatError(f"{name}::values has dtype {entry.model_dtype}, not a floating-point dtype.")
 
 
 def make_entry(
@@ -220,13 +258,13 @@ class TensorRecord:
 
     @classmethod
     def of(cls, e: PatchEntry) -> TensorRecord:
-        """The record of an entry about to be written."""
+        """The record of an entry about to be written (``dtype`` is the model's, whatever the encoding)."""
         return cls(
             e.unit,
             int(e.index.numel()),
             e.transposed,
             list(e.shape),
-            str(e.values.dtype).replace("torch.", ""),
+            str(e.model_dtype).replace("torch.", ""),
             e.sft_sha256,
             e.patched_sha256,
         )
@@ -257,14 +295,16 @@ class TensorRecord:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def specs(self, weight: str) -> list[TensorSpec]:
-        """Name, dtype and shape of the two tensors this record stands for (index and values)."""
+    def specs(self, weight: str, encoding: str = "full") -> list[TensorSpec]:
+        """Name, dtype and shape of the tensors this record stands for: the index and the values (``full``),
+        or the index, the delta and (int8) the per-neuron scales."""
         out_f, in_f = canonical_shape(tuple(self.shape), self.transposed)
         values = (out_f, self.count) if self.unit == "cols" else (self.count, in_f)
-        return [
-            (f"{weight}::{self.unit}", torch.int32, (self.count,)),
-            (f"{weight}::values", VALUE_DTYPES[self.dtype], values),
-        ]
+        index: TensorSpec = (f"{weight}::{self.unit}", torch.int32, (self.count,))
+        if encoding == "full":
+            return [index, (f"{weight}::values", VALUE_DTYPES[self.dtype], values)]
+        specs = [index, (f"{weight}::delta", DELTA_DTYPES[encoding], values)]
+        return specs + ([(f"{weight}::scale", SCALE_DTYPE, (self.count,))] if encoding == "int8" else [])
 
 
 @dataclass(frozen=True)
@@ -381,6 +421,7 @@ class PatchManifest:
     tensors: dict[str, TensorRecord] = field(default_factory=dict)
     compute: dict[str, Any] | None = None  # where it was computed: dtype, device type, world size
     preset: str | None = None  # the named option set the options started from (surgery patch --preset)
+    encoding: str = "full"  # how the values are stored (surgery.patch_encoding); recorded unless full
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> PatchManifest:
@@ -391,6 +432,9 @@ class PatchManifest:
         tensors = {
             k: TensorRecord.from_dict(v, f"{where}.tensors.{k}") for k, v in _get(d, "tensors", dict, where).items()
         }
+        encoding = _get(d, "encoding", str, where) if "encoding" in d else "full"
+        if encoding not in ENCODINGS:
+            raise PatchFormatError(f"{where}: encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}.")
         return cls(
             **strings,
             options=_get(d, "options", dict, where),
@@ -399,6 +443,7 @@ class PatchManifest:
             tensors=tensors,
             compute=_get(d, "compute", dict, where) if "compute" in d else None,
             preset=_get(d, "preset", str, where) if "preset" in d else None,
+            encoding=encoding,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -419,6 +464,8 @@ class PatchManifest:
             out["compute"] = dict(self.compute)
         if self.preset is not None:  # absent unless named, so a library patch keeps its bytes
             out["preset"] = self.preset
+        if self.encoding != "full":  # full patches keep the bytes they had before encodings existed
+            out["encoding"] = self.encoding
         return out
 
 
@@ -462,11 +509,16 @@ _DIGEST_PLACEHOLDER = "0" * 64
 
 
 def write_patch(path: str | Path, entries: list[PatchEntry], manifest: PatchManifest) -> PatchManifest:
-    """Write atomically; the manifest's ``tensors`` are taken from ``entries``. Returns what was written."""
+    """Write atomically; the manifest's ``tensors`` are taken from ``entries``, whose encoding must be the
+    manifest's. Returns what was written."""
     tensors: dict[str, torch.Tensor] = {}
     for e in entries:
+        if e.encoding != manifest.encoding:
+            raise ValueError(f"{e.weight} is encoded {e.encoding}, the manifest says {manifest.encoding}")
         tensors[f"{e.weight}::{e.unit}"] = e.index.to(torch.int32)
-        tensors[f"{e.weight}::values"] = e.values
+        tensors[f"{e.weight}::{'values' if e.encoding == 'full' else 'delta'}"] = e.values
+        if e.scale is not None:
+            tensors[f"{e.weight}::scale"] = e.scale
     records = {e.weight: TensorRecord.of(e) for e in entries}
     return write_patch_streamed(path, records, tensors.__getitem__, manifest)
 
@@ -477,7 +529,8 @@ def write_patch_streamed(
     tensor: Callable[[str], torch.Tensor],
     manifest: PatchManifest,
 ) -> PatchManifest:
-    """Write atomically, asking ``tensor(name)`` for one tensor at a time (``<weight>::cols|rows|values``).
+    """Write atomically, asking ``tensor(name)`` for one tensor at a time (``<weight>::cols|rows|values``, or
+    ``delta`` and ``scale`` for an encoded manifest).
 
     The header is computed from the records alone, so a patch larger than memory is written from its
     parts with the same bytes :func:`write_patch` gives for the same entries.
@@ -485,11 +538,11 @@ def write_patch_streamed(
     written = dataclasses.replace(manifest, tensors=dict(sorted(records.items())))
     meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if manifest.encoding == "full" else ENCODED_FORMAT_VERSION,
         "manifest": json.dumps(written.to_dict(), sort_keys=True, separators=(",", ":")),
         PAYLOAD_KEY: _DIGEST_PLACEHOLDER,  # the digest needs the data, which follows the header
     }
-    specs = sorted(spec for weight, r in records.items() for spec in r.specs(weight))
+    specs = sorted(spec for weight, r in records.items() for spec in r.specs(weight, manifest.encoding))
     header = _header(specs, meta)
     digest = hashlib.sha256()
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
@@ -522,14 +575,20 @@ def read_manifest(path: str | Path) -> PatchManifest:
     if meta.get("format_version") not in READABLE_VERSIONS:
         raise PatchFormatError(
             f"{path} has patch format version {meta.get('format_version')}; "
-            f"this surgery reads versions {' and '.join(READABLE_VERSIONS)}."
+            f"this surgery reads versions {', '.join(READABLE_VERSIONS)}."
         )
     _check_payload(path, meta)
     try:
         data = json.loads(meta["manifest"])
     except (KeyError, ValueError, RecursionError):  # ValueError: bad JSON or an integer too long to parse
         raise PatchFormatError(f"{path} has a damaged manifest.") from None
-    return PatchManifest.from_dict(data, f"{path}: manifest")
+    manifest = PatchManifest.from_dict(data, f"{path}: manifest")
+    if (manifest.encoding != "full") != (meta["format_version"] == ENCODED_FORMAT_VERSION):
+        raise PatchFormatError(
+            f"{path} has patch format version {meta['format_version']} but its manifest records encoding "
+            f"{manifest.encoding} (encoded patches are version {ENCODED_FORMAT_VERSION}, full ones older)."
+        )
+    return manifest
 
 
 def _check_payload(path: Path, meta: dict[str, str]) -> None:
@@ -581,7 +640,10 @@ def read_patch(path: str | Path) -> tuple[PatchManifest, list[PatchEntry]]:
     try:
         with safe_open(str(path), framework="pt") as h:
             _check_tensor_names(path, manifest, set(h.keys()))
-            entries = [_read_entry(h, path, weight, info) for weight, info in sorted(manifest.tensors.items())]
+            entries = [
+                _read_entry(h, path, weight, info, manifest.encoding)
+                for weight, info in sorted(manifest.tensors.items())
+            ]
     except SurgeryError:
         raise
     except _UNREADABLE:
@@ -590,9 +652,9 @@ def read_patch(path: str | Path) -> tuple[PatchManifest, list[PatchEntry]]:
 
 
 def _check_tensor_names(path: str | Path, manifest: PatchManifest, keys: set[str]) -> None:
-    """Every tensor of the file belongs to a manifest record and every record has its two tensors."""
-    expected = {f"{w}::{info.unit}" for w, info in manifest.tensors.items()}
-    expected |= {f"{w}::values" for w in manifest.tensors}
+    """Every tensor of the file belongs to a manifest record and every record has its tensors (two, or three
+    for int8)."""
+    expected = {spec[0] for w, info in manifest.tensors.items() for spec in info.specs(w, manifest.encoding)}
     stray, missing = sorted(keys - expected), sorted(expected - keys)
     if missing:
         raise PatchFormatError(f"{path} lacks the tensor {missing[0]} named in its manifest (damaged patch).")
@@ -600,18 +662,30 @@ def _check_tensor_names(path: str | Path, manifest: PatchManifest, keys: set[str
         raise PatchFormatError(f"{path} holds a tensor {stray[0]} that its manifest does not name (damaged patch).")
 
 
-def _read_entry(h: Any, path: str | Path, weight: str, info: TensorRecord) -> PatchEntry:
+def _read_entry(h: Any, path: str | Path, weight: str, info: TensorRecord, encoding: str = "full") -> PatchEntry:
     """One weight's entry, checked against its manifest record (``h`` is an open ``safe_open`` handle)."""
-    index, values = h.get_tensor(f"{weight}::{info.unit}"), h.get_tensor(f"{weight}::values")
+    index = h.get_tensor(f"{weight}::{info.unit}")
+    values = h.get_tensor(f"{weight}::{'values' if encoding == 'full' else 'delta'}")
+    scale = h.get_tensor(f"{weight}::scale") if encoding == "int8" else None
     if index.numel() != info.count:
         raise PatchFormatError(f"{path}: {weight} has {index.numel()} indices, manifest says {info.count}.")
-    if values.dtype != VALUE_DTYPES[info.dtype]:
+    if encoding == "full" and values.dtype != VALUE_DTYPES[info.dtype]:
         raise PatchFormatError(
             f"{path}: {weight}::values has dtype {str(values.dtype).replace('torch.', '')}, "
             f"the manifest records {info.dtype}."
         )
     entry = PatchEntry(
-        weight, info.unit, index, values, info.transposed, info.sft_sha256, info.patched_sha256, tuple(info.shape)
+        weight,
+        info.unit,
+        index,
+        values,
+        info.transposed,
+        info.sft_sha256,
+        info.patched_sha256,
+        tuple(info.shape),
+        encoding,
+        scale,
+        None if encoding == "full" else VALUE_DTYPES[info.dtype],
     )
     check_entry(entry, f"{path}: ")
     return entry
@@ -621,10 +695,10 @@ def apply_entry(stored_sft: torch.Tensor, entry: PatchEntry) -> torch.Tensor:
     """Check shape, dtype and fingerprints on both sides of the splice and a finite result; any failure is
     one user-facing error."""
     check_fits(stored_sft, entry)
-    if stored_sft.dtype != entry.values.dtype:
+    if stored_sft.dtype != entry.model_dtype:
         raise FingerprintMismatch(
             f"{entry.weight} is {str(stored_sft.dtype).replace('torch.', '')} in the model but "
-            f"{str(entry.values.dtype).replace('torch.', '')} in the patch: the patch belongs to another model."
+            f"{str(entry.model_dtype).replace('torch.', '')} in the patch: the patch belongs to another model."
         )
     if tensor_sha256(stored_sft) != entry.sft_sha256:
         raise FingerprintMismatch(

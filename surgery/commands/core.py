@@ -75,6 +75,12 @@ class PatchIO:
         "options given on the command line override it.",
         metavar="FILE",
     )
+    encoding: str = opt(
+        "full",
+        "How the patch stores new values: full (model dtype), or the change against SFT in bf16 or int8 "
+        "(per-column scales); docs/encodings.md.",
+        choices=("full", "bf16", "int8"),
+    )
     plan: bool = switch("Print the run's estimated peak memory, work-folder disk and arithmetic, and exit.")
     keep_work: bool = switch("Keep <patch>.work/ (cached block inputs and parts) after success.")
 
@@ -111,6 +117,7 @@ def patch_command(
     words += ["--honesty-data", io.honesty_data, "--task-data", io.task_data, "-o", io.output]
     words += ["--preset", preset] if preset else []
     words += ["--dtype", dtype] if dtype != "float32" else []
+    words += ["--encoding", io.encoding] if io.encoding != "full" else []
     return shlex.join(reproducible_command(words, options)) + "\n"
 
 
@@ -207,12 +214,14 @@ def patch(sft: str, **kwargs: Any) -> None:
         allow_pickle=access.allow_pickle,
         compute=compute,
         preset=resolved.preset,
+        encoding=io.encoding,
     )
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes and speaks
         return
     write_text_atomic(io.output + ".command.txt", patch_command(sft, io, options, compute.dtype, resolved.preset))
     write_text_atomic(io.output + CONFIG_SUFFIX, _config_text(sft, io, resolved, compute.dtype))
-    click.echo(f"wrote {io.output} ({report.patch_bytes / 1e6:.2f} MB)")
+    encoded = f", {io.encoding}" if io.encoding != "full" else ""
+    click.echo(f"wrote {io.output} ({report.patch_bytes / 1e6:.2f} MB{encoded})")
     click.echo(
         f"  parameters changed  {fmt_params(report.parameters_changed)} "
         f"({100 * report.share_of_linear:.1f}% of linear, {100 * report.share_of_model:.1f}% of model)"
@@ -291,6 +300,8 @@ def manifest_lines(m: PatchManifest) -> list[str]:
         *([f"  preset {m.preset}"] if m.preset else []),
         f"  tensors touched     {len(m.tensors)}",
     ]
+    if m.encoding != "full":
+        lines.append(f"  encoding            {m.encoding} (change against the SFT weights)")
     s = m.stats
     if s is not None:
         lines.append(

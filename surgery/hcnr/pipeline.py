@@ -23,11 +23,13 @@ import torch
 from .. import __version__
 from ..architecture import require_same_architecture
 from ..atomic import write_json_atomic
+from ..convert import convert_patch
 from ..devices import resolve_device, resolve_dtype
-from ..errors import SurgeryError
+from ..errors import OptionError, SurgeryError
 from ..linear_layers import LinearLayer
 from ..memory import map_large_allocations, release_freed_memory
 from ..modelio import ModelSource, load_tokenizer, locate, open_checkpoint
+from ..patch_encoding import ENCODINGS
 from ..patchfile import PatchManifest, PatchStats, write_patch_streamed
 from ..progress import StageTimer, peak_rss_mb, progress
 from .calibration import CalibrationSets, dataset_fingerprint, load_calibration_sets
@@ -75,6 +77,8 @@ class PatchReport:
     residual_ratio: float | None
     options: dict[str, Any]
     reused: list[str]  # parts taken from an interrupted run's work folder
+    encoding: str = "full"  # how the patch stores its values (surgery.patch_encoding)
+    encoding_error: dict[str, float | None] | None = None  # bf16/int8: weight error against the full patch
 
     def to_dict(self) -> dict[str, Any]:
         """The report as ``<patch>.report.json`` stores it."""
@@ -93,9 +97,11 @@ def make_patch(
     allow_pickle: bool = False,
     compute: ComputeOptions = DEFAULT_COMPUTE,
     preset: str | None = None,  # only recorded in the manifest: the preset the options came from
+    encoding: str = "full",
 ) -> PatchReport:
-    """Compute an HCNR patch for ``sft`` against ``base``; writes ``out`` and ``out.report.json``."""
-    out, timer = Path(out), StageTimer()
+    """Compute an HCNR patch for ``sft`` against ``base``; writes ``out`` (in ``encoding``, :func:`_write`) and
+    ``out.report.json``."""
+    out, timer, _ = Path(out), StageTimer(), _require_encoding(encoding)
     map_large_allocations()
     run = _Run(sft, base, trust_remote_code, allow_pickle, compute)
     torch.manual_seed(options.seed)
@@ -112,15 +118,38 @@ def make_patch(
     with timer.stage("write"):
         stats = patch_stats(layers, selection, parts, weights)
         manifest = dataclasses.replace(run.manifest(options, stats, honesty_data, task_data), preset=preset)
-        if run.world.leader:
-            manifest = write_patch_streamed(out, parts.records, parts.tensor, manifest)
-        run.world.barrier()
-    report = _report(out, timer, run, sets, manifest, stats, work.reused)
+        manifest, encoding_error = _write(out, parts, manifest, encoding, run, work)
+    report = _report(out, timer, run, sets, manifest, stats, work.reused, encoding_error)
     if run.world.leader:
         write_json_atomic(out.with_name(out.name + ".report.json"), report.to_dict(), sort_keys=True)
         if not compute.keep_work:
             work.remove()
     return report
+
+
+def _write(
+    out: Path, parts: PatchParts, manifest: PatchManifest, encoding: str, run: _Run, work: WorkFolder
+) -> tuple[PatchManifest, dict[str, float | None] | None]:
+    """Write the patch at ``out`` (rank 0 only): streamed when full; else the full patch in the work folder first,
+    then its encoded form (:func:`surgery.convert.convert_patch`). Returns the manifest and, for bf16/int8, the
+    weight error the encoding costs against the full patch."""
+    error = None
+    if run.world.leader and encoding == "full":
+        manifest = write_patch_streamed(out, parts.records, parts.tensor, manifest)
+    elif run.world.leader:
+        full = work.path("full-patch")
+        write_patch_streamed(full, parts.records, parts.tensor, manifest)
+        converted = convert_patch(full, out, encoding, sft=run.checkpoint("sft"))
+        error = {k: getattr(converted, k) for k in ("max_abs_error", "mean_abs_error", "mean_abs_change")}
+    run.world.barrier()
+    return dataclasses.replace(manifest, encoding=encoding), error
+
+
+def _require_encoding(encoding: str) -> str:
+    """``encoding`` if it is one of :data:`surgery.patch_encoding.ENCODINGS`, checked before any work."""
+    if encoding not in ENCODINGS:
+        raise OptionError(f"--encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}.")
+    return encoding
 
 
 def plan_patch(
@@ -343,6 +372,7 @@ def _report(
     manifest: PatchManifest,
     stats: PatchStats,
     reused: list[str],
+    encoding_error: dict[str, float | None] | None = None,
 ) -> PatchReport:
     """The run summary: the patch statistics without the per-matrix detail, plus time, memory and device."""
     summary = {k: v for k, v in stats.to_dict().items() if k not in ("per_matrix", "unit_scores")}
@@ -358,5 +388,7 @@ def _report(
         calibration_examples=sets.examples(),
         options=dict(manifest.options),
         reused=list(reused),
+        encoding=manifest.encoding,
+        encoding_error=encoding_error,
         **summary,
     )

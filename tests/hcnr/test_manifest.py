@@ -71,6 +71,8 @@ def test_report_to_dict_is_the_report_file(patch):
             "residual_ratio",
             "options",
             "reused",
+            "encoding",
+            "encoding_error",
         ]
     )
     assert report.patch_bytes == path.stat().st_size
