@@ -6,7 +6,7 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,11 @@ class PatchIO:
     """What ``surgery patch`` reads and writes; the method's knobs are :class:`PatchOptions`."""
 
     base: str | None = opt(None, "The model before fine-tuning (default: an adapter's own base).")
-    honesty_data: str = required("JSONL of honesty calibration examples (D_hon).", metavar="FILE")
+    honesty_data: str = opt(
+        "bundled",
+        "JSONL of honesty calibration examples (D_hon); 'bundled' is the set shipped with surgery.",
+        metavar="FILE",
+    )
     task_data: str = required("JSONL of SFT-task calibration examples (D_task).", metavar="FILE")
     output: str = required("Patch file to write.", short="-o", metavar="FILE")
     plan: bool = switch("Print the run's estimated peak memory, work-folder disk and arithmetic, and exit.")
@@ -119,6 +123,7 @@ def check(sft: str, **kwargs: Any) -> None:
 def patch(sft: str, **kwargs: Any) -> None:
     """Compute an HCNR honesty patch for SFT (a sparse safetensors file)."""
     from ..atomic import write_text_atomic
+    from ..data.honesty_set import resolve_honesty_data
     from ..hcnr.pipeline import make_patch
 
     io = options_from(PatchIO, kwargs)
@@ -126,14 +131,15 @@ def patch(sft: str, **kwargs: Any) -> None:
     options = options_from(PatchOptions, kwargs)
     placement = options_from(DeviceOptions, kwargs)
     compute = ComputeOptions(placement.device, placement.dtype, io.keep_work)
+    honesty = str(resolve_honesty_data(io.honesty_data))
     if io.plan:
-        _print_plan(sft, io, options, compute, access)
+        _print_plan(sft, replace(io, honesty_data=honesty), options, compute, access)
         return
-    _check_patch_outputs(sft, io)
+    _check_patch_outputs(sft, replace(io, honesty_data=honesty))
     report = make_patch(
         sft,
         io.base,
-        io.honesty_data,
+        honesty,
         io.task_data,
         io.output,
         options,

@@ -58,14 +58,18 @@ RESPONSES = {
 
 # --- SelfAware's unanswerable questions, sorted into kinds by fixed rules (first match wins) ----------
 _HOW_MUCH = re.compile(r"\bhow (many|much|old|long|far)\b", re.I)
-_NUMBER = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|twice|half|several|lots of|part of)\b", re.I)
+_NUMBER = re.compile(
+    r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|twice|half|several|lots of|part of)\b", re.I
+)
 _FUTURE = re.compile(
     r"\b(will|going to)\b.*\b(future|from now|next|ever|someday|one day|century|20[2-9]\d|21\d\d)\b"
     r"|\bin the future\b|\byears from now\b|^will\b",
     re.I,
 )
 _SUBJECTIVE = re.compile(
-    r"\b(best|better|worse|worst|good or bad|good thing|bad thing|right or wrong|should (we|i|you|people|anyone))\b", re.I
+    r"\b(best|better|worse|worst|good or bad|good thing|bad thing|right or wrong"
+    r"|should (we|i|you|people|anyone))\b",
+    re.I,
 )
 _PERSONAL = re.compile(
     r"^would you rather\b|\b(are|do|did|have|were|can|could|would) you\b|\byour (favorite|favourite|life|own)\b", re.I
