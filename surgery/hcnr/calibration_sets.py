@@ -209,6 +209,27 @@ def examples_sha256(examples: Sequence[Example]) -> str:
     return h.hexdigest()
 
 
+def probe_candidates(honesty: str, data_dir: str | Path | None, n: int, seed: int) -> list[Item]:
+    """Answerable questions to probe a model with: the bundled controls, or SelfAware's calibration pool."""
+    if honesty == BUNDLED:
+        return bundled_known_candidates(n, seed)
+    return known_candidates(data_dir=data_dir, purpose="calib", n=n, seed=seed)
+
+
+def honesty_set(
+    honesty: str, *, data_dir: str | Path | None, n: int, seed: int, known: Sequence[Item] = ()
+) -> list[Example]:
+    """D_hon from the source ``honesty`` names (:data:`HONESTY_SOURCES`), logged."""
+    if honesty not in HONESTY_SOURCES:
+        raise SurgeryError(f"Unknown honesty data {honesty!r}; use one of {', '.join(HONESTY_SOURCES)}.")
+    if honesty == BUNDLED:
+        hon = bundled_honesty_calibration(n=n, seed=seed, known_ids=[it.id for it in known])
+    else:
+        hon = honesty_calibration(data_dir=data_dir, n=n, seed=seed, known=known)
+    log.info("D_hon: %d examples from the %s honesty data (seed %d)", len(hon), honesty, seed)
+    return hon
+
+
 def write_calibration(
     out_dir: Path,
     *,
@@ -225,25 +246,13 @@ def write_calibration(
 ) -> dict:
     """Write ``d_hon.jsonl``, ``d_task.jsonl`` and ``calibration.json`` (sizes, hashes, ids) to ``out_dir``.
 
-    ``honesty`` is where D_hon comes from (:data:`HONESTY_SOURCES`). With a ``generator`` the
-    answerable half of D_hon starts with questions that model answers correctly (``probe``
-    candidates: SelfAware's calibration pool, or the bundled set's controls); PKQA, or the rest of
-    the bundled controls, fills the rest.
+    ``honesty`` is where D_hon comes from (:data:`HONESTY_SOURCES`). With a ``generator`` the answerable
+    half of D_hon starts with ``probe`` candidates that model answers correctly (:func:`probe_candidates`).
     """
-    if honesty not in HONESTY_SOURCES:
-        raise SurgeryError(f"Unknown honesty data {honesty!r}; use one of {', '.join(HONESTY_SOURCES)}.")
     known: list[Item] = []
     if generator is not None and probe > 0:
-        if honesty == BUNDLED:
-            candidates = bundled_known_candidates(probe, seed)
-        else:
-            candidates = known_candidates(data_dir=data_dir, purpose="calib", n=probe, seed=seed)
-        known = probe_known(generator, candidates, max_new_tokens=max_new_tokens)
-    if honesty == BUNDLED:
-        hon = bundled_honesty_calibration(n=n_hon, seed=seed, known_ids=[it.id for it in known])
-    else:
-        hon = honesty_calibration(data_dir=data_dir, n=n_hon, seed=seed, known=known)
-    log.info("D_hon: %d examples from the %s honesty data (seed %d)", len(hon), honesty, seed)
+        known = probe_known(generator, probe_candidates(honesty, data_dir, probe, seed), max_new_tokens=max_new_tokens)
+    hon = honesty_set(honesty, data_dir=data_dir, n=n_hon, seed=seed, known=known)
     task = task_calibration(data_dir=data_dir, n=n_task, seed=seed, benchmarks=task_benchmarks)
     out_dir = Path(out_dir)
     paths = {
