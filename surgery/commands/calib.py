@@ -20,8 +20,7 @@ class CalibOptions:
     model: str | None = opt(
         None,
         "Probe this model (folder, hub id in the cache, or PEFT adapter) so that D_hon's "
-        "answerable half starts with questions it answers correctly. Default: no probing, "
-        "PKQA answers only.",
+        "answerable half starts with questions it answers correctly. Default: no probing.",
     )
     honesty: str = opt(
         "bundled",
@@ -32,7 +31,7 @@ class CalibOptions:
     data_dir: str | None = opt(
         None, "Benchmark data folder (default: $SURGERY_DATA_DIR, else the bundled samples).", metavar="DIRECTORY"
     )
-    n_hon: int = opt(128, "Size of D_hon (half answerable, half 'I don't know').", low=2)
+    n_hon: int = opt(128, "Size of D_hon (half answerable, half to decline).", low=2)
     n_task: int = opt(128, "Size of D_task.", low=1)
     task_benchmarks: str = opt(
         "nq_open,qa_wikidata",
