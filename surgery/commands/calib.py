@@ -32,16 +32,24 @@ class CalibOptions:
     model: str | None = opt(
         None,
         "Probe this model (folder, hub id in the cache, or PEFT adapter) so that D_hon's "
-        "answerable half starts with questions it answers correctly. Default: no probing, "
-        "PKQA answers only.",
+        "answerable half starts with questions it answers correctly. Default: no probing.",
+    )
+    honesty: str = opt(
+        "bundled",
+        "Where D_hon comes from: the honesty set bundled with surgery (5 kinds of questions to decline "
+        "plus answerable controls; needs no data folder), or the benchmarks PKQA/PUQA/SelfAware in --data-dir.",
+        choices=("bundled", "benchmarks"),
     )
     data_dir: str | None = opt(
         None, "Benchmark data folder (default: $SURGERY_DATA_DIR, else the bundled samples).", metavar="DIRECTORY"
     )
-    n_hon: int = opt(128, "Size of D_hon (half answerable, half 'I don't know').", low=2)
+    n_hon: int = opt(128, "Size of D_hon (half answerable, half to decline).", low=2)
     n_task: int = opt(128, "Size of D_task.", low=1)
     task_benchmarks: tuple[str, ...] = task_benchmark_choice(
-        "Task benchmark D_task is drawn from, repeatable.", ("nq_open", "qa_wikidata"), aliases=("--task",)
+        "Task benchmark D_task is drawn from, repeatable; or your own JSONL file of task questions "
+        '({"question", "answerable": true, "answers"}; used whole, sampled with --seed when larger than --n-task).',
+        ("nq_open", "qa_wikidata"),
+        aliases=("--task",),
     )
     probe: int = opt(192, "How many answerable questions to probe --model with.", low=1)
     seed: int = opt(0, "", low=0)
@@ -90,14 +98,15 @@ def calib(**kwargs: Any) -> None:
         probe=o.probe,
         task_benchmarks=benches,
         probe_model=o.model,
+        honesty=o.honesty,
     )
     if generator is not None:  # the probing model's precision, next to the summary write_calibration wrote
         summary["precision"] = placement.record()
         write_json_atomic(Path(o.out_dir) / "calibration.json", summary, indent=1)
     h, t = summary["honesty"], summary["task"]
     click.echo(
-        f"D_hon   {Path(o.out_dir) / h['file']}  {h['n']} examples ({h['n_idk']} 'I don't know', "
-        f"{h['n_known_probed']} probed as known)  sha256 {h['sha256'][:16]}"
+        f"D_hon   {Path(o.out_dir) / h['file']}  {h['n']} examples from the {h['source']} honesty data "
+        f"({h['n_idk']} to decline, {h['n_known_probed']} probed as known)  sha256 {h['sha256'][:16]}"
     )
     click.echo(
         f"D_task  {Path(o.out_dir) / t['file']}  {t['n']} examples ({', '.join(t['benchmarks'])})  "

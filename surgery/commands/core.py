@@ -6,7 +6,7 @@ import dataclasses
 import os
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +64,9 @@ class PatchIO:
     """What ``surgery patch`` reads and writes; the method's knobs are :class:`PatchOptions`."""
 
     base: str | None = opt(None, "The model before fine-tuning (default: an adapter's own base).")
-    honesty_data: str = honesty_data("JSONL of honesty calibration examples (D_hon).", is_required=True)
+    honesty_data: str = honesty_data(
+        "JSONL of honesty calibration examples (D_hon); 'bundled' is the set shipped with surgery.", default="bundled"
+    )
     task_data: str = task_data("JSONL of SFT-task calibration examples (D_task).", is_required=True)
     output: str = output("Patch file to write.", metavar="FILE")
     json_out: str | None = json_output("Write the run's report as JSON to PATH ('-' for stdout).")
@@ -191,6 +193,7 @@ def patch(sft: str, **kwargs: Any) -> None:
     --config with that file repeats the run.
     """
     from ..atomic import write_text_atomic
+    from ..data.honesty_set import resolve_honesty_data
     from ..hcnr.pipeline import make_patch
 
     io = options_from(PatchIO, kwargs)
@@ -199,14 +202,15 @@ def patch(sft: str, **kwargs: Any) -> None:
     options = resolved.options
     placement = options_from(DeviceOptions, kwargs)
     compute = ComputeOptions(placement.device, placement.dtype, io.keep_work)
+    honesty = str(resolve_honesty_data(io.honesty_data))
     if io.plan:
-        _print_plan(sft, io, options, compute, access)
+        _print_plan(sft, replace(io, honesty_data=honesty), options, compute, access)
         return
-    _check_patch_outputs(sft, io)
+    _check_patch_outputs(sft, replace(io, honesty_data=honesty))
     report = make_patch(
         sft,
         io.base,
-        io.honesty_data,
+        honesty,
         io.task_data,
         io.output,
         options,

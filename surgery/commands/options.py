@@ -118,9 +118,11 @@ def task_benchmark_choice(help: str, default: tuple[str, ...] = (), *, aliases: 
     )
 
 
-def honesty_data(help: str, *, is_required: bool = False, aliases: tuple[str, ...] = ()) -> Any:
+def honesty_data(
+    help: str, *, is_required: bool = False, default: str | None = None, aliases: tuple[str, ...] = ()
+) -> Any:
     """``--honesty-data FILE``: the honesty calibration set (D_hon)."""
-    return _maybe_required(is_required, None, help, flag=HONESTY_DATA, metavar="FILE", aliases=aliases)
+    return _maybe_required(is_required, default, help, flag=HONESTY_DATA, metavar="FILE", aliases=aliases)
 
 
 def task_data(help: str, *, is_required: bool = False, aliases: tuple[str, ...] = ()) -> Any:

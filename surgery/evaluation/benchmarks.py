@@ -77,14 +77,27 @@ def split_of(benchmark: str, item_id: str) -> str:
 # --- loaders: data dir -> items (all splits); each names the files it needs ---------------------------
 
 
+#: where each unbundled data folder comes from (named in the error when it is missing)
+UPSTREAM = {
+    "alignment_for_honesty": "the folder data/evaluation_data/ of github.com/GAIR-NLP/alignment-for-honesty",
+    "falseqa": "the folder dataset/ of github.com/thunlp/FalseQA",
+    "selfaware": "data/SelfAware.json of github.com/yinzhangyue/SelfAware",
+    "nq_open": "the folder nq_open/ of github.com/google-research-datasets/natural-questions",
+    "bigbench": "bigbench/benchmark_tasks/ of the PyPI sdist bigbench==1.0.0 (pip download --no-deps bigbench==1.0.0)",
+}
+
+
 def _need(root: Path, rel: str, benchmark: str) -> Path:
     p = root / rel
     if p.is_file():
         return p
     if root == SAMPLES_DIR:
+        source = UPSTREAM.get(rel.split("/", 1)[0], "its publisher")
         raise SurgeryError(
-            f"Benchmark '{benchmark}' is not bundled with surgery (no redistribution licence); "
-            f"pass --data-dir (or set ${DATA_DIR_ENV}) to a folder that holds {rel}."
+            f"Benchmark '{benchmark}' is not bundled with surgery (no redistribution licence): download {rel} "
+            f"from {source}, keep the path {rel} inside a folder, and pass --data-dir FOLDER (or set "
+            f"${DATA_DIR_ENV}); `surgery calib` and `surgery patch` need no benchmark with their default, "
+            "bundled honesty data."
         )
     raise SurgeryError(f"Benchmark '{benchmark}' needs {rel}, which is not in the data directory {root}.")
 

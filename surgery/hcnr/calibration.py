@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from ..errors import CalibrationDataError
 from ..jsonl import iter_jsonl
 from ..prompting import Message, encode_example
 from .options import PatchOptions
+
+log = logging.getLogger(__name__)
 
 Prompt = str | tuple[tuple[Any, Any], ...]  # a question, or the (role, content) messages before the answer
 
@@ -136,6 +139,8 @@ def load_calibration_sets(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sets = []
     for path, what in ((honesty_data, "honesty calibration file"), (task_data, "task calibration file")):
-        examples = sample_examples(read_calibration_jsonl(path, what), options.max_samples, options.seed)
+        every = read_calibration_jsonl(path, what)
+        examples = sample_examples(every, options.max_samples, options.seed)
+        log.info("%s %s: using %d of its %d examples (seed %d)", what, path, len(examples), len(every), options.seed)
         sets.append(make_batches(tokenize_examples(tokenizer, examples, options.max_length), options.batch_size, pad))
     return CalibrationSets(*sets)

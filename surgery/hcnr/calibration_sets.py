@@ -6,19 +6,27 @@ quarter of the items for calibration ("calib"), so D_hon/D_task never overlap th
 trained on ("fit": the baselines' RAIT pool, the demo pair's alignment and SFT sets).
 Each set is a list of ``{"id", "prompt", "response"}`` dicts, hashed with :func:`examples_sha256`.
 Used by ``surgery calib``, the comparison (``surgery bench``) and the demo.
+
+D_hon comes either from the benchmarks above (``honesty="benchmarks"``: PKQA, PUQA and SelfAware,
+which need the data folder) or from the set bundled in the package (``honesty="bundled"``,
+:mod:`surgery.data.honesty_set`), which needs nothing beside the install. A user's own JSONL named
+as a task benchmark is the user's data, not a benchmark: it is used whole (no hash split), and
+sampled with the seed only when it holds more items than asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..atomic import write_json_atomic, write_text_atomic
+from ..data.honesty_set import BUNDLED, DECLINE_KINDS, read_bundled
 from ..errors import SurgeryError
-from ..evaluation.benchmarks import Item, load_items
+from ..evaluation.benchmarks import LOADERS, SAMPLES_DIR, Item, load_items, resolve_data_dir
 from ..evaluation.runner import Generator
 from ..evaluation.scoring import is_correct
 from ..jsonl import jsonl_text
@@ -28,6 +36,10 @@ IDK_RESPONSE = "I don't know the answer to that question."
 #: share of the train split reserved for calibration sets
 CALIB_SHARE = 0.25
 PURPOSES = ("fit", "calib")
+#: where D_hon comes from: the set bundled in the package, or the benchmarks in the data folder
+HONESTY_SOURCES = (BUNDLED, "benchmarks")
+
+log = logging.getLogger(__name__)
 
 Example = dict  # {"id": str, "prompt": str, "response": str}
 
@@ -100,17 +112,85 @@ def task_calibration(
     seed: int = 0,
     benchmarks: Sequence[str] = ("nq_open", "qa_wikidata"),
 ) -> list[Example]:
-    """D_task: the SFT task's own examples (split evenly over ``benchmarks``), always answered."""
+    """D_task: the SFT task's own examples (split evenly over ``benchmarks``), always answered.
+
+    A named benchmark gives its reserved calibration pool; a user's JSONL file gives all its
+    answerable items (see :func:`user_task_pool`).
+    """
     if not benchmarks:
         raise SurgeryError("D_task needs at least one task benchmark.")
     items: list[Item] = []
     for i, b in enumerate(benchmarks):
         k = n // len(benchmarks) + (1 if i < n % len(benchmarks) else 0)
+        if b not in LOADERS:
+            pool = user_task_pool(b)
+            drawn = pool if len(pool) <= k else random.Random(seed).sample(pool, k)
+            log.info("D_task: %d of the %d answerable items of %s (seed %d)", len(drawn), len(pool), b, seed)
+            items += drawn
+            continue
         pool = [it for it in train_pool(b, "calib", data_dir=data_dir) if it.answerable and it.answers]
+        if k > len(pool):
+            where = " in the samples bundled with surgery" if resolve_data_dir(data_dir) == SAMPLES_DIR else ""
+            raise SurgeryError(
+                f"Only {len(pool)} {b} calibration items are available{where}, but {k} were asked for; "
+                "pass a sample of your own SFT data with --task FILE.jsonl, lower --n-task, "
+                "or point --data-dir at the full benchmark data."
+            )
+        log.info("D_task: %d of the %d calibration items of %s (seed %d)", k, len(pool), b, seed)
         items += sample(pool, k, seed, f"{b} calibration")
     examples = [answer_example(it) for it in items]
     random.Random(seed).shuffle(examples)
     return examples
+
+
+def user_task_pool(path: str | Path) -> list[Item]:
+    """A user's JSONL of task questions, whole: every answerable item with an answer, in file order.
+
+    Lines marked ``"split": "eval"`` stay out; nothing is hashed away, because the file is the
+    user's own data, not a benchmark that evaluation also reads.
+    """
+    items = [it for it in load_items(str(path), split="train") if it.answerable and it.answers]
+    if not items:
+        raise SurgeryError(f"The task file {path} has no answerable question with an answer.")
+    return items
+
+
+def bundled_honesty_calibration(*, n: int = 128, seed: int = 0, known_ids: Sequence[str] = ()) -> list[Example]:
+    """D_hon from the bundled set: half answerable (``known_ids`` first), half to decline, spread over the kinds.
+
+    The decline half takes the kinds in turn (each kind's lines in a seeded order), so a small set
+    still covers unknowable, false-premise, future/personal, invented and ambiguous questions.
+    """
+    rows = read_bundled()
+    rng = random.Random(seed)
+    known = set(known_ids)
+    answerable = [r for r in rows if r["kind"] == "answerable"]
+    rng.shuffle(answerable)
+    answerable.sort(key=lambda r: r["id"] not in known)  # stable: the known ones first, each group seeded
+    by_kind = {k: [r for r in rows if r["kind"] == k] for k in DECLINE_KINDS}
+    for pool in by_kind.values():
+        rng.shuffle(pool)
+    n_ans, n_dec = n // 2, n - n // 2
+    if n_ans > len(answerable) or n_dec > sum(map(len, by_kind.values())):
+        raise SurgeryError(f"The bundled honesty set has {len(rows)} lines; --n-hon {n} asks for more of one half.")
+    decline: list[dict] = []
+    turn = 0
+    while len(decline) < n_dec:
+        pool = by_kind[DECLINE_KINDS[turn % len(DECLINE_KINDS)]]
+        if turn // len(DECLINE_KINDS) < len(pool):
+            decline.append(pool[turn // len(DECLINE_KINDS)])
+        turn += 1
+    keep = ("id", "prompt", "response", "kind")
+    examples = [{k: r[k] for k in keep} for r in answerable[:n_ans] + decline]
+    rng.shuffle(examples)
+    return examples
+
+
+def bundled_known_candidates(n: int, seed: int) -> list[Item]:
+    """The bundled set's answerable questions to probe a model with (a seeded sample of ``n``)."""
+    rows = [r for r in read_bundled() if r["kind"] == "answerable"]
+    items = [Item(r["id"], r["source"], r["prompt"], True, [r["response"]]) for r in rows]
+    return random.Random(seed).sample(items, min(n, len(items)))
 
 
 def known_candidates(
@@ -129,6 +209,27 @@ def examples_sha256(examples: Sequence[Example]) -> str:
     return h.hexdigest()
 
 
+def probe_candidates(honesty: str, data_dir: str | Path | None, n: int, seed: int) -> list[Item]:
+    """Answerable questions to probe a model with: the bundled controls, or SelfAware's calibration pool."""
+    if honesty == BUNDLED:
+        return bundled_known_candidates(n, seed)
+    return known_candidates(data_dir=data_dir, purpose="calib", n=n, seed=seed)
+
+
+def honesty_set(
+    honesty: str, *, data_dir: str | Path | None, n: int, seed: int, known: Sequence[Item] = ()
+) -> list[Example]:
+    """D_hon from the source ``honesty`` names (:data:`HONESTY_SOURCES`), logged."""
+    if honesty not in HONESTY_SOURCES:
+        raise SurgeryError(f"Unknown honesty data {honesty!r}; use one of {', '.join(HONESTY_SOURCES)}.")
+    if honesty == BUNDLED:
+        hon = bundled_honesty_calibration(n=n, seed=seed, known_ids=[it.id for it in known])
+    else:
+        hon = honesty_calibration(data_dir=data_dir, n=n, seed=seed, known=known)
+    log.info("D_hon: %d examples from the %s honesty data (seed %d)", len(hon), honesty, seed)
+    return hon
+
+
 def write_calibration(
     out_dir: Path,
     *,
@@ -141,17 +242,17 @@ def write_calibration(
     task_benchmarks: Sequence[str] = ("nq_open", "qa_wikidata"),
     max_new_tokens: int = 32,
     probe_model: str | None = None,
+    honesty: str = "benchmarks",
 ) -> dict:
     """Write ``d_hon.jsonl``, ``d_task.jsonl`` and ``calibration.json`` (sizes, hashes, ids) to ``out_dir``.
 
-    With a ``generator`` the answerable half of D_hon starts with SelfAware questions that model
-    answers correctly (``probe`` candidates from the calibration pool); PKQA fills the rest.
+    ``honesty`` is where D_hon comes from (:data:`HONESTY_SOURCES`). With a ``generator`` the answerable
+    half of D_hon starts with ``probe`` candidates that model answers correctly (:func:`probe_candidates`).
     """
     known: list[Item] = []
     if generator is not None and probe > 0:
-        candidates = known_candidates(data_dir=data_dir, purpose="calib", n=probe, seed=seed)
-        known = probe_known(generator, candidates, max_new_tokens=max_new_tokens)
-    hon = honesty_calibration(data_dir=data_dir, n=n_hon, seed=seed, known=known)
+        known = probe_known(generator, probe_candidates(honesty, data_dir, probe, seed), max_new_tokens=max_new_tokens)
+    hon = honesty_set(honesty, data_dir=data_dir, n=n_hon, seed=seed, known=known)
     task = task_calibration(data_dir=data_dir, n=n_task, seed=seed, benchmarks=task_benchmarks)
     out_dir = Path(out_dir)
     paths = {
@@ -161,10 +262,16 @@ def write_calibration(
     summary = {
         "honesty": {
             "file": paths["honesty"].name,
+            "source": honesty,
             "n": len(hon),
             "sha256": examples_sha256(hon),
             "n_known_probed": min(len(known), n_hon // 2),
-            "n_idk": sum(e["response"] == IDK_RESPONSE for e in hon),
+            "n_idk": sum(e["response"] == IDK_RESPONSE for e in hon)
+            if honesty != BUNDLED
+            else sum(e["kind"] != "answerable" for e in hon),
+            "kinds": {k: sum(e.get("kind") == k for e in hon) for k in (*DECLINE_KINDS, "answerable")}
+            if honesty == BUNDLED
+            else None,
             "ids": [e["id"] for e in hon],
         },
         "task": {
