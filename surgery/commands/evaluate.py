@@ -19,7 +19,10 @@ _BENCHMARK_HELP = (
 
 @dataclass(frozen=True)
 class EvalOptions:
-    compare: bool = switch("Compare saved --json results instead: first = base, second = SFT, the rest = candidates.")
+    compare: bool = switch(
+        "Compare saved results (--json, --output-path, or lm_eval's with the task pack) instead: first = base, "
+        "second = SFT, the rest = candidates."
+    )
     benchmarks: tuple[str, ...] = opt(
         (), _BENCHMARK_HELP, flag="--benchmark", short="-b", multiple=True, metavar="NAME|FILE.jsonl"
     )

@@ -126,7 +126,8 @@ def run_eval(
     device: str = "auto",
     dtype: str = "float32",
 ) -> dict:
-    """``surgery eval MODEL`` as a library call: the record ``--json`` writes (options, timing, items, metrics).
+    """``surgery eval MODEL`` as a library call: options, timing, items, metrics (``--json`` writes it in the
+    lm-evaluation-harness layout through :func:`harness_outputs`).
 
     Every benchmark is loaded before the model, so a bad name or file fails in seconds, not minutes.
     ``device``/``dtype`` are ``--device``/``--dtype`` (:mod:`surgery.devices`); the record's
