@@ -81,8 +81,12 @@ def eval_command(targets: tuple[str, ...], **kwargs: Any) -> None:
     access = options_from(ModelAccess, kwargs)
     place = options_from(DeviceOptions, kwargs)
     results_file = (o.output_path or "").endswith(".json")
-    written = (("--json", o.json_out), ("--markdown", o.md_out), ("--plot", o.plot_out))
-    written += (("--output-path", o.output_path if results_file else None),)
+    written = (
+        ("--json", o.json_out),
+        ("--markdown", o.md_out),
+        ("--plot", o.plot_out),
+        ("--output-path", o.output_path if results_file else None),
+    )
     folders = (("--output-path", None if results_file else o.output_path),)
     check_outputs((*targets, o.refusal_patterns, *o.benchmarks), files=written, folders=folders)
     if o.compare:
