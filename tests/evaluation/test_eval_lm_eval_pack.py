@@ -53,7 +53,7 @@ def _fit_to_the_items(src: Path, dst: Path) -> Path:
         examples.append(encode_example(tok, it.question, reply))
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(300):
+    for _ in range(150):
         loss = sum(model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss for ids, labels in examples)
         opt.zero_grad()
         loss.backward()
