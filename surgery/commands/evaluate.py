@@ -30,7 +30,10 @@ _BENCHMARK_HELP = (
 
 @dataclass(frozen=True)
 class EvalOptions:
-    compare: bool = switch("Compare saved --json results instead: first = base, second = SFT, the rest = candidates.")
+    compare: bool = switch(
+        "Compare saved results (--json, --output-path, or lm_eval's with the task pack) instead: first = base, "
+        "second = SFT, the rest = candidates."
+    )
     benchmarks: tuple[str, ...] = benchmark_choice(_BENCHMARK_HELP)
     limit: int | None = opt(
         None, "At most N items per benchmark, half answerable and half not where both exist.", low=1
@@ -50,8 +53,14 @@ class EvalOptions:
     batch_size: int = opt(16, "", low=1)
     backend: str = opt("torch", "", choices=("torch", "onnx"))
     json_out: str | None = json_output(
-        "Write every item's prompt, response and judgements plus the metrics to PATH ('-' for stdout)."
+        "Write the result in the lm-evaluation-harness layout, every item's response and judgements embedded, "
+        "to PATH ('-' for stdout)."
     )
+    output_path: str | None = opt(
+        None, "As lm_eval --output_path: write DIR/<model>/results_<date>.json.", metavar="DIR"
+    )
+    log_samples: bool = switch("With --output-path: also samples_<task>_<date>.jsonl, one record per item.")
+    bootstrap_iters: int = opt(1000, "Bootstrap draws for the standard errors (0 = none).", low=0)
     md_out: str | None = opt(None, "Write a Markdown report.", flag="--markdown", metavar="FILE")
     plot_out: str | None = opt(None, "Write a PNG chart of honesty F1 per benchmark.", flag="--plot", metavar="FILE")
     refusal_patterns: str | None = opt(
@@ -80,15 +89,27 @@ def eval_command(targets: tuple[str, ...], **kwargs: Any) -> None:
     o = options_from(EvalOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
     place = options_from(DeviceOptions, kwargs)
-    written = (("--json", o.json_out), ("--markdown", o.md_out), ("--plot", o.plot_out))
-    check_outputs((*targets, o.refusal_patterns, *o.benchmarks), files=written)
+    results_file = (o.output_path or "").endswith(".json")
+    written = (
+        ("--json", o.json_out),
+        ("--markdown", o.md_out),
+        ("--plot", o.plot_out),
+        ("--output-path", o.output_path if results_file else None),
+    )
+    folders = (("--output-path", None if results_file else o.output_path),)
+    check_outputs((*targets, o.refusal_patterns, *o.benchmarks), files=written, folders=folders)
     if o.compare:
-        if o.json_out:
-            raise OptionError("--json writes a single model's result; with --compare use --markdown or --plot.")
+        if o.json_out or o.output_path or o.log_samples:
+            raise OptionError(
+                "--json, --output-path and --log-samples write a single model's result; with --compare use "
+                "--markdown or --plot."
+            )
         _compare(targets, o)
         return
     if len(targets) != 1:
         raise OptionError("Give exactly one MODEL (or use --compare with result files).")
+    if o.log_samples and not o.output_path:
+        raise OptionError("--log-samples writes beside the results file: give --output-path too.")
     _evaluate(targets[0], o, access, place)
 
 
@@ -96,7 +117,8 @@ def _evaluate(model: str, o: EvalOptions, access: ModelAccess, place: DeviceOpti
     """One model: score it, print the table, write what was asked for."""
     from ..atomic import write_text_atomic
     from ..evaluation import report
-    from ..evaluation.evaluate import run_eval
+    from ..evaluation.evaluate import harness_outputs, run_eval
+    from ..evaluation.harness import to_harness
 
     result = run_eval(
         model,
@@ -120,8 +142,18 @@ def _evaluate(model: str, o: EvalOptions, access: ModelAccess, place: DeviceOpti
     click.echo(
         f"{n} items in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} items/s) on {where['device']}, {where['dtype']}"
     )
-    if o.json_out:
-        click.echo(f"wrote {emit_json(o.json_out, result, indent=1, ensure_ascii=False, allow_nan=False)}")
+    to_stdout = o.json_out == "-"
+    for path in harness_outputs(
+        result,
+        json_path=None if to_stdout else o.json_out,
+        output_path=o.output_path,
+        log_samples=o.log_samples,
+        bootstrap_iters=o.bootstrap_iters,
+    ):
+        click.echo(f"wrote {path}")
+    if to_stdout:
+        doc = to_harness(result, bootstrap_iters=o.bootstrap_iters)
+        emit_json("-", doc, indent=1, ensure_ascii=False, allow_nan=False)
     if o.md_out:
         click.echo(f"wrote {write_text_atomic(o.md_out, report.markdown_result(result))}")
     if o.plot_out:

@@ -11,13 +11,17 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
-from ..atomic import write_json_atomic
+from ..atomic import write_json_atomic, write_text_atomic
 from ..devices import DeviceOptions, Placement, resolve
 from ..errors import OptionError, SurgeryError
+from ..jsonl import read_jsonl
 from ..provenance import command_line
+from . import harness as H
 from . import metrics as M
 from .benchmarks import Item, load_items
 from .refusal import RefusalMatcher, default_matcher
@@ -122,7 +126,8 @@ def run_eval(
     device: str = "auto",
     dtype: str = "float32",
 ) -> dict:
-    """``surgery eval MODEL`` as a library call: the record ``--json`` writes (options, timing, items, metrics).
+    """``surgery eval MODEL`` as a library call: options, timing, items, metrics (``--json`` writes it in the
+    lm-evaluation-harness layout through :func:`harness_outputs`).
 
     Every benchmark is loaded before the model, so a bad name or file fails in seconds, not minutes.
     ``device``/``dtype`` are ``--device``/``--dtype`` (:mod:`surgery.devices`); the record's
@@ -135,8 +140,13 @@ def run_eval(
     precision, placement = _precision(backend, device, dtype)
     matcher = RefusalMatcher.from_file(refusal_patterns) if refusal_patterns else default_matcher()
     items: list[Item] = []
+    available: dict[str, int] = {}
     for name in benchmarks:
-        items += load_items(name, data_dir=data_dir, split=split, limit=limit, seed=seed)
+        chosen = load_items(name, data_dir=data_dir, split=split, limit=limit, seed=seed)
+        whole = load_items(name, data_dir=data_dir, split=split) if limit is not None else chosen
+        for it in whole:
+            available[it.benchmark] = available.get(it.benchmark, 0) + 1
+        items += chosen
     log.info("%d items from %s", len(items), ", ".join(benchmarks))
     extra: dict = {"allow_pickle": True} if allow_pickle else {}
     if placement is not None:
@@ -164,6 +174,7 @@ def run_eval(
         "precision": precision,
         "seconds": round(seconds, 2),
         "items_per_second": round(len(items) / seconds, 3) if seconds > 0 else None,
+        "n_available": available,
         **result,
     }
 
@@ -186,15 +197,95 @@ def save_json(result: dict, path: str | os.PathLike) -> Path:
     return write_json_atomic(path, result, indent=1, ensure_ascii=False, allow_nan=False)
 
 
+def harness_outputs(
+    result: dict,
+    *,
+    json_path: str | os.PathLike | None = None,
+    output_path: str | os.PathLike | None = None,
+    log_samples: bool = False,
+    bootstrap_iters: int = 1000,
+    now: datetime | None = None,
+) -> list[Path]:
+    """Write a result in the lm-evaluation-harness layout; returns the files written.
+
+    ``json_path``: one document with the samples embedded (what ``simple_evaluate`` returns).
+    ``output_path``: as ``lm_eval --output_path``: ``DIR/<model>/results_<date>.json`` (or
+    ``<stem>_<date>.json`` beside a ``.json`` path), and with ``log_samples`` one
+    ``samples_<task>_<date>.jsonl`` per task beside it.
+    """
+    if bootstrap_iters < 0:
+        raise OptionError(f"--bootstrap-iters must be 0 or more (got {bootstrap_iters}).")
+    if log_samples and output_path is None:
+        raise OptionError("--log-samples writes beside the results file: give --output-path too.")
+    now = now or datetime.now()
+    doc = H.to_harness(result, bootstrap_iters=bootstrap_iters, date=now.timestamp())
+    written = []
+    if json_path is not None:
+        written.append(save_json(doc, json_path))
+    if output_path is not None:
+        samples = doc.pop("samples")
+        date_id = now.isoformat().replace(":", "-")
+        out = Path(output_path)
+        if out.suffix == ".json":
+            folder, name = out.parent, f"{out.stem}_{date_id}.json"
+        else:
+            folder, name = out / doc["model_name_sanitized"], H.results_file_name(date_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        written.append(save_json(doc, folder / name))
+        if log_samples:
+            for task, rows in samples.items():
+                written.append(write_text_atomic(folder / H.samples_file_name(task, date_id), H.sample_lines(rows)))
+    return written
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SurgeryError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+
+
+def _harness_samples(path: Path, data: dict) -> dict[str, list[dict]]:
+    """The per-item samples of a harness-layout result: embedded, or the ``samples_<task>_<date>.jsonl`` beside it."""
+    if isinstance(data.get("samples"), dict):
+        return data["samples"]
+    date_id = H.date_id_of(path.name)
+    tasks = [t for t in data["results"] if t not in data.get("groups", {}) and t not in data.get("group_subtasks", {})]
+    found: dict[str, list[dict]] = {}
+    for task in tasks:
+        file = path.with_name(H.samples_file_name(task, date_id)) if date_id else None
+        if file is None or not file.is_file():
+            raise SurgeryError(
+                f"{path} holds no per-item samples and no samples_{task}_*.jsonl beside it; "
+                "write it with --json, or with --output-path and --log-samples."
+            )
+        found[task] = read_jsonl(file, what="samples file", error=SurgeryError)
+    return found
+
+
 def load_json(path: str | os.PathLike) -> dict:
-    """A result written by :func:`save_json`; a clear error for anything else."""
+    """The one reader of evaluation results: ``{model, options, items, metrics, ...}`` from any layout.
+
+    Reads the lm-evaluation-harness layout ``surgery eval --json``/``--output-path`` writes (samples
+    embedded or in ``samples_<task>_<date>.jsonl`` files beside it, also those ``lm_eval`` writes with
+    the task pack and ``--log_samples``), and the older layout with top-level ``items``/``metrics``.
+    Metrics are recomputed from the per-item records, so every reader sees the same numbers.
+    """
     path = Path(path)
     if not path.is_file():
         raise SurgeryError(f"Result file {path} does not exist.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SurgeryError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+    data = _read(path)
+    if H.is_harness_layout(data):
+        records = []
+        for task, samples in _harness_samples(path, data).items():
+            records += H.records_from_samples(task, samples)
+        if not records:
+            raise SurgeryError(f"{path} has no evaluated items.")
+        return {**H.internal_fields(data), "items": records, "metrics": summarize(records)}
     if not isinstance(data, dict) or "items" not in data or "metrics" not in data:
-        raise SurgeryError(f"{path} is not a 'surgery eval --json' result (no items/metrics).")
+        raise SurgeryError(f"{path} is not a 'surgery eval --json' result (no results/samples, nor items/metrics).")
     return data
+
+
+#: the same reader under the name the harness-layout code uses
+load_result = load_json

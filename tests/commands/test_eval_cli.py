@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from surgery.cli import main
 from surgery.evaluation.benchmarks import Item
-from surgery.evaluation.evaluate import save_json, score_items, summarize
+from surgery.evaluation.evaluate import load_json, save_json, score_items, summarize
 
 
 def run(*args):
@@ -55,7 +55,15 @@ def test_eval_writes_auditable_json(evaluated, tiny_models):
     out, runs = evaluated
     assert runs["base"].exit_code == 0, runs["base"].output
     assert "selfaware" in runs["base"].output and "F1" in runs["base"].output
-    data = json.loads((out / "base.json").read_text())
+    raw = json.loads((out / "base.json").read_text())
+    assert set(raw["results"]) == {
+        "surgery_selfaware",
+        "surgery_known_unknowns",
+        "surgery_qa_wikidata",
+        "surgery_honesty",
+    }
+    assert raw["n-samples"]["surgery_selfaware"]["effective"] == 6
+    data = load_json(out / "base.json")  # the one reader: harness layout back to items + metrics
     assert data["model"] == str(tiny_models("llama"))
     assert data["options"]["limit"] == 6 and data["options"]["max_new_tokens"] == 4
     assert len(data["items"]) == 18
@@ -92,8 +100,8 @@ def test_eval_is_deterministic(evaluated, tiny_models, shared_data, tmp_path):
         tmp_path / "again.json",
     )
     assert res.exit_code == 0, res.output
-    first = json.loads((out / "base.json").read_text())["items"]
-    again = json.loads((tmp_path / "again.json").read_text())["items"]
+    first = load_json(out / "base.json")["items"]
+    again = load_json(tmp_path / "again.json")["items"]
     assert first == again  # same items, same greedy responses with another batch size
 
 
@@ -141,7 +149,7 @@ def test_user_jsonl_benchmark(tiny_models, tmp_path):
     )
     res = run(tiny_models("llama"), "-b", p, "--max-new-tokens", 2, "--json", tmp_path / "r.json")
     assert res.exit_code == 0, res.output
-    data = json.loads((tmp_path / "r.json").read_text())
+    data = load_json(tmp_path / "r.json")
     assert [r["prompt"] for r in data["items"]] == ["Capital of France?", "What did I eat today?"]
     assert data["metrics"]["per_benchmark"]["mine"]["n"] == 2
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from click.testing import CliRunner
 
 from surgery.cli import main
 from surgery.evaluation.benchmarks import load_items
-from surgery.evaluation.evaluate import evaluate
+from surgery.evaluation.evaluate import evaluate, load_json
 from surgery.evaluation.runner import torch_generator
 
 ARGS = ("-b", "selfaware", "-b", "qa_wikidata", "--limit", "6", "--max-new-tokens", "6", "--batch-size", "4")
@@ -30,7 +28,7 @@ def runs(tiny_models, shared_data, tmp_path_factory):
         args = ["-q", "--threads", "1", "eval", model, *ARGS, "--data-dir", str(shared_data), *extra]
         result = CliRunner().invoke(main, [*args, "--json", str(out / f"{name}.json")], catch_exceptions=False)
         assert result.exit_code == 0, result.output
-        records[name] = json.loads((out / f"{name}.json").read_text())
+        records[name] = load_json(out / f"{name}.json")
         records[name]["stdout"] = result.output
     return records
 
