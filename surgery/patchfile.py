@@ -41,6 +41,7 @@ from safetensors import SafetensorError, safe_open
 from .atomic import atomic_file
 from .errors import ArchitectureMismatch, FingerprintMismatch, ModelFolderError, PatchFormatError, SurgeryError
 from .modelio import SAFETENSORS_DTYPES, tensor_sha256
+from .revision import check_revisions
 
 FORMAT = "surgery-patch"
 FORMAT_VERSION = "2"
@@ -380,6 +381,7 @@ class PatchManifest:
     stats: PatchStats | None = None
     tensors: dict[str, TensorRecord] = field(default_factory=dict)
     compute: dict[str, Any] | None = None  # where it was computed: dtype, device type, world size
+    revisions: dict[str, dict[str, Any]] | None = None  # role -> hub commit or folder fingerprint (revision.py)
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> PatchManifest:
@@ -397,6 +399,7 @@ class PatchManifest:
             stats=None if stats is None else PatchStats.from_dict(stats, f"{where}.stats"),
             tensors=tensors,
             compute=_get(d, "compute", dict, where) if "compute" in d else None,
+            revisions=check_revisions(d["revisions"], f"{where}.revisions") if "revisions" in d else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -415,6 +418,8 @@ class PatchManifest:
         out["tensors"] = {k: t.to_dict() for k, t in self.tensors.items()}
         if self.compute is not None:
             out["compute"] = dict(self.compute)
+        if self.revisions is not None:
+            out["revisions"] = {k: dict(v) for k, v in self.revisions.items()}
         return out
 
 

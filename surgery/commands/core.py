@@ -188,10 +188,13 @@ def _check_patch_outputs(sft: str, io: PatchIO) -> None:
 
 def manifest_lines(m: PatchManifest) -> list[str]:
     """What ``surgery inspect`` prints about a :class:`~surgery.patchfile.PatchManifest` (not yet sanitised)."""
+    from ..revision import describe
+
     lines = [
         f"surgery patch v{m.tool_version} ({m.method})",
         f"  base   {m.base}",
         f"  sft    {m.sft}",
+        *(f"  {role:6} revision {describe(rev)}" for role, rev in sorted((m.revisions or {}).items())),
         f"  tensors touched     {len(m.tensors)}",
     ]
     s = m.stats

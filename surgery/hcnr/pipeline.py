@@ -30,6 +30,7 @@ from ..memory import map_large_allocations, release_freed_memory
 from ..modelio import ModelSource, load_tokenizer, locate, open_checkpoint
 from ..patchfile import PatchManifest, PatchStats, write_patch_streamed
 from ..progress import StageTimer, peak_rss_mb, progress
+from ..revision import source_revisions
 from .calibration import CalibrationSets, dataset_fingerprint, load_calibration_sets
 from .compensation import compensate_layers
 from .distributed import World
@@ -297,6 +298,7 @@ class _Run:
             calibration={"honesty": dataset_fingerprint(honesty_data), "task": dataset_fingerprint(task_data)},
             stats=stats,
             compute=self.compute_record(),
+            revisions=source_revisions({"base": self.base, "sft": self.sft}),
         )
 
 
