@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HubError, ModelFolderError, OptionError
+from .options import opt
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,28 @@ _REPO = re.compile(rf"{_NAME}/{_NAME}")
 _REVISION = re.compile(r"[\w][\w./-]{0,254}")
 #: the values that mean "on", as huggingface_hub reads its environment
 _TRUE = ("1", "ON", "YES", "TRUE")
+
+
+@dataclass(frozen=True)
+class CardOptions:
+    """What ``apply`` and ``deploy`` put into the model card (``README.md``) beyond what they know themselves.
+
+    (Here rather than in :mod:`surgery.modelcard` so that the command modules can declare it without importing
+    torch.)"""
+
+    eval_results: str | None = opt(
+        None, "A 'surgery eval --json' result of the repaired model, quoted in its model card.", metavar="FILE"
+    )
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """``--push-to-hub``: where ``apply``, ``deploy`` and ``patch`` upload what they wrote."""
+
+    push_to_hub: str | None = opt(
+        None, "Upload the output to this Hugging Face hub repository (created if missing).", metavar="REPO"
+    )
+    private: bool = opt(False, "Make the repository private when --push-to-hub creates it.")
 
 
 @dataclass(frozen=True)

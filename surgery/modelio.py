@@ -477,4 +477,4 @@ def write_safetensors_folder(
         _write_shards(tensors, tmp, max_shard_bytes)
         copy_side_files(side_dirs, tmp)
         for fname, text in (extra_files or {}).items():
-            (tmp / fname).write_text(text)
+            (tmp / fname).write_text(text, encoding="utf-8")

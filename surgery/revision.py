@@ -34,7 +34,7 @@ _MAX_FILES = 1_000_000
 
 
 def hub_snapshot(folder: Path) -> tuple[str, str] | None:
-    """``(repo, commit)`` when ``folder`` is a snapshot in a Hugging Face cache (``models--org--name/snapshots/<sha>``)."""
+    """``(repo, commit)`` when ``folder`` is a Hugging Face cache snapshot (``models--org--name/snapshots/<sha>``)."""
     folder = folder.absolute()
     repo_dir = folder.parent.parent
     if folder.parent.name != "snapshots" or not repo_dir.name.startswith("models--"):
@@ -98,7 +98,7 @@ def _check_revision(rev: Any, where: str) -> dict[str, Any]:
         repo, commit = rev.get("repo"), rev.get("commit")
         ok = set(rev) == {"kind", "repo", "commit"} and isinstance(repo, str) and isinstance(commit, str)
         if not ok or parse_hub_id(repo) is None or "@" in repo or not _COMMIT.fullmatch(commit):
-            raise PatchFormatError(f"{where}: a hub revision is a repository id and a 40-digit commit (damaged manifest).")
+            raise PatchFormatError(f"{where}: a hub revision is a repository id and a 40-digit commit (damaged patch).")
         return {"kind": "hub", "repo": repo, "commit": commit}
     digest, files = rev.get("sha256"), rev.get("files")
     ok = set(rev) == {"kind", "sha256", "files"} and isinstance(digest, str) and _SHA256.fullmatch(digest) is not None

@@ -14,6 +14,7 @@ import click
 
 from ..devices import DeviceOptions
 from ..hcnr.options import ComputeOptions, PatchOptions
+from ..hub import CardOptions, PushOptions, check_can_push
 from ..options import parse_size
 from .options import ModelAccess, add_options, opt, options_from, reproducible_command, required, switch
 
@@ -116,6 +117,7 @@ def check(sft: str, **kwargs: Any) -> None:
 @add_options(ModelAccess)
 @add_options(DeviceOptions)
 @add_options(PatchOptions)
+@add_options(PushOptions)
 def patch(sft: str, **kwargs: Any) -> None:
     """Compute an HCNR honesty patch for SFT (a sparse safetensors file)."""
     from ..atomic import write_text_atomic
@@ -125,6 +127,8 @@ def patch(sft: str, **kwargs: Any) -> None:
     access = options_from(ModelAccess, kwargs)
     options = options_from(PatchOptions, kwargs)
     placement = options_from(DeviceOptions, kwargs)
+    push = options_from(PushOptions, kwargs)
+    check_can_push(push.push_to_hub)
     compute = ComputeOptions(placement.device, placement.dtype, io.keep_work)
     if io.plan:
         _print_plan(sft, io, options, compute, access)
@@ -159,6 +163,23 @@ def patch(sft: str, **kwargs: Any) -> None:
     )
     if report.fallbacks:
         click.echo(f"  fallback to restore-only: {', '.join(report.fallbacks)}")
+    if push.push_to_hub:
+        _push_patch(io.output, push)
+
+
+def _push_patch(output: str, push: PushOptions) -> None:
+    """The patch with its report and command, in one commit to the repository (names as written here)."""
+    from ..hub import push as push_files
+
+    files = [Path(output + suffix) for suffix in ("", ".report.json", ".command.txt")]
+    url = push_files(
+        str(push.push_to_hub),
+        Path(output).parent,
+        files=[f for f in files if f.is_file()],
+        commit_message=f"surgery patch: {Path(output).name}",
+        private=push.private,
+    )
+    click.echo(f"pushed {output} to {url}")
 
 
 def _print_plan(sft: str, io: PatchIO, options: PatchOptions, compute: ComputeOptions, access: ModelAccess) -> None:
@@ -237,14 +258,26 @@ def inspect(patch_file: str, **kwargs: Any) -> None:
 @click.argument("patch_file", type=click.Path(dir_okay=False))
 @add_options(ApplyOptions)
 @add_options(ModelAccess)
+@add_options(CardOptions)
+@add_options(PushOptions)
 def apply(sft: str, patch_file: str, **kwargs: Any) -> None:
-    """Apply a patch to SFT and write the repaired model (bit-exact, fingerprints checked first)."""
+    """Apply a patch to SFT and write the repaired model (bit-exact, fingerprints checked first).
+
+    The folder also gets a model card, README.md: hub metadata, models and revisions, the patch, the numbers
+    of --eval-results, and this command.
+    """
     from ..apply import apply_patch
+    from ..hub import push as push_folder
+    from ..modelcard import card_name, load_eval_results
     from ..modelio import locate
     from ..outputs import refuse_input_overlap, refuse_unwritable
 
     o = options_from(ApplyOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
+    card = options_from(CardOptions, kwargs)
+    push = options_from(PushOptions, kwargs)
+    check_can_push(push.push_to_hub)
+    evaluation = load_eval_results(card.eval_results) if card.eval_results else None
     source = locate(sft, o.base)  # an adapter's base is an input too
     inputs = (sft, o.base, patch_file, source.path, source.adapter_base)
     refuse_unwritable(o.output, flag="-o", folder=True)
@@ -257,5 +290,17 @@ def apply(sft: str, patch_file: str, **kwargs: Any) -> None:
         trust_remote_code=access.trust_remote_code,
         allow_pickle=access.allow_pickle,
         max_shard_bytes=o.shard_bytes(),
+        command=shlex.join(reproducible_command(["surgery", "apply", sft, patch_file], o) + _switches(access)),
+        evaluation=evaluation,
+        name=card_name(o.output, push.push_to_hub),
     )
     click.echo(f"wrote {o.output}: {info['tensors_patched']} tensors patched, fingerprints verified")
+    if push.push_to_hub:
+        message = f"surgery apply: {Path(patch_file).name}"
+        url = push_folder(push.push_to_hub, Path(o.output), commit_message=message, private=push.private)
+        click.echo(f"pushed {o.output} to {url}")
+
+
+def _switches(access: ModelAccess) -> list[str]:
+    """The model-access switches that were given, spelled out (a rerun needs them too)."""
+    return reproducible_command([], access)
