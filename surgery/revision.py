@@ -96,8 +96,8 @@ def _check_revision(rev: Any, where: str) -> dict[str, Any]:
         raise PatchFormatError(f"{where} must be an object whose 'kind' is 'hub' or 'folder' (damaged manifest).")
     if rev["kind"] == "hub":
         repo, commit = rev.get("repo"), rev.get("commit")
-        ok = set(rev) == {"kind", "repo", "commit"} and isinstance(repo, str) and isinstance(commit, str)
-        if not ok or parse_hub_id(repo) is None or "@" in repo or not _COMMIT.fullmatch(commit):
+        hub_ok = set(rev) == {"kind", "repo", "commit"} and isinstance(commit, str) and bool(_COMMIT.fullmatch(commit))
+        if not hub_ok or not isinstance(repo, str) or "@" in repo or parse_hub_id(repo) is None:
             raise PatchFormatError(f"{where}: a hub revision is a repository id and a 40-digit commit (damaged patch).")
         return {"kind": "hub", "repo": repo, "commit": commit}
     digest, files = rev.get("sha256"), rev.get("files")

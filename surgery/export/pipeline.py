@@ -216,7 +216,7 @@ def deploy_patch(
     out = Path(out)
     require_empty_output(out)
     card = repaired_card(
-        read_manifest(patch),
+        read_manifest(Path(patch)),
         locate(sft, base),
         Path(patch),
         name=name or out.name,
