@@ -147,6 +147,22 @@ def repaired_card(
         artefact=artefact,
         sft_revision=sft_revision(src, manifest),
         command=command,
+        patch_command=patch_command(patch),
         evaluation=evaluation,
         quantize=quantize,
     )
+
+
+#: a ``<patch>.command.txt`` longer than this is not one command line; the card leaves it out
+MAX_COMMAND_BYTES = 64 * 1024
+
+
+def patch_command(patch: Path) -> str | None:
+    """The command that made ``patch``, from the ``<patch>.command.txt`` that ``surgery patch`` writes beside it."""
+    path = Path(str(patch) + ".command.txt")
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_COMMAND_BYTES:
+            return None
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None

@@ -188,13 +188,15 @@ def build_card(
     artefact: str = "transformers",
     sft_revision: dict[str, Any] | None = None,
     command: str | None = None,
+    patch_command: str | None = None,
     evaluation: Evaluation | None = None,
     quantize: str | None = None,
 ) -> str:
     """The ``README.md`` text of a repaired model: hub metadata, what was done to which models, numbers, command.
 
     ``artefact`` is ``"transformers"`` (``apply``: a Hugging Face folder) or ``"onnx"`` (``deploy``);
-    ``sft_revision`` is the SFT's revision as read now (else the manifest's); ``evaluation`` comes from
+    ``sft_revision`` is the SFT's revision as read now (else the manifest's); ``command`` made this folder and
+    ``patch_command`` the patch (the ``<patch>.command.txt`` written beside it); ``evaluation`` comes from
     :func:`load_eval_results`.
     """
     revisions = manifest.revisions or {}
@@ -230,8 +232,9 @@ def build_card(
         lines.append(f"- ONNX weights quantized to {_cell(quantize)} after the patch")
     if evaluation is not None:
         lines += _evaluation_lines(evaluation)
-    if command:
-        lines += ["", "## How it was made", "", _fence(command)]
+    commands = [c.strip() for c in (patch_command, command) if c and c.strip()]
+    if commands:
+        lines += ["", "## How it was made", "", _fence("\n".join(commands))]
     lines += ["", "## Use", ""] + _usage(name, artefact)
     return "\n".join(lines) + "\n"
 
