@@ -122,12 +122,13 @@ def _cell(text: object) -> str:
     return re.sub(r"([|`<>*_\[\]\\])", r"\\\1", printable(text))
 
 
-def _fence(text: str, language: str = "bash") -> str:
-    """A fenced code block that ``text`` cannot close early (the fence is longer than any backtick run in it)."""
-    lines = "\n".join(printable(line) for line in text.split("\n"))
-    longest = max((len(run) for run in re.findall(r"`+", lines)), default=0)
+def _fence(lines: list[str], language: str = "bash") -> str:
+    """A fenced code block of ``lines``, each made one printable line, that they cannot close early (the fence
+    is longer than any backtick run in them)."""
+    text = "\n".join(printable(line) for line in lines)
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
-    return f"{fence}{language}\n{lines}\n{fence}"
+    return f"{fence}{language}\n{text}\n{fence}"
 
 
 def hub_ids(manifest: PatchManifest, sft_revision: dict[str, Any] | None) -> list[str]:
@@ -160,7 +161,7 @@ def _metadata(
     if evaluation is not None:
         lines += ["model-index:", f"- name: {_yaml_str(name)}", "  results:"]
         for row in evaluation.rows:
-            metrics = [(k, v) for k, v in row.metrics.items() if v is not None]
+            metrics = [(k, v) for k, v in row.metrics.items() if k in METRICS and v is not None]
             lines += [
                 "  - task:",
                 "      type: text-generation",
@@ -234,7 +235,7 @@ def build_card(
         lines += _evaluation_lines(evaluation)
     commands = [c.strip() for c in (patch_command, command) if c and c.strip()]
     if commands:
-        lines += ["", "## How it was made", "", _fence("\n".join(commands))]
+        lines += ["", "## How it was made", "", _fence(commands)]
     lines += ["", "## Use", ""] + _usage(name, artefact)
     return "\n".join(lines) + "\n"
 
@@ -244,19 +245,20 @@ def _evaluation_lines(evaluation: Evaluation) -> list[str]:
     lines = ["", "## Measured", "", f"`surgery eval` on {_cell(evaluation.model)} (rates in %):", ""]
     lines += [f"| benchmark | kind | n | {head} |", "|---|---|---|" + "---|" * len(METRICS)]
     for row in evaluation.rows:
-        cells = " | ".join(_percent(row.metrics[k]) for k in METRICS)
+        cells = " | ".join(_percent(row.metrics.get(k)) for k in METRICS)
         lines.append(f"| {_cell(row.benchmark)} | {row.kind} | {'' if row.n is None else row.n} | {cells} |")
     return lines
 
 
 def _usage(name: str, artefact: str) -> list[str]:
     if artefact == "onnx":
-        return [_fence(f"surgery eval {name} --backend onnx -b selfaware")]
-    code = (
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f"model = AutoModelForCausalLM.from_pretrained({json.dumps(printable(name))})\n"
-        f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(printable(name))})"
-    )
+        return [_fence([f"surgery eval {name} --backend onnx -b selfaware"])]
+    code = [
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f"model = AutoModelForCausalLM.from_pretrained({json.dumps(printable(name))})",
+        f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(printable(name))})",
+    ]
     return [_fence(code, "python")]
 
 

@@ -86,7 +86,8 @@ def check_revisions(data: Any, where: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for role, rev in data.items():
         if role not in ROLES:
-            raise PatchFormatError(f"{where}: unknown role {str(role)[:40]!r}; expected one of {', '.join(ROLES)}.")
+            known = ", ".join(ROLES)
+            raise PatchFormatError(f"{where}: unknown role {str(role)[:40]!r}, not one of {known} (damaged patch).")
         out[role] = _check_revision(rev, f"{where}.{role}")
     return out
 
