@@ -298,7 +298,8 @@ class _Run:
             calibration={"honesty": dataset_fingerprint(honesty_data), "task": dataset_fingerprint(task_data)},
             stats=stats,
             compute=self.compute_record(),
-            revisions=source_revisions({"base": self.base, "sft": self.sft}),
+            # only the writer: a local folder's fingerprint reads every file once
+            revisions=source_revisions({"base": self.base, "sft": self.sft}) if self.world.leader else None,
         )
 
 

@@ -268,3 +268,23 @@ def test_a_local_folder_records_a_fingerprint_that_moves_with_its_content(tiny_p
     assert model_revision(copy) == a  # path, times and notes do not matter
     assert model_revision(sft)["sha256"] != a["sha256"]
     assert source_revisions({"base": locate(str(base))}) == {"base": a}
+
+
+@pytest.mark.onnx
+def test_deploy_pushes_the_onnx_folder_with_its_card(tiny_pair, calib, tmp_path, fake_api, monkeypatch):
+    pytest.importorskip("optimum.onnxruntime", reason="needs the [onnx] extra")
+    from surgery.hcnr.pipeline import make_patch
+
+    base, sft, _ = tiny_pair
+    patch = tmp_path / "p.safetensors"
+    make_patch(str(sft), str(base), *calib, patch)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    out = tmp_path / "deployed"
+    res = _run("deploy", str(sft), str(patch), "-o", str(out), "--greedy-tokens", "2", "--push-to-hub", "me/onnx")
+    assert res.exit_code == 0, res.output
+    pushed = fake_api.root / "me" / "onnx"
+    assert sorted(p.name for p in pushed.iterdir()) == sorted(p.name for p in out.iterdir())
+    assert {"README.md", "model.onnx", "export.json", "verify.json"} <= {p.name for p in pushed.iterdir()}
+    assert 'name: "me/onnx"' not in (pushed / "README.md").read_text()  # no --eval-results: no model-index
+    assert "# me/onnx" in (pushed / "README.md").read_text()
+    assert [name for name, _ in fake_api.calls] == ["create_repo", "upload_folder"]
