@@ -30,6 +30,14 @@ COMMIT_BASE = "1" * 40
 COMMIT_SFT = "2" * 40
 
 
+def _hub_error(cls: type[Exception], message: str) -> Exception:
+    """An exception of huggingface_hub's class ``cls`` without its constructor (whose arguments differ across
+    huggingface_hub 0.x and 1.x: an HTTP response object)."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    return err
+
+
 def _run(*args: str):
     return CliRunner().invoke(main, ["-q", "--threads", "1", *args], catch_exceptions=False)
 
@@ -96,10 +104,10 @@ class FakeDownload:
         if kwargs.get("local_files_only"):
             return self.real(repo_id, **kwargs)  # the real cache lookup, on the test's cache
         if repo_id not in self.repos:
-            raise hf_errors.RepositoryNotFoundError("404 Client Error: Repository Not Found", response=None)
+            raise _hub_error(hf_errors.RepositoryNotFoundError, "404 Client Error: Repository Not Found")
         commit, src = self.repos[repo_id]
         if kwargs.get("revision") not in (None, "main", commit):
-            raise hf_errors.RevisionNotFoundError("404 Client Error: Revision Not Found", response=None)
+            raise _hub_error(hf_errors.RevisionNotFoundError, "404 Client Error: Revision Not Found")
         return str(_snapshot(self.cache, repo_id, commit, src))
 
 
@@ -247,7 +255,7 @@ def test_push_is_checked_before_any_work(tiny_pair, tmp_path, fake_api):
 def test_a_failed_push_is_one_sentence(tmp_path, monkeypatch):
     class Refusing(FakeApi):
         def create_repo(self, repo_id: str, **kwargs: Any) -> str:
-            raise hf_errors.HfHubHTTPError("401 Client Error: Unauthorized\nmore lines", response=None)
+            raise _hub_error(hf_errors.HfHubHTTPError, "401 Client Error: Unauthorized\nmore lines")
 
     monkeypatch.setattr(huggingface_hub, "HfApi", Refusing)
     with pytest.raises(
