@@ -141,7 +141,6 @@ def main(verbose: int, quiet: bool, threads: int | None) -> None:
         raise OptionError(f"--threads must be at least 1, got {threads}.")
     handle_sigterm(click.get_current_context())
     setup_logging(verbose, quiet)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 

@@ -34,3 +34,7 @@ class CalibrationDataError(SurgeryError):
 
 class MissingExtraError(SurgeryError):
     """An optional dependency (an extra such as ``[onnx]``) is not installed."""
+
+
+class HubError(SurgeryError):
+    """The Hugging Face hub could not give or take what was asked: offline, not found, gated, not logged in."""

@@ -1,4 +1,4 @@
-"""Finding, opening and writing checkpoints: local folders, the offline hub cache, PEFT adapters.
+"""Finding, opening and writing checkpoints: local folders, hub ids (:mod:`surgery.hub`), PEFT adapters.
 
 Weights are read tensor by tensor from safetensors (never a second full model in memory where it can
 be avoided), pickle checkpoints are refused unless the user opts in, and ``trust_remote_code`` stays
@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from . import hub
 from .adapter_merge import ADAPTER_CONFIG, LoraAdapter
 from .atomic import atomic_folder
 from .errors import ModelFolderError
@@ -51,24 +52,9 @@ SIDE_FILES = (
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
-    """A local folder as given, or a hub id resolved from the local cache only (works offline)."""
-    p = Path(name_or_path).expanduser()
-    if p.is_dir():
-        return p
-    if p.exists():
-        raise ModelFolderError(f"{p} is a file, but a model folder (config.json + weights) was expected.")
-    text = str(name_or_path)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(text, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE")))
-        except Exception:  # noqa: BLE001 - any failure means "not in the cache"
-            pass
-    raise ModelFolderError(
-        f"Model '{name_or_path}' is neither a local folder nor a hub id in the local cache "
-        "(nothing is downloaded: run with the model already on disk)."
-    )
+    """A local folder as given, else a hub id (``org/name[@revision]``) from the cache or downloaded
+    (:mod:`surgery.hub`: nothing is downloaded when ``HF_HUB_OFFLINE=1``)."""
+    return hub.resolve_model_dir(name_or_path)
 
 
 def is_adapter_dir(path: Path) -> bool:
@@ -491,4 +477,4 @@ def write_safetensors_folder(
         _write_shards(tensors, tmp, max_shard_bytes)
         copy_side_files(side_dirs, tmp)
         for fname, text in (extra_files or {}).items():
-            (tmp / fname).write_text(text)
+            (tmp / fname).write_text(text, encoding="utf-8")

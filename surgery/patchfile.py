@@ -46,6 +46,7 @@ from .atomic import atomic_file
 from .errors import ArchitectureMismatch, FingerprintMismatch, ModelFolderError, PatchFormatError, SurgeryError
 from .modelio import SAFETENSORS_DTYPES, tensor_sha256
 from .patch_encoding import DELTA_DTYPES, ENCODINGS, SCALE_DTYPE, check_payload, decode_values, neurons
+from .revision import check_revisions
 
 FORMAT = "surgery-patch"
 FORMAT_VERSION = "2"
@@ -422,6 +423,7 @@ class PatchManifest:
     compute: dict[str, Any] | None = None  # where it was computed: dtype, device type, world size
     preset: str | None = None  # the named option set the options started from (surgery patch --preset)
     encoding: str = "full"  # how the values are stored (surgery.patch_encoding); recorded unless full
+    revisions: dict[str, dict[str, Any]] | None = None  # role -> hub commit or folder fingerprint (revision.py)
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> PatchManifest:
@@ -444,6 +446,7 @@ class PatchManifest:
             compute=_get(d, "compute", dict, where) if "compute" in d else None,
             preset=_get(d, "preset", str, where) if "preset" in d else None,
             encoding=encoding,
+            revisions=check_revisions(d["revisions"], f"{where}.revisions") if "revisions" in d else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -466,6 +469,8 @@ class PatchManifest:
             out["preset"] = self.preset
         if self.encoding != "full":  # full patches keep the bytes they had before encodings existed
             out["encoding"] = self.encoding
+        if self.revisions is not None:
+            out["revisions"] = {k: dict(v) for k, v in self.revisions.items()}
         return out
 
 

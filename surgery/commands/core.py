@@ -23,6 +23,7 @@ from ..hcnr.presets import (
     differing_values,
     resolve_options,
 )
+from ..hub import CardOptions, PushOptions, check_can_push
 from ..options import check_numbers, parse_size
 from .options import (
     ModelAccess,
@@ -184,6 +185,7 @@ def check(sft: str, **kwargs: Any) -> None:
 @add_options(DeviceOptions)
 @threads_option
 @add_options(PatchOptions, unset=_preset_note)
+@add_options(PushOptions)
 @json_stdout()
 def patch(sft: str, **kwargs: Any) -> None:
     """Compute an HCNR honesty patch for SFT (a sparse safetensors file).
@@ -201,6 +203,8 @@ def patch(sft: str, **kwargs: Any) -> None:
     resolved = _resolve_options(io, kwargs)
     options = resolved.options
     placement = options_from(DeviceOptions, kwargs)
+    push = options_from(PushOptions, kwargs)
+    check_can_push(push.push_to_hub)
     compute = ComputeOptions(placement.device, placement.dtype, io.keep_work)
     honesty = str(resolve_honesty_data(io.honesty_data))
     if io.plan:
@@ -242,6 +246,23 @@ def patch(sft: str, **kwargs: Any) -> None:
         click.echo(f"  fallback to restore-only: {', '.join(report.fallbacks)}")
     if io.json_out:
         emit_json(io.json_out, report.to_dict(), sort_keys=True)
+    if push.push_to_hub:
+        _push_patch(io.output, push)
+
+
+def _push_patch(output: str, push: PushOptions) -> None:
+    """The patch with its report and command, in one commit to the repository (names as written here)."""
+    from ..hub import push as push_files
+
+    files = [Path(output + suffix) for suffix in ("", ".report.json", ".command.txt", CONFIG_SUFFIX)]
+    url = push_files(
+        str(push.push_to_hub),
+        Path(output).parent,
+        files=[f for f in files if f.is_file()],
+        commit_message=f"surgery patch: {Path(output).name}",
+        private=push.private,
+    )
+    click.echo(f"pushed {output} to {url}")
 
 
 def _resolve_options(io: PatchIO, kwargs: dict[str, Any]) -> ResolvedOptions:
@@ -297,11 +318,14 @@ def _check_patch_outputs(sft: str, io: PatchIO) -> None:
 
 def manifest_lines(m: PatchManifest) -> list[str]:
     """What ``surgery inspect`` prints about a :class:`~surgery.patchfile.PatchManifest` (not yet sanitised)."""
+    from ..revision import describe
+
     lines = [
         f"surgery patch v{m.tool_version} ({m.method})",
         f"  base   {m.base}",
         f"  sft    {m.sft}",
         *([f"  preset {m.preset}"] if m.preset else []),
+        *(f"  {role:6} revision {describe(rev)}" for role, rev in sorted((m.revisions or {}).items())),
         f"  tensors touched     {len(m.tensors)}",
     ]
     if m.encoding != "full":
@@ -355,16 +379,28 @@ def inspect(patch_file: str | None, **kwargs: Any) -> None:
 @click.argument("patch_file", type=click.Path(dir_okay=False))
 @add_options(ApplyOptions)
 @add_options(ModelAccess)
+@add_options(CardOptions)
+@add_options(PushOptions)
 @threads_option
 @json_stdout()
 def apply(sft: str, patch_file: str, **kwargs: Any) -> None:
-    """Apply a patch to SFT and write the repaired model (bit-exact, fingerprints checked first)."""
+    """Apply a patch to SFT and write the repaired model (bit-exact, fingerprints checked first).
+
+    The folder also gets a model card, README.md: hub metadata, models and revisions, the patch, the numbers
+    of --eval-results, and this command.
+    """
     from ..apply import apply_patch
+    from ..hub import push as push_folder
+    from ..modelcard import card_name, load_eval_results
     from ..modelio import locate
     from ..outputs import check_outputs, refuse_input_overlap, refuse_unwritable
 
     o = options_from(ApplyOptions, kwargs)
     access = options_from(ModelAccess, kwargs)
+    card = options_from(CardOptions, kwargs)
+    push = options_from(PushOptions, kwargs)
+    check_can_push(push.push_to_hub)
+    evaluation = load_eval_results(card.eval_results) if card.eval_results else None
     source = locate(sft, o.base)  # an adapter's base is an input too
     inputs = (sft, o.base, patch_file, source.path, source.adapter_base)
     refuse_unwritable(o.output, flag="-o", folder=True)
@@ -378,7 +414,19 @@ def apply(sft: str, patch_file: str, **kwargs: Any) -> None:
         trust_remote_code=access.trust_remote_code,
         allow_pickle=access.allow_pickle,
         max_shard_bytes=o.shard_bytes(),
+        command=shlex.join(reproducible_command(["surgery", "apply", sft, patch_file], o) + _switches(access)),
+        evaluation=evaluation,
+        name=card_name(o.output, push.push_to_hub),
     )
     click.echo(f"wrote {o.output}: {info['tensors_patched']} tensors patched, fingerprints verified")
     if o.json_out:
         emit_json(o.json_out, {"output": o.output, "patch": patch_file, "sft": sft, **info})
+    if push.push_to_hub:
+        message = f"surgery apply: {Path(patch_file).name}"
+        url = push_folder(push.push_to_hub, Path(o.output), commit_message=message, private=push.private)
+        click.echo(f"pushed {o.output} to {url}")
+
+
+def _switches(access: ModelAccess) -> list[str]:
+    """The model-access switches that were given, spelled out (a rerun needs them too)."""
+    return reproducible_command([], access)

@@ -8,6 +8,7 @@ commands themselves report a missing extra as one sentence.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,17 @@ from typing import Any
 import click
 
 from ..export.options import ExportOptions
-from .options import AliasedOption, ModelAccess, add_options, emit_json, json_stdout, options_from, threads_option
+from ..hub import CardOptions, PushOptions, check_can_push
+from .options import (
+    AliasedOption,
+    ModelAccess,
+    add_options,
+    emit_json,
+    json_stdout,
+    options_from,
+    reproducible_command,
+    threads_option,
+)
 
 
 def _help(name: str) -> str:
@@ -138,6 +149,8 @@ def export(
 )
 @click.option("--base", default=None, help="Base model when SFT is a PEFT adapter (default: the adapter's own).")
 @_export_options
+@add_options(CardOptions)
+@add_options(PushOptions)
 def deploy(
     sft: str,
     patch: Path,
@@ -150,18 +163,49 @@ def deploy(
 ) -> None:
     """Apply PATCH to SFT, export the repaired model to ONNX and verify it: one step to a device artefact.
 
+    The folder also gets a model card, README.md (hub metadata, models, the patch, --eval-results, this command).
+
     \b
     surgery deploy sft-model/ honesty.patch.safetensors -o repaired-onnx/ [--quantize int8]
     """
     from ..export.pipeline import deploy_patch
+    from ..hub import push as push_folder
+    from ..modelcard import card_name, load_eval_results
     from ..outputs import check_outputs
 
     options = options_from(ExportOptions, kwargs)
+    card = options_from(CardOptions, kwargs)
+    push = options_from(PushOptions, kwargs)
+    check_can_push(push.push_to_hub)
     check_outputs((sft, patch, base, options.prompts_file), files=(("--json", json_out),), folders=(("-o", out),))
+    evaluation = load_eval_results(card.eval_results) if card.eval_results else None
     record = deploy_patch(
-        sft, patch, out, options, base=base, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        sft,
+        patch,
+        out,
+        options,
+        base=base,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        command=_deploy_command(sft, patch, out, base, options, trust_remote_code, allow_pickle),
+        evaluation=evaluation,
+        name=card_name(out, push.push_to_hub),
     )
     click.echo(f"applied {patch} to {sft}")
     _print_record(out, record)
     if json_out:
         emit_json(json_out, record)
+    if push.push_to_hub:
+        url = push_folder(push.push_to_hub, out, commit_message=f"surgery deploy: {patch.name}", private=push.private)
+        click.echo(f"pushed {out} to {url}")
+
+
+def _deploy_command(
+    sft: str, patch: Path, out: Path, base: str | None, options: ExportOptions, trust_code: bool, pickle: bool
+) -> str:
+    """The ``surgery deploy`` command that reproduces this artefact, every export option spelled out."""
+    words = ["surgery", "deploy", sft, str(patch), "-o", str(out)] + (["--base", base] if base else [])
+    words += ["--trust-remote-code"] * trust_code + ["--allow-pickle"] * pickle
+    if options.same_greedy is not None:
+        words.append("--same-greedy" if options.same_greedy else "--any-greedy")
+    return shlex.join(reproducible_command(words, options))

@@ -17,10 +17,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..apply import apply_patch
-from ..atomic import atomic_folder, destination_lock, write_json_atomic
+from ..apply import apply_patch, repaired_card
+from ..atomic import atomic_folder, destination_lock, write_json_atomic, write_text_atomic
 from ..errors import SurgeryError
+from ..modelcard import CARD_NAME, Evaluation
 from ..modelio import ModelSource, copy_side_files, load_model, load_tokenizer, locate, safetensors_files
+from ..patchfile import read_manifest
 from ..progress import StageTimer
 from ..provenance import command_line, versions
 from .onnx import EXPORT_RECORD, ONNX_NAME, TASK, export_onnx, export_precision, require_onnx, weights_size_bytes
@@ -141,8 +143,11 @@ def export_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     source_label: str | None = None,
+    model_card: str | None = None,
 ) -> dict[str, Any]:
     """Export (and quantize, and verify) ``model`` into ``out`` atomically; returns the export record.
+
+    ``model_card``: the text of a ``README.md`` written into the folder (``deploy`` gives one).
 
     With verification on and failing, nothing appears at ``out``: the rejected folder is moved to
     ``<out>.rejected`` (with its verify.json) and :class:`~surgery.export.verify.VerificationError` is raised.
@@ -176,6 +181,8 @@ def export_model(
         checks = _quantize_and_verify(src_dir, folder, options, record, timer, check)
         record["seconds"] = {k: round(v, 2) for k, v in timer.seconds.items()}
         write_json_atomic(folder / EXPORT_RECORD, record, default=str)
+        if model_card is not None:
+            write_text_atomic(folder / CARD_NAME, model_card)
         report = None
         if options.verify:
             report = _judge(folder, out, checks, artefact=options.quantize or "fp32", source=record["source"])
@@ -192,17 +199,32 @@ def deploy_patch(
     base: str | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    command: str | None = None,
+    evaluation: Evaluation | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Apply ``patch`` to ``sft`` in a scratch folder and export the repaired model: one step to a device artefact.
 
     Everything is checked before the patch is applied (extra, prompts, output folder), so a mistake costs
-    nothing; the patched model never leaves the scratch folder. Returns the export record.
+    nothing; the patched model never leaves the scratch folder. Returns the export record. The folder gets a
+    model card (``README.md``) naming the model ``name`` (default: the folder's name), with ``evaluation``
+    and ``command`` (default: this process's command line).
     """
     require_onnx("surgery deploy")
     options = options or ExportOptions()
     load_prompts(options.prompts_file)
     out = Path(out)
     require_empty_output(out)
+    card = repaired_card(
+        read_manifest(Path(patch)),
+        locate(sft, base),
+        Path(patch),
+        name=name or out.name,
+        command=command if command is not None else command_line(),
+        evaluation=evaluation,
+        artefact="onnx",
+        quantize=options.quantize,
+    )
     with destination_lock(out), _scratch(out, "patched") as scratch:
         patched = scratch / "model"
         apply_patch(
@@ -210,7 +232,12 @@ def deploy_patch(
         )
         log.info("applied %s to %s", patch, sft)
         return export_model(
-            str(patched), out, options, trust_remote_code=trust_remote_code, source_label=f"{sft} + {patch}"
+            str(patched),
+            out,
+            options,
+            trust_remote_code=trust_remote_code,
+            source_label=f"{sft} + {patch}",
+            model_card=card,
         )
 
 

@@ -32,6 +32,7 @@ from ..modelio import ModelSource, load_tokenizer, locate, open_checkpoint
 from ..patch_encoding import ENCODINGS
 from ..patchfile import PatchManifest, PatchStats, write_patch_streamed
 from ..progress import StageTimer, peak_rss_mb, progress
+from ..revision import source_revisions
 from .calibration import CalibrationSets, dataset_fingerprint, load_calibration_sets
 from .compensation import compensate_layers
 from .distributed import World
@@ -330,6 +331,8 @@ class _Run:
             calibration={"honesty": dataset_fingerprint(honesty_data), "task": dataset_fingerprint(task_data)},
             stats=stats,
             compute=self.compute_record(),
+            # only the writer: a local folder's fingerprint reads every file once
+            revisions=source_revisions({"base": self.base, "sft": self.sft}) if self.world.leader else None,
         )
 
 

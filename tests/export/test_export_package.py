@@ -141,7 +141,8 @@ def test_cli_keeps_its_option_names_and_parses_into_export_options(monkeypatch, 
 
     shared = {"-o", "--output", "--out", "--json", "--threads"}  # --out: the old spelling, a hidden alias
     assert _flags(cmd.export) == VERIFY_FLAGS | shared | {"--base", "--verify-only"}
-    assert _flags(cmd.deploy) == VERIFY_FLAGS | shared | {"--base"}
+    hub_flags = {"--eval-results", "--push-to-hub", "--private", "--no-private"}  # the model card and the upload
+    assert _flags(cmd.deploy) == VERIFY_FLAGS | shared | {"--base"} | hub_flags
     seen = {}
 
     def fake_export(model, out, options, **kw):

@@ -78,7 +78,9 @@ def digest(path: Path) -> str:
             t = f.get_tensor(name).contiguous()
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
             h.update(t.view(-1).view(torch_uint8()).numpy().tobytes())
-    for key in ("base", "sft", "compute"):  # compute (dtype, device, world size) was added after the recording
+    # compute (dtype, device, world size) and revisions (hub commit or folder fingerprint, issue 15) were added
+    # after the recording; a folder fingerprint also differs where the tiny models' bytes do
+    for key in ("base", "sft", "compute", "revisions"):
         manifest.pop(key, None)
     for fp in manifest.get("calibration", {}).values():
         fp.pop("file", None)
