@@ -7,8 +7,8 @@ unset take the defaults of the artefact's precision (:func:`surgery.export.verif
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OptionError

@@ -24,9 +24,9 @@ from ..errors import SurgeryError
 from ..modelio import ModelSource, copy_side_files, load_model, load_tokenizer, locate, safetensors_files
 from ..progress import StageTimer
 from ..provenance import command_line, versions
+from .honesty import honesty_check, honesty_items
 from .onnx import EXPORT_RECORD, ONNX_NAME, TASK, export_onnx, export_precision, require_onnx, weights_size_bytes
 from .options import ExportOptions
-from .honesty import honesty_check, honesty_items
 from .protect import protect_folder, restored_columns
 from .quantize import quantize_int4, quantize_int8
 from .verify import (
@@ -138,7 +138,9 @@ def _honesty_items(options: ExportOptions) -> list:
     try:
         return honesty_items(options.honesty_prompts, options.honesty_benchmark)
     except SurgeryError as exc:
-        raise SurgeryError(f"The honesty check cannot load its items ({exc}); pass --honesty-prompts 0 to skip it.") from None
+        raise SurgeryError(
+            f"The honesty check cannot load its items ({exc}); pass --honesty-prompts 0 to skip it."
+        ) from None
 
 
 def rejected_path(out: Path) -> Path:

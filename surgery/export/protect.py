@@ -140,7 +140,9 @@ def _scale_mlp_output(mlp: torch.nn.Module, cols: torch.Tensor, s: float) -> int
     return int(cols.numel())
 
 
-def _scale_after_norm(norm: torch.nn.Module | None, linears: list[torch.nn.Linear], cols: torch.Tensor, s: float) -> int:
+def _scale_after_norm(
+    norm: torch.nn.Module | None, linears: list[torch.nn.Linear], cols: torch.Tensor, s: float
+) -> int:
     """Divide the norm's weight on ``cols`` and scale those columns of every linear that reads it."""
     if norm is None or getattr(norm, "weight", None) is None:
         raise SurgeryError("no norm with a weight feeds these projections")
@@ -172,7 +174,9 @@ def protect_folder(
     return record
 
 
-def fold_protection(model: torch.nn.Module, columns: dict[str, torch.Tensor], scale: float, patch: str) -> ProtectRecord:
+def fold_protection(
+    model: torch.nn.Module, columns: dict[str, torch.Tensor], scale: float, patch: str
+) -> ProtectRecord:
     """Scale the restored ``columns`` of ``model`` by ``scale`` in place, folded into the previous op."""
     record = ProtectRecord(scale=scale, patch=patch)
     _check_fits(model, columns, patch)
@@ -190,7 +194,10 @@ def fold_protection(model: torch.nn.Module, columns: dict[str, torch.Tensor], sc
             record.skipped += [f"{block_name}.{sub_name}.{p}.weight" for p in procs]
             continue
         if sub_name == "self_attn":
-            plan = [("attention input", ATTN_INPUT, getattr(block, "input_layernorm", None)), ("o_proj", ("o_proj",), None)]
+            plan = [
+                ("attention input", ATTN_INPUT, getattr(block, "input_layernorm", None)),
+                ("o_proj", ("o_proj",), None),
+            ]
         else:
             norm = next((getattr(block, n) for n in MLP_NORMS if getattr(block, n, None) is not None), None)
             plan = [("mlp input", MLP_INPUT, norm), ("down_proj", ("down_proj",), None)]

@@ -152,7 +152,14 @@ def quantize_int4(
     quantized = integer_matmuls(tmp, "MatMulNBits")
     _replace_graph(folder, tmp, external)
     after = weights_size_bytes(folder)
-    log.info("int4: %d of %d MatMuls quantized, %.0f MB -> %.0f MB in %.1f s", quantized, len(nodes), before / 1e6, after / 1e6, seconds)
+    log.info(
+        "int4: %d of %d MatMuls quantized, %.0f MB -> %.0f MB in %.1f s",
+        quantized,
+        len(nodes),
+        before / 1e6,
+        after / 1e6,
+        seconds,
+    )
     return {
         "method": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
         "bits": 4,

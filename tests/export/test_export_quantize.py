@@ -72,7 +72,9 @@ def test_int4_export_uses_matmulnbits_and_verifies(tiny_models, tmp_path):
     import onnx
 
     out = tmp_path / "int4"
-    res = _run(["export", str(tiny_models("llama")), "-o", str(out), "--quantize", "int4", "--block-size", "16", *HONESTY])
+    res = _run(
+        ["export", str(tiny_models("llama")), "-o", str(out), "--quantize", "int4", "--block-size", "16", *HONESTY]
+    )
     assert res.exit_code == 0, res.output
     record = json.loads((out / "export.json").read_text())
     assert record["quantize"] == "int4" and record["int4"]["block_size"] == 16
