@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ from surgery.baselines.report import answer_accuracy, honesty_records, macro_f1,
 from surgery.commands.options import add_options, options_from, required
 from surgery.evaluation import metrics as M
 from surgery.evaluation.benchmarks import load_items
-from surgery.evaluation.evaluate import evaluate
+from surgery.evaluation.evaluate import evaluate, load_json, save_json
 from surgery.evaluation.runner import HFGenerator
 from surgery.export.onnx import export_onnx, load_ort_model, weights_size_bytes
 from surgery.export.options import ExportOptions
@@ -46,6 +47,8 @@ from surgery.export.speed import export_speed
 from surgery.modelio import load_model, load_tokenizer, locate
 from surgery.options import opt
 from surgery.provenance import script_command
+
+log = logging.getLogger("benchmarks.export_honesty")
 
 TASK_BENCHMARK = "qa_wikidata"
 PYTORCH = "PyTorch fp32"
@@ -64,7 +67,12 @@ class ExportHonestyRun:
     task_limit: int = opt(200, "Held-out qa_wikidata items for task accuracy (0: none).", low=0)
     max_new_tokens: int = opt(32, "Greedy tokens per answer.", low=1)
     block_size: int = opt(32, "int4 block size.")
-    protect_scale: float = opt(2.0, "Scale of the protected columns (a power of two).")
+    int8_scale: tuple[float, ...] = opt(
+        (2.0,), "Protect scale(s) of the int8 honesty-aware rows (repeatable; a power of two).", multiple=True
+    )
+    int4_scale: tuple[float, ...] = opt(
+        (2.0,), "Protect scale(s) of the int4 honesty-aware rows (repeatable; a power of two).", multiple=True
+    )
     speed_tokens: int = opt(32, "Tokens per prompt of the speed measurement (0: skip it).", low=0)
     threads: int = opt(1, "Threads of torch and onnxruntime.", low=1)
     seed: int = opt(0, "Item sample and bootstrap seed.")
@@ -79,22 +87,35 @@ def _ensure_patched(run: ExportHonestyRun) -> Path:
     return patched
 
 
+def _protected_export(run: ExportHonestyRun, patched: Path, scale: float) -> Path:
+    """The fp32 export of the patched model with the restored columns scaled by ``scale`` (made once)."""
+    out = run.work / f"onnx-fp32-protected-x{scale:g}"
+    if not (out / "model.onnx").is_file():
+        model_dir = run.work / f"patched-protected-x{scale:g}"
+        shutil.rmtree(model_dir, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+        record = protect_folder(
+            patched, model_dir, restored_columns(run.patch), scale, str(run.patch), trust_remote_code=False
+        )
+        export_onnx(model_dir, out)
+        (out / "protect.json").write_text(json.dumps(record.as_dict(), indent=1) + "\n")
+    return out
+
+
 def _exports(run: ExportHonestyRun, patched: Path) -> dict[str, Path]:
     """label -> ONNX folder of every artefact, made (or reused) under ``run.work``."""
-    fp32, scaled = run.work / "onnx-fp32", run.work / "onnx-fp32-protected"
+    fp32 = run.work / "onnx-fp32"
     if not (fp32 / "model.onnx").is_file():
+        shutil.rmtree(fp32, ignore_errors=True)
         export_onnx(patched, fp32)
-    if not (scaled / "model.onnx").is_file():
-        model_dir = run.work / "patched-protected"
-        shutil.rmtree(model_dir, ignore_errors=True)
-        columns = restored_columns(run.patch)
-        record = protect_folder(patched, model_dir, columns, run.protect_scale, str(run.patch), trust_remote_code=False)
-        export_onnx(model_dir, scaled)
-        (run.work / "protect.json").write_text(json.dumps(record.as_dict(), indent=1) + "\n")
     folders = {ORT_FP32: fp32}
-    for quantize in ("int8", "int4"):
-        for label, src in ((f"{quantize} plain", fp32), (f"{quantize} honesty-aware", scaled)):
-            dst = run.work / f"onnx-{quantize}-{'protected' if src == scaled else 'plain'}"
+    for quantize, scales in (("int8", run.int8_scale), ("int4", run.int4_scale)):
+        variants = [(f"{quantize} plain", fp32, "plain")]
+        for scale in scales:
+            label = f"{quantize} honesty-aware" + (f" (x{scale:g})" if len(scales) > 1 else "")
+            variants.append((label, _protected_export(run, patched, scale), f"protected-x{scale:g}"))
+        for label, src, tag in variants:
+            dst = run.work / f"onnx-{quantize}-{tag}"
             if not (dst / "model.onnx").is_file():
                 shutil.rmtree(dst, ignore_errors=True)
                 shutil.copytree(src, dst)
@@ -104,6 +125,10 @@ def _exports(run: ExportHonestyRun, patched: Path) -> dict[str, Path]:
     return folders
 
 
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+
+
 def _evaluate(model: Any, tokenizer: Any, items: Sequence, run: ExportHonestyRun, name: str) -> dict:
     result = evaluate(HFGenerator(model, tokenizer, batch_size=16, name=name), items, max_new_tokens=run.max_new_tokens)
     del model
@@ -111,7 +136,9 @@ def _evaluate(model: Any, tokenizer: Any, items: Sequence, run: ExportHonestyRun
     return result
 
 
-def _row(label: str, records: list[dict], reference: list[dict] | None, size: int, speed: float | None, seed: int):
+def _row(
+    label: str, records: list[dict], reference: list[dict] | None, size: int, speed: float | None, seed: int
+) -> dict[str, Any]:
     hon, task = honesty_records(records), task_records(records)
     on_ans, on_una = M.refusal_rates([r["refused"] for r in hon], [r["answerable"] for r in hon])
     row: dict[str, Any] = {
@@ -169,6 +196,7 @@ def format_table(rows: list[dict], n_items: int) -> str:
 def main(**kwargs: Any) -> None:
     """Make every artefact, score it on the same items, print the table and optionally write the JSON."""
     run = options_from(ExportHonestyRun, kwargs)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(run.threads)
     run = replace(run, work=Path(run.work))
@@ -179,11 +207,19 @@ def main(**kwargs: Any) -> None:
     if run.task_limit:
         items += load_items(TASK_BENCHMARK, split="eval", limit=run.task_limit, seed=run.seed)
     tokenizer = load_tokenizer(locate(str(patched)))
-    results = {
-        PYTORCH: _evaluate(load_model(locate(str(patched)), dtype=torch.float32), tokenizer, items, run, "torch")
-    }
-    for label, folder in folders.items():
-        results[label] = _evaluate(load_ort_model(folder, threads=run.threads), tokenizer, items, run, "onnx")
+    results: dict[str, dict] = {}
+    for label in [PYTORCH, *folders]:  # each result is saved as it comes, so an interrupted run resumes
+        cached = run.work / f"eval-{_slug(label)}-{len(items)}.json"
+        if cached.is_file():
+            results[label] = load_json(cached)
+            continue
+        if label == PYTORCH:
+            model = load_model(locate(str(patched)), dtype=torch.float32)
+        else:
+            model = load_ort_model(folders[label], threads=run.threads)
+        results[label] = _evaluate(model, tokenizer, items, run, "torch" if label == PYTORCH else "onnx")
+        save_json(results[label], cached)
+        log.info("%s: honesty F1 %s", label, _pct(macro_f1(honesty_records(results[label]["items"]))))
     speeds: dict[str, float | None] = dict.fromkeys(results)
     sizes = {PYTORCH: sum(p.stat().st_size for p in patched.glob("*.safetensors"))}
     sizes.update({label: weights_size_bytes(folder) for label, folder in folders.items()})

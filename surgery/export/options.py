@@ -17,6 +17,8 @@ from ..options import check_numbers, opt
 QUANTIZE_CHOICES = ("int8", "int4")
 #: int4 block sizes onnxruntime's MatMulNBits kernels accept (a power of two, at least 16)
 BLOCK_SIZES = (16, 32, 64, 128, 256)
+#: --protect-scale by precision, measured on the bundled SmolLM2 pair (docs/results/deployment.md)
+DEFAULT_PROTECT_SCALE = {"int4": 2.0, "int8": 2.0}
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,12 @@ class ExportOptions:
         "The honesty patch: scale its restored input columns up before quantizing (folded, fp32 unchanged).",
         metavar="PATCH",
     )
-    protect_scale: float = opt(2.0, "--protect-honesty: factor on the protected columns (a power of two).", above=1)
+    protect_scale: float | None = opt(
+        None,
+        "--protect-honesty: factor on the protected weight columns (their activations get its inverse); "
+        "a power of two (default: 2 for int4, 2 for int8).",
+        above=0,
+    )
     honesty_prompts: int = opt(
         40, "Held-out honesty items on which a quantized export must answer like fp32 (0: no check).", low=0
     )
@@ -86,8 +93,16 @@ class ExportOptions:
             raise OptionError(f"--block-size must be one of {sizes} (got {self.block_size}).")
         if self.protect_honesty is not None and self.quantize is None:
             raise OptionError("--protect-honesty protects columns from quantization: add --quantize int8 or int4.")
-        if self.protect_scale <= 1 or math.log2(self.protect_scale) % 1:
-            raise OptionError(f"--protect-scale must be a power of two above 1 (got {self.protect_scale}).")
+        scale = self.protect_scale
+        if scale is not None and (not 0 < scale < math.inf or scale == 1 or math.log2(scale) % 1):
+            raise OptionError(f"--protect-scale must be a power of two other than 1, e.g. 2 or 0.5 (got {scale}).")
+
+    @property
+    def scale(self) -> float:
+        """The factor on the protected columns: the user's, or the measured default of the precision."""
+        if self.protect_scale is not None:
+            return self.protect_scale
+        return DEFAULT_PROTECT_SCALE.get(self.quantize or "", 2.0)
         if self.min_top1 is not None and not 0.0 <= self.min_top1 <= 1.0:
             raise OptionError(f"--min-top1 must be between 0 and 1 (got {self.min_top1}).")
         if self.greedy_tokens is not None and self.greedy_tokens < 1:

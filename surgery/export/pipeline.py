@@ -225,7 +225,7 @@ def export_model(
                     src_dir,
                     export_dir,
                     protected,
-                    options.protect_scale,
+                    options.scale,
                     str(options.protect_honesty),
                     trust_remote_code=trust_remote_code,
                 ).as_dict()

@@ -77,7 +77,7 @@ def restored_columns(patch: str | Path) -> dict[str, torch.Tensor]:
     return cols
 
 
-def _union(indices: Iterable[torch.Tensor]) -> torch.Tensor:
+def _union(indices: Iterable[torch.Tensor | None]) -> torch.Tensor:
     parts = [i for i in indices if i is not None and i.numel()]
     return torch.unique(torch.cat(parts)) if parts else torch.zeros(0, dtype=torch.long)
 
@@ -88,7 +88,7 @@ def _norm_offset(norm: torch.nn.Module) -> float:
 
 
 def _divide_norm(norm: torch.nn.Module, channels: torch.Tensor, s: float) -> None:
-    w = norm.weight
+    w: torch.Tensor = norm.weight  # type: ignore[assignment]  # checked by the caller
     off = _norm_offset(norm)
     w.data[channels] = (w.data[channels] + off) / s - off
 

@@ -119,6 +119,7 @@ def test_protected_int4_deploy_keeps_the_fp32_export_exact(tiny_pair, calib, tmp
         (["--protect-honesty", "{patch}"], "add --quantize"),
         (["--quantize", "int4", "--block-size", "48"], "--block-size must be one of"),
         (["--quantize", "int4", "--protect-scale", "3"], "power of two"),
+        (["--quantize", "int4", "--protect-scale", "1"], "power of two other than 1"),
         (["--quantize", "int4", "--protect-honesty", "{patch}"], "restores no input columns|not a|patch"),
     ],
 )
