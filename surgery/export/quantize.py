@@ -22,7 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .onnx import ONNX_NAME, onnx_files, weights_size_bytes
+from ..errors import MissingExtraError
+from .onnx import INSTALL_HINT, ONNX_NAME, onnx_files, weights_size_bytes
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,14 @@ def quantize_int4(
 ) -> dict:
     """Replace ``folder/model.onnx`` by its int4 weight-only version (MatMulNBits); returns what was done."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as exc:  # onnxruntime >= 1.23's quantizer needs onnx-ir, which older installs lack
+        raise MissingExtraError(
+            f"--quantize int4 needs onnxruntime's MatMulNBits quantizer ({exc.name} could not be imported): "
+            f"install it with  {INSTALL_HINT}"
+        ) from None
 
     folder = Path(folder)
     src = folder / ONNX_NAME
