@@ -80,7 +80,10 @@ class ExportOptions:
         "selfaware", "Benchmark name or JSONL of the honesty check's items (held-out 'eval' split)."
     )
     max_honesty_drop: float = opt(
-        10.0, "Largest allowed drop of honesty F1 (points) of the quantized export against fp32.", low=0
+        10.0,
+        "Largest allowed drop of honesty F1, and rise of refusal on answerable items, of a quantized "
+        "export against fp32 (points).",
+        low=0,
     )
     opset: int | None = opt(None, "ONNX opset (default: Optimum's for the family).", low=1)
 

@@ -50,6 +50,9 @@ def test_judge_fails_beyond_the_allowed_drop():
     assert "33.3 points below fp32's 100.0" in lost["failures"][0]
     assert lost["quantized"]["refusal_unanswerable"] == 0.5 and lost["identical_answers"] == 0
     assert judge(_result(honest), _result(half), max_drop=40)["passed"]  # the threshold is the caller's
+    refuses_all = judge(_result(honest), _result([True] * 8), max_drop=40)  # F1 66.7, but answers nothing
+    assert not refuses_all["passed"] and refuses_all["answerable_refusal_rise"] == 100
+    assert "refusal on answerable items rose 100.0 points" in refuses_all["failures"][0]
 
 
 def _run(args):
