@@ -53,6 +53,8 @@ def _print_verify(report: dict, folder: Path) -> None:
                 f"honesty: F1 {_points(c['quantized']['honesty_f1'])} vs fp32 {_points(c['fp32']['honesty_f1'])} "
                 f"(drop {c['honesty_drop']:.1f}, allowed {c['max_honesty_drop']:g}), refusal on unanswerable "
                 f"{_points(c['quantized']['refusal_unanswerable'])}% vs {_points(c['fp32']['refusal_unanswerable'])}%, "
+                f"on answerable {_points(c['quantized']['refusal_answerable'])}% vs "
+                f"{_points(c['fp32']['refusal_answerable'])}%, "
                 f"{c['identical_answers']}/{c['items']} answers identical -> {'pass' if c['passed'] else 'FAIL'}"
             )
             continue
