@@ -99,6 +99,11 @@ class ExportOptions:
         scale = self.protect_scale
         if scale is not None and (not 0 < scale < math.inf or scale == 1 or math.log2(scale) % 1):
             raise OptionError(f"--protect-scale must be a power of two other than 1, e.g. 2 or 0.5 (got {scale}).")
+        if self.min_top1 is not None and not 0.0 <= self.min_top1 <= 1.0:
+            raise OptionError(f"--min-top1 must be between 0 and 1 (got {self.min_top1}).")
+        if self.greedy_tokens is not None and self.greedy_tokens < 1:
+            raise OptionError(f"--greedy-tokens must be at least 1 (got {self.greedy_tokens}).")
+        check_numbers(self)  # finite thresholds: a NaN bound would pass every comparison
 
     @property
     def scale(self) -> float:
@@ -106,8 +111,3 @@ class ExportOptions:
         if self.protect_scale is not None:
             return self.protect_scale
         return DEFAULT_PROTECT_SCALE.get(self.quantize or "", 2.0)
-        if self.min_top1 is not None and not 0.0 <= self.min_top1 <= 1.0:
-            raise OptionError(f"--min-top1 must be between 0 and 1 (got {self.min_top1}).")
-        if self.greedy_tokens is not None and self.greedy_tokens < 1:
-            raise OptionError(f"--greedy-tokens must be at least 1 (got {self.greedy_tokens}).")
-        check_numbers(self)  # finite thresholds: a NaN bound would pass every comparison
