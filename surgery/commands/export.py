@@ -55,14 +55,28 @@ def _export_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _print_record(out: Path, record: dict) -> None:
     size = record["bytes"] / 1e6
-    click.echo(f"wrote {out} ({size:.1f} MB of ONNX weights{', int8' if record.get('quantize') else ', fp32'})")
+    click.echo(f"wrote {out} ({size:.1f} MB of ONNX weights, {record.get('quantize') or 'fp32'})")
     report = record.get("verify")
     if report:
         _print_verify(report, out)
 
 
+def _points(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
 def _print_verify(report: dict, folder: Path) -> None:
     for name, c in report["checks"].items():
+        if name == "honesty":
+            click.echo(
+                f"honesty: F1 {_points(c['quantized']['honesty_f1'])} vs fp32 {_points(c['fp32']['honesty_f1'])} "
+                f"(drop {c['honesty_drop']:.1f}, allowed {c['max_honesty_drop']:g}), refusal on unanswerable "
+                f"{_points(c['quantized']['refusal_unanswerable'])}% vs {_points(c['fp32']['refusal_unanswerable'])}%, "
+                f"on answerable {_points(c['quantized']['refusal_answerable'])}% vs "
+                f"{_points(c['fp32']['refusal_answerable'])}%, "
+                f"{c['identical_answers']}/{c['items']} answers identical -> {'pass' if c['passed'] else 'FAIL'}"
+            )
+            continue
         click.echo(
             f"{name}: max |Δlogit| {c['max_abs_diff']:.3g}, mean {c['mean_abs_diff']:.3g}, "
             f"top-1 {c['top1_agreement']:.1%}, greedy equal {c['greedy_equal_prompts']}/{c['prompts']} "
@@ -71,7 +85,7 @@ def _print_verify(report: dict, folder: Path) -> None:
     click.echo(f"verification {'passed' if report['passed'] else 'FAILED'}: {folder / 'verify.json'}")
 
 
-@click.command("export", short_help="Export a model to ONNX through Optimum (optionally int8), verified.")
+@click.command("export", short_help="Export a model to ONNX through Optimum (optionally int8/int4), verified.")
 @click.argument("model")
 @click.option(
     "-o",
@@ -104,7 +118,7 @@ def export(
     """Export MODEL (a Hugging Face folder) to an ONNX folder for onnxruntime, verified against PyTorch.
 
     \b
-    surgery export repaired/ -o repaired-onnx/ [--quantize int8]
+    surgery export repaired/ -o repaired-onnx/ [--quantize int8|int4 [--protect-honesty PATCH]]
     surgery eval repaired-onnx/ --backend onnx --benchmark selfaware
     """
     from ..export.pipeline import export_model, verify_export

@@ -27,6 +27,8 @@ EXPORT_RECORD = "export.json"
 REQUIRED_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer_config.json")
 #: operators only an int8-quantized graph has
 INT8_OPS = ("MatMulInteger", "DynamicQuantizeLinear")
+#: the operator of onnxruntime's block-wise int4 weights
+INT4_OPS = ("MatMulNBits",)
 
 
 def require_onnx(what: str = "ONNX export") -> None:
@@ -116,11 +118,14 @@ def load_ort_model(folder: str | Path, *, threads: int | None = None) -> Any:
 
 
 def export_precision(folder: Path) -> str | None:
-    """ "int8" or None (fp32) for an existing export: from its export.json, else from the graph's ops."""
+    """ "int8", "int4" or None (fp32) for an existing export: from its export.json, else from the graph's ops."""
     record = Path(folder) / EXPORT_RECORD
     if record.is_file():
         return json.loads(record.read_text()).get("quantize")
     import onnx
 
     graph = onnx.load(str(Path(folder) / ONNX_NAME), load_external_data=False).graph
-    return "int8" if any(n.op_type in INT8_OPS for n in graph.node) else None
+    ops = {n.op_type for n in graph.node}
+    if ops & set(INT4_OPS):
+        return "int4"
+    return "int8" if ops & set(INT8_OPS) else None

@@ -9,6 +9,7 @@ artefact never appears at the requested path. :func:`deploy_patch` applies a pat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -25,9 +26,11 @@ from ..modelio import ModelSource, copy_side_files, load_model, load_tokenizer, 
 from ..patchfile import read_manifest
 from ..progress import StageTimer
 from ..provenance import command_line, versions
+from .honesty import honesty_check, honesty_items
 from .onnx import EXPORT_RECORD, ONNX_NAME, TASK, export_onnx, export_precision, require_onnx, weights_size_bytes
 from .options import ExportOptions
-from .quantize import quantize_int8
+from .protect import protect_folder, restored_columns
+from .quantize import quantize_int4, quantize_int8
 from .verify import (
     VerificationError,
     VerifyThresholds,
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 ONNX_DISTRIBUTIONS = ("optimum-onnx", "onnx", "onnxruntime")
 #: a verification: (PyTorch model folder, ONNX folder, thresholds) -> comparison
 Check = Callable[[Path, Path, VerifyThresholds], dict]
+#: the honesty check: (PyTorch model folder, ONNX folder) -> judgement
+HonestyCheck = Callable[[Path, Path], dict]
 
 
 def verify_thresholds(options: ExportOptions, precision: str | None) -> VerifyThresholds:
@@ -90,8 +95,23 @@ def _materialize(source: ModelSource, scratch: Path, *, trust_remote_code: bool,
     return merged
 
 
+def quantize_folder(folder: Path, options: ExportOptions) -> dict:
+    """Quantize the exported graph in place as ``options`` ask; returns the record for export.json."""
+    if options.quantize == "int4":
+        return quantize_int4(
+            folder, block_size=options.block_size, accuracy_level=options.accuracy_level, exclude=options.int8_keep
+        )
+    return quantize_int8(folder, exclude=options.int8_keep or None)
+
+
 def _quantize_and_verify(
-    src_dir: Path, folder: Path, options: ExportOptions, record: dict, timer: StageTimer, check: Check
+    src_dir: Path,
+    folder: Path,
+    options: ExportOptions,
+    record: dict,
+    timer: StageTimer,
+    check: Check,
+    honesty: HonestyCheck | None,
 ) -> dict[str, dict]:
     """Quantize if asked and run the checks; fills the sizes into ``record``, returns the checks."""
     quantize = options.quantize
@@ -100,14 +120,29 @@ def _quantize_and_verify(
         # judge the exporter and the quantizer separately: fp32 must match tightly before int8 is judged loosely
         with timer.stage("verify fp32"):
             checks["onnx-fp32"] = check(src_dir, folder, thresholds_for(None))
-    if quantize == "int8":
+    if quantize:
         with timer.stage("quantize"):
-            record["int8"] = quantize_int8(folder, exclude=options.int8_keep or None)
+            record[quantize] = quantize_folder(folder, options)
     record["bytes"] = weights_size_bytes(folder)
     if options.verify and not (checks and not checks["onnx-fp32"]["passed"]):
         with timer.stage(f"verify {quantize or 'fp32'}"):
             checks[f"onnx-{quantize or 'fp32'}"] = check(src_dir, folder, verify_thresholds(options, quantize))
+        if quantize and honesty is not None:
+            with timer.stage("verify honesty"):
+                checks["honesty"] = honesty(src_dir, folder)
     return checks
+
+
+def _honesty_items(options: ExportOptions) -> list:
+    """The honesty check's items, loaded before any work (a missing benchmark costs nothing); none for fp32."""
+    if not (options.verify and options.quantize and options.honesty_prompts):
+        return []
+    try:
+        return honesty_items(options.honesty_prompts, options.honesty_benchmark)
+    except SurgeryError as exc:
+        raise SurgeryError(
+            f"The honesty check cannot load its items ({exc}); pass --honesty-prompts 0 to skip it."
+        ) from None
 
 
 def rejected_path(out: Path) -> Path:
@@ -156,6 +191,8 @@ def export_model(
     require_onnx("surgery export")
     options = options or ExportOptions()
     prompts = load_prompts(options.prompts_file)
+    items = _honesty_items(options)
+    protected = restored_columns(options.protect_honesty) if options.protect_honesty else None
     out = Path(out)
     require_empty_output(out)
     source = locate(model, base)
@@ -171,14 +208,37 @@ def export_model(
     check = functools.partial(
         verify_folder, prompts=prompts, threads=threads, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
     )
+    honesty: HonestyCheck | None = None
+    if items:
+        honesty = functools.partial(
+            honesty_check,
+            items=items,
+            max_drop=options.max_honesty_drop,
+            threads=threads,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+        )
     # the lock first: taking it removes stale temps of `out`, which the scratch folder's name also matches
     with destination_lock(out), _scratch(out, "tmp") as scratch, atomic_folder(out) as folder:
         with timer.stage("materialize"):
             src_dir = _materialize(source, scratch, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        export_dir = src_dir
+        if protected is not None:
+            with timer.stage("protect"):
+                export_dir = scratch / "protected"
+                record["protect_honesty"] = protect_folder(
+                    src_dir,
+                    export_dir,
+                    protected,
+                    options.scale,
+                    str(options.protect_honesty),
+                    trust_remote_code=trust_remote_code,
+                ).as_dict()
         with timer.stage("export"):
-            export_onnx(src_dir, folder, opset=options.opset, trust_remote_code=trust_remote_code)
+            export_onnx(export_dir, folder, opset=options.opset, trust_remote_code=trust_remote_code)
         record["fp32_bytes"] = weights_size_bytes(folder)
-        checks = _quantize_and_verify(src_dir, folder, options, record, timer, check)
+        # every check compares with the unscaled source: the folded scaling must not change the float model
+        checks = _quantize_and_verify(src_dir, folder, options, record, timer, check, honesty)
         record["seconds"] = {k: round(v, 2) for k, v in timer.seconds.items()}
         write_json_atomic(folder / EXPORT_RECORD, record, default=str)
         if model_card is not None:
@@ -213,6 +273,9 @@ def deploy_patch(
     require_onnx("surgery deploy")
     options = options or ExportOptions()
     load_prompts(options.prompts_file)
+    _honesty_items(options)
+    if options.protect_honesty:
+        restored_columns(options.protect_honesty)
     out = Path(out)
     require_empty_output(out)
     card = repaired_card(
@@ -269,7 +332,18 @@ def verify_export(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
     )
-    report = combine({f"onnx-{precision or 'fp32'}": check}, artefact=precision or "fp32", source=str(model))
+    checks = {f"onnx-{precision or 'fp32'}": check}
+    items = _honesty_items(dataclasses.replace(options, quantize=precision))
+    if items:
+        checks["honesty"] = honesty_check(
+            model,
+            out,
+            items,
+            max_drop=options.max_honesty_drop,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+        )
+    report = combine(checks, artefact=precision or "fp32", source=str(model))
     write_report(out, report)
     if not report["passed"]:
         raise VerificationError(report)

@@ -1,4 +1,8 @@
-"""onnxruntime dynamic int8 quantization of an exported folder, in place.
+"""onnxruntime quantization of an exported folder, in place: dynamic int8 or weight-only int4.
+
+int4 is onnxruntime's own ``MatMulNBitsQuantizer`` (symmetric, block-wise along the input dimension,
+``MatMulNBits`` operators); only the weights are quantized, activations stay fp32, so the outliers that
+make int8 keep ``down_proj`` in fp32 do not matter and every MatMul with a constant weight is quantized.
 
 Weights of the linear layers become int8 and activations are quantized per tensor on the fly. The MLP
 down projections are kept in fp32 by default: their inputs carry the large activation outliers of
@@ -11,12 +15,15 @@ in the graph (a tied lm_head, for example) is skipped by the quantizer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from .onnx import ONNX_NAME, onnx_files, weights_size_bytes
+from ..errors import MissingExtraError
+from .onnx import INSTALL_HINT, ONNX_NAME, onnx_files, weights_size_bytes
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +42,35 @@ def matmul_nodes(model_path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type in QUANTIZED_OPS]
 
 
-def integer_matmuls(model_path: Path) -> int:
-    """How many MatMuls really became int8 (the quantizer silently skips some)."""
+def integer_matmuls(model_path: Path, op_type: str = "MatMulInteger") -> int:
+    """How many MatMuls really became ``op_type`` (the quantizers silently skip some)."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    return sum(n.op_type == "MatMulInteger" for n in graph.node)
+    return sum(n.op_type == op_type for n in graph.node)
+
+
+def _replace_graph(folder: Path, tmp: Path, external: bool) -> None:
+    """Make the quantized ``tmp`` the folder's ``model.onnx`` (and remove the fp32 graph and its data)."""
+    for p in onnx_files(folder):
+        if p != tmp and not p.name.startswith(tmp.name):
+            p.unlink()
+    if external:
+        _rename_external_data(tmp, folder / ONNX_NAME)
+    else:
+        os.replace(tmp, folder / ONNX_NAME)
+
+
+@contextlib.contextmanager
+def _quiet_root() -> Iterator[None]:
+    """The quantizers log one INFO line per tensor on the root logger: silence them below WARNING."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def quantize_int8(folder: Path, *, exclude: tuple[str, ...] | None = None, per_channel: bool = False) -> dict:
@@ -55,10 +85,7 @@ def quantize_int8(folder: Path, *, exclude: tuple[str, ...] | None = None, per_c
     before = weights_size_bytes(folder)
     tmp = folder / "model.int8.tmp.onnx"
     t0 = time.perf_counter()
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))  # the quantizer logs one INFO line per tensor on the root logger
-    try:
+    with _quiet_root():
         quantize_dynamic(
             str(src),
             str(tmp),
@@ -68,17 +95,9 @@ def quantize_int8(folder: Path, *, exclude: tuple[str, ...] | None = None, per_c
             weight_type=QuantType.QInt8,
             use_external_data_format=before > EXTERNAL_DATA_BYTES,
         )
-    finally:
-        root.setLevel(level)
     seconds = time.perf_counter() - t0
     quantized = integer_matmuls(tmp)  # what was done, not what was asked: a MatMul on a computed weight is skipped
-    for p in onnx_files(folder):
-        if p != tmp:
-            p.unlink()
-    if before > EXTERNAL_DATA_BYTES:
-        _rename_external_data(tmp, folder / ONNX_NAME)
-    else:
-        os.replace(tmp, src)
+    _replace_graph(folder, tmp, before > EXTERNAL_DATA_BYTES)
     after = weights_size_bytes(folder)
     log.info(
         "int8: %d of %d MatMuls quantized, %.0f MB -> %.0f MB in %.1f s",
@@ -92,6 +111,69 @@ def quantize_int8(folder: Path, *, exclude: tuple[str, ...] | None = None, per_c
         "method": "onnxruntime.quantization.quantize_dynamic",
         "weight_type": "QInt8",
         "per_channel": per_channel,
+        "op_types": list(QUANTIZED_OPS),
+        "kept_fp32_patterns": list(exclude),
+        "matmuls": len(nodes),
+        "matmuls_quantized": quantized,
+        "matmuls_kept_fp32": len(nodes) - quantized,
+        "bytes_before": before,
+        "bytes_after": after,
+        "seconds": round(seconds, 2),
+    }
+
+
+def quantize_int4(
+    folder: Path, *, block_size: int = 32, accuracy_level: int | None = None, exclude: tuple[str, ...] = ()
+) -> dict:
+    """Replace ``folder/model.onnx`` by its int4 weight-only version (MatMulNBits); returns what was done."""
+    import onnx
+
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as exc:  # onnxruntime >= 1.23's quantizer needs onnx-ir, which older installs lack
+        raise MissingExtraError(
+            f"--quantize int4 needs onnxruntime's MatMulNBits quantizer ({exc.name} could not be imported): "
+            f"install it with  {INSTALL_HINT}"
+        ) from None
+
+    folder = Path(folder)
+    src = folder / ONNX_NAME
+    nodes = matmul_nodes(src)
+    kept = [n for n in nodes if any(pat in n for pat in exclude)]
+    before = weights_size_bytes(folder)
+    external = before > EXTERNAL_DATA_BYTES
+    tmp = folder / "model.int4.tmp.onnx"
+    t0 = time.perf_counter()
+    with _quiet_root():
+        quantizer = MatMulNBitsQuantizer(
+            onnx.load(str(src), load_external_data=True),
+            bits=4,
+            block_size=block_size,
+            is_symmetric=True,
+            accuracy_level=accuracy_level,
+            nodes_to_exclude=kept,
+            op_types_to_quantize=QUANTIZED_OPS,
+        )
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(tmp), use_external_data_format=external)
+    seconds = time.perf_counter() - t0
+    quantized = integer_matmuls(tmp, "MatMulNBits")
+    _replace_graph(folder, tmp, external)
+    after = weights_size_bytes(folder)
+    log.info(
+        "int4: %d of %d MatMuls quantized, %.0f MB -> %.0f MB in %.1f s",
+        quantized,
+        len(nodes),
+        before / 1e6,
+        after / 1e6,
+        seconds,
+    )
+    return {
+        "method": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
+        "bits": 4,
+        "block_size": block_size,
+        "symmetric": True,
+        "accuracy_level": accuracy_level,
         "op_types": list(QUANTIZED_OPS),
         "kept_fp32_patterns": list(exclude),
         "matmuls": len(nodes),

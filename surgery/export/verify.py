@@ -49,7 +49,7 @@ DEFAULT_PROMPTS: list = [
 
 @dataclass(frozen=True)
 class VerifyThresholds:
-    """Pass criteria; ``None`` disables a check (int8 is judged by agreement, not by logit distance)."""
+    """Pass criteria; ``None`` disables a check (int8/int4 are judged by agreement, not by logit distance)."""
 
     max_abs_diff: float | None = 1e-3
     mean_abs_diff: float | None = 1e-4
@@ -62,12 +62,13 @@ class VerifyThresholds:
 #: tokens each) the largest |Δlogit| measured was 9.5e-5 and the mean 1.0e-5. The mean bound is 1e-4; the
 #: max bound is 1e-3 (2.5e-5 of the logit scale) so that another model's rounding does not fail a good export
 FP32 = VerifyThresholds()
+#: quantized artefacts (int8 and int4): judged by top-1 agreement here and by the honesty check (honesty.py)
 INT8 = VerifyThresholds(max_abs_diff=None, mean_abs_diff=None, min_top1_agreement=0.6, require_same_greedy=False)
 
 
 def thresholds_for(quantize: str | None, **overrides: Any) -> VerifyThresholds:
     """Defaults for the artefact's precision, with the user's explicit options (non-None) on top."""
-    base = INT8 if quantize == "int8" else FP32
+    base = INT8 if quantize in ("int8", "int4") else FP32
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -15,7 +15,7 @@ from surgery.errors import OptionError, SurgeryError
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "surgery" / "export"
-MODULES = ("onnx", "options", "quantize", "verify", "pipeline", "ort_backend")
+MODULES = ("onnx", "options", "quantize", "protect", "verify", "honesty", "pipeline", "ort_backend")
 
 
 def _internal_imports(tree: ast.Module) -> list[tuple[ast.ImportFrom | ast.Import, bool]]:
@@ -96,8 +96,8 @@ def test_export_options_reject_impossible_values():
         ExportOptions(min_top1=1.5)
     with pytest.raises(OptionError, match="--greedy-tokens"):
         ExportOptions(greedy_tokens=0)
-    with pytest.raises(OptionError, match="int8"):
-        ExportOptions(quantize="int4")
+    with pytest.raises(OptionError, match="int8 or int4"):
+        ExportOptions(quantize="int2")
 
 
 def test_thresholds_follow_precision_with_explicit_options_on_top():
@@ -127,6 +127,13 @@ VERIFY_FLAGS = {
     "--prompts",
     "--quantize",
     "--int8-keep-fp32",
+    "--block-size",
+    "--accuracy-level",
+    "--protect-honesty",
+    "--protect-scale",
+    "--honesty-prompts",
+    "--honesty-benchmark",
+    "--max-honesty-drop",
     "--opset",
     "--trust-remote-code",
     "--allow-pickle",
