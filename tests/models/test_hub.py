@@ -216,7 +216,7 @@ def test_hub_ids_end_to_end_revisions_card_and_push(fake_hub, fake_api, tmp_path
         "sft": {"kind": "hub", "repo": "acme/sft", "commit": COMMIT_SFT},
     }
     assert sorted(p.name for p in (fake_api.root / "me" / "patch").iterdir()) == sorted(
-        [patch.name, patch.name + ".report.json", patch.name + ".command.txt"]
+        [patch.name, patch.name + ".report.json", patch.name + ".command.txt", patch.name + ".config.yaml"]
     )
     assert (fake_api.root / "me" / "patch" / patch.name).read_bytes() == patch.read_bytes()
 

@@ -208,7 +208,7 @@ def test_apply_writes_the_card_beside_the_same_weights(tiny_pair, calib, tmp_pat
     assert made is not None
     assert made.group(1).splitlines() == [
         "surgery patch sft --base base -o p.safetensors",
-        f"surgery apply {sft} {patch} --output {carded} --max-shard-size 2",
+        f"surgery apply {sft} {patch} --output {carded} --max-shard-size 2GiB",
     ]
     revision = read_manifest(patch).revisions["sft"]["sha256"]
     assert revision in card
