@@ -17,7 +17,7 @@ RECIPE_DEFAULT = "[default: the recipe's patch setting, else {default}]"
 
 @dataclass(frozen=True)
 class PairOptions:
-    recipe: str = opt("smollm2", "Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m.")
+    recipe: str = opt("smollm2", "Which bundled pair (a folder under surgery/recipes/): smollm2 or gemma3_270m.")
     rebuild: bool = switch(
         "Retrain the committed LoRA adapters from the recipe (SmolLM2 about 15 min, Gemma 3 about 14 min)."
     )
@@ -35,7 +35,7 @@ class DemoOptions:
 
     recipe: str = opt(
         "smollm2",
-        "Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m (Gemma: "
+        "Which bundled pair (a folder under surgery/recipes/): smollm2 or gemma3_270m (Gemma: "
         "train it first with  surgery pair --recipe gemma3_270m --rebuild).",
     )
     json_out: str | None = opt(None, "Write every number (incl. recovery) as JSON.", flag="--json", metavar="FILE")
@@ -94,7 +94,7 @@ def demo(**kwargs: Any) -> None:
     """Show honesty come back: build the bundled pair, patch M1, evaluate M0 / M1 / M1+patch.
 
     Every ``surgery patch`` option is accepted and passed to the patch stage; one not given takes the
-    recipe's setting (recipes/<recipe>/recipe.json, "patch"), else the ``surgery patch`` default.
+    recipe's setting (surgery/recipes/<recipe>/recipe.json, "patch"), else the ``surgery patch`` default.
     """
     from ..atomic import write_json_atomic
     from ..errors import OptionError

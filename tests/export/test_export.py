@@ -200,7 +200,7 @@ def test_missing_extra_is_one_clear_sentence(monkeypatch, tiny_models, tmp_path)
     ):
         res = _run(args)
         assert res.exit_code == 2, res.output
-        assert "pip install 'surgery[onnx]'" in res.output and "Traceback" not in res.output
+        assert "pip install 'surgery-hcnr[onnx]'" in res.output and "Traceback" not in res.output
     from surgery.errors import MissingExtraError
     from surgery.evaluation.runner import make_generator
     from surgery.export.ort_backend import register
