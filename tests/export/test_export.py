@@ -130,6 +130,9 @@ def test_failed_verification_publishes_nothing(tiny_models, tmp_path):
     assert not out.exists()
     rejected = tmp_path / "strict.rejected"
     assert not json.loads((rejected / "verify.json").read_text())["passed"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert rejected.stat().st_mode & 0o777 == 0o777 & ~umask  # readable like any output, not 0700
     assert not list(tmp_path.glob(".strict.tmp-*"))
 
 
