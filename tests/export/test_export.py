@@ -209,7 +209,7 @@ def test_missing_extra_is_one_clear_sentence(monkeypatch, tiny_models, tmp_path)
     from surgery.export.ort_backend import register
 
     register()
-    with pytest.raises(MissingExtraError, match=r"surgery\[onnx\]"):
+    with pytest.raises(MissingExtraError, match=r"surgery-hcnr\[onnx\]"):
         make_generator("onnx", str(tmp_path))
     assert not (tmp_path / "o").exists()
 
