@@ -8,7 +8,7 @@ Every command runs from an empty temp folder with ``SURGERY_DATA_DIR``, ``SURGER
 unset and ``HOME`` empty, so nothing of the repository or the shared data can help it. The model pair is a
 tiny random Llama and its synthetic SFT twin (tests/support/tiny.py), and the user's own data is a small
 JSONL file, as a user has. (A full install took 5.5 min on a busy 2-core machine; reusing ``.venv-tf5``,
-the whole file takes about 3 min there.)
+the whole file takes 40 s on a quiet one, about 3 min on a busy one.)
 
 Two steps need features built on other branches; they are strict xfails until those land (remove the marker
 then): ``--preset`` (wt-B) and the bundled calibration set that ``calib``/``patch`` use by default (wt-C).
