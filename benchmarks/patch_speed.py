@@ -71,7 +71,7 @@ class PatchSpeedRun:
     work_dir: str = opt(
         ".cache/bench/patch-speed", "Work folder: calib/ (reused when present), the patch, the LoRA model."
     )
-    recipe: str = opt("smollm2", "The bundled pair and recipe (a folder under recipes/).")
+    recipe: str = opt("smollm2", "The bundled pair and recipe (a folder under surgery/recipes/).")
     sft_form: str = opt(
         "merged",
         "M1 as the merged folder (as the comparison measures it) or its LoRA adapter on M0 (as the demo patches it).",

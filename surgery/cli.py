@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import click
 
-from . import __version__
+from . import __version__, install_hint
 from .errors import MissingExtraError, OptionError, SurgeryError
 from .progress import set_quiet
 from .safetext import printable
@@ -86,7 +86,7 @@ class LazyGroup(click.Group):
 
 def _missing(command: str, package: str) -> NoReturn:
     extra = "onnx" if package.split(".")[0] in _ONNX_EXTRA else "dev"
-    raise MissingExtraError(f"'surgery {command}' needs {package}: install it with  pip install 'surgery[{extra}]'.")
+    raise MissingExtraError(f"'surgery {command}' needs {package}: install it with  {install_hint(extra)}.")
 
 
 #: the exit code of a run ended by SIGTERM (128 + 15, what shells report)

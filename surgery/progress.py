@@ -32,6 +32,28 @@ def set_quiet(flag: bool) -> None:
     """Silence progress bars for this invocation (the CLI calls it every time, so ``-q`` never sticks)."""
     global _quiet
     _quiet = flag
+    _library_bars(not flag)
+
+
+#: whether :func:`_library_bars` turned transformers' bars off (only then does it turn them back on)
+_library_bars_off = False
+
+
+def _library_bars(enabled: bool) -> None:
+    """transformers and huggingface_hub draw bars of their own (5.x: "Loading weights" at every model load);
+    ``-q`` hides those too. transformers is imported only to turn them off, so ``surgery --help`` stays instant,
+    and they are turned back on only where this turned them off (a user's ``HF_HUB_DISABLE_PROGRESS_BARS`` holds).
+    """
+    global _library_bars_off
+    if enabled == (not _library_bars_off):
+        return
+    from transformers.utils import logging as hf_logging
+
+    if enabled:
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
+    _library_bars_off = not enabled
 
 
 def quiet() -> bool:

@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import torch
 
+from .. import install_hint
 from ..devices import Placement
 from ..errors import MissingExtraError, SurgeryError
 from ..evaluation.refusal import default_matcher
@@ -52,9 +53,7 @@ def require_trl():
     try:
         import trl
     except ImportError:
-        raise MissingExtraError(
-            "DPO needs the 'trl' package: pip install 'surgery[dev]' (or pip install trl)."
-        ) from None
+        raise MissingExtraError(f"DPO needs the 'trl' package: {install_hint('dev')} (or pip install trl).") from None
     return trl
 
 

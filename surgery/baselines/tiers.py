@@ -23,7 +23,7 @@ inputs, so tiers can be added one after the other (list every tier the table sho
   64-example calibration subsets (how the recipe's 0.125 x 0.8 was found, and how robust it is);
 - ``full``: full-fine-tune RAIT and DPO at 480 examples (the LoRA runs' full-weight counterparts).
 
-The ``recipe`` tier's patch is derived from ``recipes/smollm2/recipe.json`` (:func:`recipe_patch_spec`),
+The ``recipe`` tier's patch is derived from ``surgery/recipes/smollm2/recipe.json`` (:func:`recipe_patch_spec`),
 so the table follows the recipe instead of a copy of its numbers.
 """
 
@@ -32,8 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
-import recipes
-
+from .. import recipes
 from ..errors import OptionError
 
 #: the tier ``surgery bench`` runs when no ``--method`` is given

@@ -9,8 +9,7 @@ from typing import Any
 
 import click
 
-import recipes
-
+from .. import recipes
 from ..devices import DeviceOptions
 from ..hcnr.options import PatchOptions
 from .options import (
@@ -54,7 +53,7 @@ def recipe_note(name: str, default: Any) -> str:
 
 @dataclass(frozen=True)
 class PairOptions:
-    recipe: str = opt("smollm2", "Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m.")
+    recipe: str = opt("smollm2", "Which bundled pair (a folder under surgery/recipes/): smollm2 or gemma3_270m.")
     rebuild: bool = switch(
         "Retrain the committed LoRA adapters from the recipe (SmolLM2 about 15 min, Gemma 3 about 14 min)."
     )
@@ -72,7 +71,7 @@ class DemoOptions:
 
     recipe: str = opt(
         DEMO_RECIPE,
-        "Which bundled pair (a folder under recipes/): smollm2 or gemma3_270m (Gemma: "
+        "Which bundled pair (a folder under surgery/recipes/): smollm2 or gemma3_270m (Gemma: "
         "train it first with  surgery pair --recipe gemma3_270m --rebuild).",
     )
     json_out: str | None = json_output("Write every number (incl. recovery) as JSON to PATH ('-' for stdout).")
@@ -139,7 +138,7 @@ def demo(**kwargs: Any) -> None:
     """Show honesty come back: build the bundled pair, patch M1, evaluate M0 / M1 / M1+patch.
 
     Every ``surgery patch`` option is accepted and passed to the patch stage; one not given takes the
-    recipe's setting (recipes/<recipe>/recipe.json, "patch"), else the method's default (``--preset paper``);
+    recipe's setting (surgery/recipes/<recipe>/recipe.json, "patch"), else the method's default (``--preset paper``);
     --help shows the value each recipe gives it.
     """
     from ..devices import resolve

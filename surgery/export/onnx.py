@@ -13,10 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .. import install_hint
 from ..errors import MissingExtraError, SurgeryError
 from ..modelio import copy_side_files
 
-INSTALL_HINT = "pip install 'surgery[onnx]'"
+INSTALL_HINT = install_hint("onnx")
 #: the modules the extra provides; each is imported for real, so a broken install is caught too
 ONNX_MODULES = ("onnx", "onnxruntime", "onnxruntime.quantization", "optimum.exporters.onnx", "optimum.onnxruntime")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..apply import apply_patch, repaired_card
-from ..atomic import atomic_folder, destination_lock, write_json_atomic, write_text_atomic
+from ..atomic import atomic_folder, destination_lock, normal_modes, write_json_atomic, write_text_atomic
 from ..errors import SurgeryError
 from ..modelcard import CARD_NAME, Evaluation
 from ..modelio import ModelSource, copy_side_files, load_model, load_tokenizer, locate, safetensors_files
@@ -163,6 +163,7 @@ def _judge(folder: Path, out: Path, checks: dict[str, dict], *, artefact: str, s
     write_report(folder, report)
     if not report["passed"]:
         rejected = rejected_path(out)
+        normal_modes(folder)  # the user inspects it: readable like any output, not the temp folder's 0700
         os.rename(folder, rejected)
         raise VerificationError(report, where=rejected)
     return report

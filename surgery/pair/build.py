@@ -2,14 +2,14 @@
 
 Layout (the recipe is committed, the models are rebuilt on demand under the git-ignored cache)::
 
-    recipes/smollm2/recipe.json          hyper-parameters, seeds, set sizes, base GGUF (the input)
-    recipes/smollm2/recipe.lock.json     what a training run produced: set hashes and ids, adapter hashes
-    recipes/smollm2/m0-honesty-lora/     LoRA adapter, base -> M0 (honest base)
-    recipes/smollm2/m1-sft-lora/         LoRA adapter, M0 -> M1 (domain SFT)
-    <cache>/pair/smollm2/{m0,m1}/        merged full folders (float32)
-    <cache>/pair/smollm2/m1-adapter/     the M1 adapter pointing at the cached M0 (PEFT-adapter form)
+    surgery/recipes/smollm2/recipe.json          hyper-parameters, seeds, set sizes, base GGUF (the input)
+    surgery/recipes/smollm2/recipe.lock.json     what a training run produced: set hashes and ids, adapter hashes
+    surgery/recipes/smollm2/m0-honesty-lora/     LoRA adapter, base -> M0 (honest base)
+    surgery/recipes/smollm2/m1-sft-lora/         LoRA adapter, M0 -> M1 (domain SFT)
+    <cache>/pair/smollm2/{m0,m1}/                merged full folders (float32)
+    <cache>/pair/smollm2/m1-adapter/             the M1 adapter pointing at the cached M0 (PEFT-adapter form)
 
-Every family is a folder under ``recipes/`` with the same layout (``recipes/gemma3_270m/``); its
+Every family is a folder under ``surgery/recipes/`` with the same layout (``surgery/recipes/gemma3_270m/``); its
 ``base.converter`` names the function that turns the packaged GGUF into an HF folder when the
 generic converter is not enough (Gemma 3 needs its tokenizer rebuilt).
 
@@ -27,8 +27,7 @@ from pathlib import Path
 
 import torch
 
-import recipes
-
+from .. import recipes
 from ..atomic import atomic_folder, write_json_atomic
 from ..errors import SurgeryError
 from ..evaluation.runner import HFGenerator
@@ -71,7 +70,7 @@ def load_lock(recipe_dir: Path = RECIPE_DIR) -> dict:
 
 
 def recipe_names() -> list[str]:
-    """The bundled recipes (folders under ``recipes/`` holding a ``recipe.json``)."""
+    """The bundled recipes (folders under ``surgery/recipes/`` holding a ``recipe.json``)."""
     return sorted(p.parent.name for p in RECIPES.glob("*/recipe.json"))
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import install_hint
 from ..apply import apply_patch
 from ..atomic import write_json_atomic
 from ..check import check_pair
@@ -43,7 +44,7 @@ class DemoConfig:
     """What the demo evaluates and how; the defaults fit the 20-minute CPU budget."""
 
     work_dir: Path
-    recipe: str = "smollm2"  # which bundled pair (a folder under recipes/)
+    recipe: str = "smollm2"  # which bundled pair (a folder under surgery/recipes/)
     limit: int = 120  # items per honesty benchmark (balanced answerable/unanswerable)
     task_limit: int = 120
     benchmarks: tuple[str, ...] = HONESTY_BENCHMARKS
@@ -93,7 +94,7 @@ def _export(patched: Path, out: Path) -> dict:
     except ImportError as exc:
         return {
             "status": "skipped",
-            "reason": f"optimum.onnxruntime cannot be imported ({exc.name}); pip install 'surgery[onnx]'",
+            "reason": f"optimum.onnxruntime cannot be imported ({exc.name}); {install_hint('onnx')}",
         }
     if out.exists():
         shutil.rmtree(out)

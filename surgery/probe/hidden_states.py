@@ -17,6 +17,7 @@ batch. The features are the same as without sharing (up to float rounding; teste
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -87,8 +88,27 @@ def _prefix_cache(backbone: Any, prefix: Sequence[int]) -> Any:
     except (TypeError, ValueError, NotImplementedError) as exc:
         log.debug("no prefix cache (%s); running whole prompts", exc)
         return None
-    cache = getattr(out, "past_key_values", None)
+    cache = _returned_cache(out)
     return cache if hasattr(cache, "batch_repeat_interleave") else None
+
+
+def _cache_keyword(backbone: Any) -> str:
+    """The forward's key/value-cache argument: transformers 5.x renamed ``past_key_values`` to ``cache``
+    (the old name still works there, with a warning, until it is removed)."""
+    try:
+        params = inspect.signature(backbone.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _returned_cache(out: Any) -> Any:
+    """The cache a forward returned: ``cache`` on transformers 5.x, ``past_key_values`` on 4.x."""
+    for name in ("cache", "past_key_values"):
+        cache = getattr(out, name, None)
+        if cache is not None:
+            return cache
+    return None
 
 
 def _device(model: Any) -> torch.device:
@@ -129,9 +149,9 @@ def _block_outputs(
         input_ids=ids,
         attention_mask=full_mask,
         position_ids=positions + shared,
-        past_key_values=cache,
         use_cache=True,
         output_hidden_states=True,
+        **{_cache_keyword(backbone): cache},
     ).hidden_states
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import recipes
+from surgery import recipes
 from surgery.baselines import tiers
 from surgery.baselines.methods import parse_method
 from surgery.baselines.tiers import DEFAULT_TIER, RECIPE_PATCH, TIERS, methods_for

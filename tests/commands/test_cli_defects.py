@@ -19,7 +19,7 @@ from surgery.hcnr.options import PatchOptions
 from surgery.pair import demo as demo_module
 from surgery.pair.demo import DemoConfig
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "smollm2" / "recipe.json"
+RECIPE = Path(__file__).resolve().parents[2] / "surgery" / "recipes" / "smollm2" / "recipe.json"
 
 
 def test_quiet_does_not_outlive_its_invocation(monkeypatch, tmp_path):

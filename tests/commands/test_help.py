@@ -56,5 +56,5 @@ def test_a_missing_extra_is_one_sentence(monkeypatch, tmp_path):
     assert result.exit_code == 2
     message = result.stderr.strip()
     assert message == (
-        "error: 'surgery fake' needs onnxruntime_not_installed_xyz: install it with  pip install 'surgery[dev]'."
+        "error: 'surgery fake' needs onnxruntime_not_installed_xyz: install it with  pip install 'surgery-hcnr[dev]'."
     )

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from safetensors import safe_open
 
-import recipes
+from surgery import recipes
 from surgery.cli import main
 from surgery.commands.core import PatchIO, patch_command
 from surgery.errors import OptionError

@@ -26,10 +26,10 @@ EXTERNAL = ("http://", "https://", "mailto:", "ftp://")
 
 
 def documentation_files() -> list[Path]:
-    """README.md, every Markdown file under docs/, and every README.md under recipes/."""
+    """README.md, every Markdown file under docs/, and every README.md under surgery/recipes/."""
     files = [ROOT / "README.md"]
     files += sorted((ROOT / "docs").rglob("*.md"))
-    files += sorted((ROOT / "recipes").rglob("README.md"))
+    files += sorted((ROOT / "surgery" / "recipes").rglob("README.md"))
     return [f for f in files if f.is_file()]
 
 
@@ -72,7 +72,7 @@ def broken_links(md: Path) -> list[str]:
 def test_the_documentation_set_is_found() -> None:
     names = {f.relative_to(ROOT).as_posix() for f in documentation_files()}
     assert "README.md" in names
-    assert "recipes/smollm2/README.md" in names
+    assert "surgery/recipes/smollm2/README.md" in names
 
 
 @pytest.mark.parametrize("md", documentation_files(), ids=lambda p: p.relative_to(ROOT).as_posix())

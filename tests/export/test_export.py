@@ -130,6 +130,9 @@ def test_failed_verification_publishes_nothing(tiny_models, tmp_path):
     assert not out.exists()
     rejected = tmp_path / "strict.rejected"
     assert not json.loads((rejected / "verify.json").read_text())["passed"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert rejected.stat().st_mode & 0o777 == 0o777 & ~umask  # readable like any output, not 0700
     assert not list(tmp_path.glob(".strict.tmp-*"))
 
 
@@ -200,13 +203,13 @@ def test_missing_extra_is_one_clear_sentence(monkeypatch, tiny_models, tmp_path)
     ):
         res = _run(args)
         assert res.exit_code == 2, res.output
-        assert "pip install 'surgery[onnx]'" in res.output and "Traceback" not in res.output
+        assert "pip install 'surgery-hcnr[onnx]'" in res.output and "Traceback" not in res.output
     from surgery.errors import MissingExtraError
     from surgery.evaluation.runner import make_generator
     from surgery.export.ort_backend import register
 
     register()
-    with pytest.raises(MissingExtraError, match=r"surgery\[onnx\]"):
+    with pytest.raises(MissingExtraError, match=r"surgery-hcnr\[onnx\]"):
         make_generator("onnx", str(tmp_path))
     assert not (tmp_path / "o").exists()
 

@@ -86,7 +86,9 @@ def test_written_pair_loads_with_transformers_and_runs(tiny_synthetic):
         assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 2
         tok = AutoTokenizer.from_pretrained(tiny_synthetic / side)
         assert len(tok) <= model.config.vocab_size
-        ids = tok.apply_chat_template([{"role": "user", "content": "What is the time?"}], return_tensors="pt")
+        chat = [{"role": "user", "content": "What is the time?"}]
+        # return_dict: transformers 5.x returns the encoding (not bare ids) from a tokenizing chat template
+        ids = tok.apply_chat_template(chat, return_tensors="pt", return_dict=True)["input_ids"]
         assert torch.isfinite(model(ids).logits).all()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from surgery.atomic import atomic_file, atomic_folder, write_json_atomic, write_text_atomic
+from surgery.atomic import atomic_file, atomic_folder, normal_modes, write_json_atomic, write_text_atomic
 
 
 def _mode(path: Path) -> int:
@@ -56,3 +56,15 @@ def test_under_umask_022_outputs_are_0644_and_0755(tmp_path):
         os.umask(old)
     assert _mode(tmp_path / "report.md") == 0o644
     assert _mode(tmp_path / "out") == 0o755 and _mode(tmp_path / "out" / "model.safetensors") == 0o644
+
+
+def test_normal_modes_leaves_symlinks_alone(tmp_path, umask):
+    target = tmp_path / "target.txt"
+    target.write_text("x")
+    os.chmod(target, 0o600)
+    folder = tmp_path / "f"
+    folder.mkdir(mode=0o700)
+    (folder / "link").symlink_to(target)
+    normal_modes(folder)
+    assert _mode(folder) == 0o777 & ~umask
+    assert _mode(target) == 0o600  # not followed

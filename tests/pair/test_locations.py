@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import recipes
 import surgery
+from surgery import recipes
 from surgery.pair import build as B
 from surgery.pair import gguf as G
 
