@@ -92,30 +92,18 @@ def json_output(help: str = "Write the results as JSON to PATH ('-' for stdout).
     return dataclasses.field(default=None, metadata={**f.metadata, "flag_value": "-" if bare else None})
 
 
+def _repeatable_benchmark(flags: tuple[str, str], help: str, default: tuple[str, ...], aliases: tuple[str, ...]) -> Any:
+    return opt(default, help, flag=flags[1], short=flags[0], multiple=True, metavar="NAME|FILE.jsonl", aliases=aliases)
+
+
 def benchmark_choice(help: str, default: tuple[str, ...] = (), *, aliases: tuple[str, ...] = ()) -> Any:
     """``-b/--benchmark NAME|FILE.jsonl``, repeatable: the honesty benchmarks a command scores on."""
-    return opt(
-        default,
-        help,
-        flag=BENCHMARK[1],
-        short=BENCHMARK[0],
-        multiple=True,
-        metavar="NAME|FILE.jsonl",
-        aliases=aliases,
-    )
+    return _repeatable_benchmark(BENCHMARK, help, default, aliases)
 
 
 def task_benchmark_choice(help: str, default: tuple[str, ...] = (), *, aliases: tuple[str, ...] = ()) -> Any:
     """``-t/--task-benchmark NAME|FILE.jsonl``, repeatable: the SFT-task benchmarks."""
-    return opt(
-        default,
-        help,
-        flag=TASK_BENCHMARK[1],
-        short=TASK_BENCHMARK[0],
-        multiple=True,
-        metavar="NAME|FILE.jsonl",
-        aliases=aliases,
-    )
+    return _repeatable_benchmark(TASK_BENCHMARK, help, default, aliases)
 
 
 def honesty_data(

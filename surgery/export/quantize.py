@@ -95,31 +95,9 @@ def quantize_int8(folder: Path, *, exclude: tuple[str, ...] | None = None, per_c
             weight_type=QuantType.QInt8,
             use_external_data_format=before > EXTERNAL_DATA_BYTES,
         )
-    seconds = time.perf_counter() - t0
-    quantized = integer_matmuls(tmp)  # what was done, not what was asked: a MatMul on a computed weight is skipped
-    _replace_graph(folder, tmp, before > EXTERNAL_DATA_BYTES)
-    after = weights_size_bytes(folder)
-    log.info(
-        "int8: %d of %d MatMuls quantized, %.0f MB -> %.0f MB in %.1f s",
-        quantized,
-        len(nodes),
-        before / 1e6,
-        after / 1e6,
-        seconds,
-    )
-    return {
-        "method": "onnxruntime.quantization.quantize_dynamic",
-        "weight_type": "QInt8",
-        "per_channel": per_channel,
-        "op_types": list(QUANTIZED_OPS),
-        "kept_fp32_patterns": list(exclude),
-        "matmuls": len(nodes),
-        "matmuls_quantized": quantized,
-        "matmuls_kept_fp32": len(nodes) - quantized,
-        "bytes_before": before,
-        "bytes_after": after,
-        "seconds": round(seconds, 2),
-    }
+    method = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8", "per_channel": per_channel}
+    # what was done, not what was asked: a MatMul on a computed weight is skipped
+    return _finish(folder, tmp, "MatMulInteger", len(nodes), before, exclude, t0, method)
 
 
 def quantize_int4(
@@ -156,29 +134,41 @@ def quantize_int4(
         )
         quantizer.process()
         quantizer.model.save_model_to_file(str(tmp), use_external_data_format=external)
-    seconds = time.perf_counter() - t0
-    quantized = integer_matmuls(tmp, "MatMulNBits")
-    _replace_graph(folder, tmp, external)
-    after = weights_size_bytes(folder)
-    log.info(
-        "int4: %d of %d MatMuls quantized, %.0f MB -> %.0f MB in %.1f s",
-        quantized,
-        len(nodes),
-        before / 1e6,
-        after / 1e6,
-        seconds,
-    )
-    return {
+    method = {
         "method": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
         "bits": 4,
         "block_size": block_size,
         "symmetric": True,
         "accuracy_level": accuracy_level,
+    }
+    return _finish(folder, tmp, "MatMulNBits", len(nodes), before, exclude, t0, method)
+
+
+def _finish(
+    folder: Path, tmp: Path, op: str, matmuls: int, before: int, exclude: tuple[str, ...], t0: float, method: dict
+) -> dict:
+    """Put the quantized graph ``tmp`` in place and return what was done (export.json), counted from the graph."""
+    seconds = time.perf_counter() - t0
+    quantized = integer_matmuls(tmp, op)
+    _replace_graph(folder, tmp, before > EXTERNAL_DATA_BYTES)
+    after = weights_size_bytes(folder)
+    name = "int4" if op == "MatMulNBits" else "int8"
+    log.info(
+        "%s: %d of %d MatMuls quantized, %.0f MB -> %.0f MB in %.1f s",
+        name,
+        quantized,
+        matmuls,
+        before / 1e6,
+        after / 1e6,
+        seconds,
+    )
+    return {
+        **method,
         "op_types": list(QUANTIZED_OPS),
         "kept_fp32_patterns": list(exclude),
-        "matmuls": len(nodes),
+        "matmuls": matmuls,
         "matmuls_quantized": quantized,
-        "matmuls_kept_fp32": len(nodes) - quantized,
+        "matmuls_kept_fp32": matmuls - quantized,
         "bytes_before": before,
         "bytes_after": after,
         "seconds": round(seconds, 2),
