@@ -17,13 +17,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from ..evaluation.benchmarks import Item, load_items
 from ..evaluation.evaluate import evaluate
-from ..evaluation.runner import HFGenerator
-from ..modelio import load_model, load_tokenizer, locate
-from .onnx import load_ort_model
+from ..evaluation.runner import torch_generator
+from .ort_backend import ort_generator
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +98,24 @@ def honesty_check(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> dict:
-    """Greedy answers of PyTorch fp32 ``model_dir`` and the ONNX folder on ``items``, judged by :func:`judge`."""
-    source = locate(str(model_dir))
-    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
-    model = load_model(source, dtype=torch.float32, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    reference = evaluate(HFGenerator(model, tokenizer, batch_size=BATCH_SIZE), items, max_new_tokens=MAX_NEW_TOKENS)
-    del model
-    gc.collect()
-    ort_model = load_ort_model(onnx_dir, threads=threads)
-    candidate = evaluate(
-        HFGenerator(ort_model, tokenizer, batch_size=BATCH_SIZE, name="onnx"), items, max_new_tokens=MAX_NEW_TOKENS
+    """Greedy answers of PyTorch fp32 ``model_dir`` and the ONNX folder on ``items``, judged by :func:`judge`.
+
+    Both go through the evaluation's own back-ends (``torch`` in float32 and ``onnx``), one model in memory
+    at a time: a generator is dropped as soon as its answers are in."""
+    reference = evaluate(
+        torch_generator(
+            str(model_dir), batch_size=BATCH_SIZE, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        ),
+        items,
+        max_new_tokens=MAX_NEW_TOKENS,
     )
-    del ort_model
+    gc.collect()
+    candidate = evaluate(
+        ort_generator(str(onnx_dir), batch_size=BATCH_SIZE, trust_remote_code=trust_remote_code, threads=threads),
+        items,
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
+    gc.collect()
     result = judge(reference, candidate, max_drop)
     log.info(
         "honesty: F1 %.1f (fp32) vs %.1f (quantized), %d/%d answers identical -> %s",
