@@ -73,6 +73,9 @@ class ExportHonestyRun:
     int4_scale: tuple[float, ...] = opt(
         (2.0,), "Protect scale(s) of the int4 honesty-aware rows (repeatable; a power of two).", multiple=True
     )
+    int8_per_channel: bool = opt(
+        False, "Also the int8 rows with one weight scale per output channel (plain and honesty-aware)."
+    )
     speed_tokens: int = opt(32, "Tokens per prompt of the speed measurement (0: skip it).", low=0)
     threads: int = opt(1, "Threads of torch and onnxruntime.", low=1)
     seed: int = opt(0, "Item sample and bootstrap seed.")
@@ -109,17 +112,21 @@ def _exports(run: ExportHonestyRun, patched: Path) -> dict[str, Path]:
         shutil.rmtree(fp32, ignore_errors=True)
         export_onnx(patched, fp32)
     folders = {ORT_FP32: fp32}
-    for quantize, scales in (("int8", run.int8_scale), ("int4", run.int4_scale)):
-        variants = [(f"{quantize} plain", fp32, "plain")]
+    kinds = [("int8", run.int8_scale, False), ("int4", run.int4_scale, False)]
+    if run.int8_per_channel:
+        kinds.insert(1, ("int8", run.int8_scale, True))
+    for quantize, scales, per_channel in kinds:
+        name = f"{quantize} per-channel" if per_channel else quantize
+        variants = [(f"{name} plain", fp32, "plain")]
         for scale in scales:
-            label = f"{quantize} honesty-aware" + (f" (x{scale:g})" if len(scales) > 1 else "")
+            label = f"{name} honesty-aware" + (f" (x{scale:g})" if len(scales) > 1 else "")
             variants.append((label, _protected_export(run, patched, scale), f"protected-x{scale:g}"))
         for label, src, tag in variants:
-            dst = run.work / f"onnx-{quantize}-{tag}"
+            dst = run.work / f"onnx-{quantize}{'-pc' if per_channel else ''}-{tag}"
             if not (dst / "model.onnx").is_file():
                 shutil.rmtree(dst, ignore_errors=True)
                 shutil.copytree(src, dst)
-                options = ExportOptions(quantize=quantize, block_size=run.block_size)
+                options = ExportOptions(quantize=quantize, block_size=run.block_size, int8_per_channel=per_channel)
                 (dst / "quantize.json").write_text(json.dumps(quantize_folder(dst, options), indent=1) + "\n")
             folders[label] = dst
     return folders

@@ -58,6 +58,10 @@ class ExportOptions:
         multiple=True,
         metavar="PATTERN",
     )
+    int8_per_channel: bool = opt(
+        False,
+        "int8: one weight scale per output channel instead of one per matrix (onnxruntime's per_channel).",
+    )
     block_size: int = opt(32, "int4: weights per quantization block along the input dimension.", low=16)
     accuracy_level: int | None = opt(
         None, "int4: onnxruntime MatMulNBits accuracy level (1 fp32, 2 fp16, 3 bf16, 4 int8 compute).", low=0, high=4

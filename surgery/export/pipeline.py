@@ -101,7 +101,7 @@ def quantize_folder(folder: Path, options: ExportOptions) -> dict:
         return quantize_int4(
             folder, block_size=options.block_size, accuracy_level=options.accuracy_level, exclude=options.int8_keep
         )
-    return quantize_int8(folder, exclude=options.int8_keep or None)
+    return quantize_int8(folder, exclude=options.int8_keep or None, per_channel=options.int8_per_channel)
 
 
 def _quantize_and_verify(

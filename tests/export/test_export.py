@@ -234,3 +234,33 @@ def test_deploy_equals_apply_then_export(tiny_pair, calib, tmp_path):
     assert _run(["export", str(repaired), "-o", str(out), "--verify-only"]).exit_code == 0
     res = _run(["export", str(sft), "-o", str(out), "--verify-only"])
     assert res.exit_code == 2 and "verification failed" in res.output
+
+
+def test_int8_per_channel_gives_each_output_channel_its_own_weight_scale(tiny_models, tmp_path):
+    """--int8-per-channel reaches onnxruntime: weight scales are vectors over the output channels, not scalars."""
+    import onnx
+    from onnx import numpy_helper
+
+    def weight_scales(folder):
+        model = onnx.load(str(folder / "model.onnx"))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        nodes = [n for n in model.graph.node if n.op_type == "MatMulInteger"]
+        assert nodes
+        # the weight's zero point feeds MatMulInteger; its scale is the initializer named like it
+        shapes = []
+        for n in nodes:
+            w = n.input[1].removesuffix("_quantized")
+            shapes.append(inits[w + "_scale"].shape)
+        return shapes
+
+    outs = {}
+    for flag in ("--no-int8-per-channel", "--int8-per-channel"):
+        out = tmp_path / flag
+        res = _run(["export", str(tiny_models("llama")), "-o", str(out), "--quantize", "int8", flag])
+        assert res.exit_code == 0, res.output
+        outs[flag] = out
+        record = json.loads((out / "export.json").read_text())
+        assert record["int8"]["per_channel"] is (flag == "--int8-per-channel")
+    assert all(s == () for s in weight_scales(outs["--no-int8-per-channel"]))
+    per_channel = weight_scales(outs["--int8-per-channel"])
+    assert all(len(s) == 1 and s[0] > 1 for s in per_channel), per_channel
