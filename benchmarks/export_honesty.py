@@ -76,6 +76,9 @@ class ExportHonestyRun:
     int8_per_channel: bool = opt(
         False, "Also the int8 rows with one weight scale per output channel (plain and honesty-aware)."
     )
+    int4_method: tuple[str, ...] = opt(
+        ("rtn",), "int4 quantizer(s) of the int4 rows (repeatable): rtn, rtn-asym, hqq.", multiple=True
+    )
     speed_tokens: int = opt(32, "Tokens per prompt of the speed measurement (0: skip it).", low=0)
     threads: int = opt(1, "Threads of torch and onnxruntime.", low=1)
     seed: int = opt(0, "Item sample and bootstrap seed.")
@@ -112,21 +115,24 @@ def _exports(run: ExportHonestyRun, patched: Path) -> dict[str, Path]:
         shutil.rmtree(fp32, ignore_errors=True)
         export_onnx(patched, fp32)
     folders = {ORT_FP32: fp32}
-    kinds = [("int8", run.int8_scale, False), ("int4", run.int4_scale, False)]
+    # (quantize, scales, variant, options beyond the defaults); the first of each precision keeps the plain names
+    kinds: list[tuple[str, tuple[float, ...], str, dict[str, Any]]] = [("int8", run.int8_scale, "", {})]
     if run.int8_per_channel:
-        kinds.insert(1, ("int8", run.int8_scale, True))
-    for quantize, scales, per_channel in kinds:
-        name = f"{quantize} per-channel" if per_channel else quantize
+        kinds.append(("int8", run.int8_scale, "per-channel", {"int8_per_channel": True}))
+    kinds += [("int4", run.int4_scale, "" if m == "rtn" else m, {"int4_method": m}) for m in run.int4_method]
+    for quantize, scales, variant, extra in kinds:
+        name = f"{quantize} {variant}" if variant else quantize
         variants = [(f"{name} plain", fp32, "plain")]
         for scale in scales:
             label = f"{name} honesty-aware" + (f" (x{scale:g})" if len(scales) > 1 else "")
             variants.append((label, _protected_export(run, patched, scale), f"protected-x{scale:g}"))
         for label, src, tag in variants:
-            dst = run.work / f"onnx-{quantize}{'-pc' if per_channel else ''}-{tag}"
+            suffix = {"per-channel": "-pc"}.get(variant, f"-{variant}" if variant else "")
+            dst = run.work / f"onnx-{quantize}{suffix}-{tag}"
             if not (dst / "model.onnx").is_file():
                 shutil.rmtree(dst, ignore_errors=True)
                 shutil.copytree(src, dst)
-                options = ExportOptions(quantize=quantize, block_size=run.block_size, int8_per_channel=per_channel)
+                options = ExportOptions(quantize=quantize, block_size=run.block_size, **extra)
                 (dst / "quantize.json").write_text(json.dumps(quantize_folder(dst, options), indent=1) + "\n")
             folders[label] = dst
     return folders

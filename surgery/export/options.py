@@ -17,6 +17,9 @@ from ..options import check_numbers, opt
 QUANTIZE_CHOICES = ("int8", "int4")
 #: int4 block sizes onnxruntime's MatMulNBits kernels accept (a power of two, at least 16)
 BLOCK_SIZES = (16, 32, 64, 128, 256)
+#: int4 weight quantizers of onnxruntime: round-to-nearest (symmetric or with zero points), and HQQ
+#: (half-quadratic, calibration-free, with zero points)
+INT4_METHODS = ("rtn", "rtn-asym", "hqq")
 #: --protect-scale by precision, measured on the bundled SmolLM2 pair (docs/results/deployment.md)
 DEFAULT_PROTECT_SCALE = {"int4": 2.0, "int8": 2.0}
 
@@ -63,6 +66,12 @@ class ExportOptions:
         "int8: one weight scale per output channel instead of one per matrix (onnxruntime's per_channel).",
     )
     block_size: int = opt(32, "int4: weights per quantization block along the input dimension.", low=16)
+    int4_method: str = opt(
+        "rtn",
+        "int4: onnxruntime's round-to-nearest, symmetric (rtn) or with zero points (rtn-asym), or its "
+        "calibration-free HQQ quantizer (hqq).",
+        choices=INT4_METHODS,
+    )
     accuracy_level: int | None = opt(
         None, "int4: onnxruntime MatMulNBits accuracy level (1 fp32, 2 fp16, 3 bf16, 4 int8 compute).", low=0, high=4
     )
@@ -95,6 +104,8 @@ class ExportOptions:
         """Reject impossible values here, so library callers get the same sentence as the CLI."""
         if self.quantize not in (None, *QUANTIZE_CHOICES):
             raise OptionError(f"Unknown --quantize '{self.quantize}'; use int8 or int4.")
+        if self.int4_method not in INT4_METHODS:
+            raise OptionError(f"--int4-method must be one of {', '.join(INT4_METHODS)} (got {self.int4_method!r}).")
         if self.block_size not in BLOCK_SIZES:
             sizes = ", ".join(map(str, BLOCK_SIZES))
             raise OptionError(f"--block-size must be one of {sizes} (got {self.block_size}).")

@@ -99,7 +99,11 @@ def quantize_folder(folder: Path, options: ExportOptions) -> dict:
     """Quantize the exported graph in place as ``options`` ask; returns the record for export.json."""
     if options.quantize == "int4":
         return quantize_int4(
-            folder, block_size=options.block_size, accuracy_level=options.accuracy_level, exclude=options.int8_keep
+            folder,
+            block_size=options.block_size,
+            accuracy_level=options.accuracy_level,
+            exclude=options.int8_keep,
+            method=options.int4_method,
         )
     return quantize_int8(folder, exclude=options.int8_keep or None, per_channel=options.int8_per_channel)
 

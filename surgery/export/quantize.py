@@ -101,13 +101,25 @@ def quantize_int8(folder: Path, *, exclude: tuple[str, ...] | None = None, per_c
 
 
 def quantize_int4(
-    folder: Path, *, block_size: int = 32, accuracy_level: int | None = None, exclude: tuple[str, ...] = ()
+    folder: Path,
+    *,
+    block_size: int = 32,
+    accuracy_level: int | None = None,
+    exclude: tuple[str, ...] = (),
+    method: str = "rtn",
 ) -> dict:
-    """Replace ``folder/model.onnx`` by its int4 weight-only version (MatMulNBits); returns what was done."""
+    """Replace ``folder/model.onnx`` by its int4 weight-only version (MatMulNBits); returns what was done.
+
+    ``method``: ``rtn`` rounds each block to the nearest of 16 levels symmetric around 0; ``rtn-asym``
+    adds a zero point per block (the levels follow the block's own range); ``hqq`` lets onnxruntime's
+    HQQ quantizer optimise scale and zero point per block without calibration data."""
     import onnx
 
     try:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            HQQWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
     except ImportError as exc:  # onnxruntime >= 1.23's quantizer needs onnx-ir, which older installs lack
         raise MissingExtraError(
             f"--quantize int4 needs onnxruntime's MatMulNBits quantizer ({exc.name} could not be imported): "
@@ -123,25 +135,29 @@ def quantize_int4(
     tmp = folder / "model.int4.tmp.onnx"
     t0 = time.perf_counter()
     with _quiet_root():
+        hqq = HQQWeightOnlyQuantConfig(block_size=block_size, bits=4, op_types_to_quantize=QUANTIZED_OPS)
         quantizer = MatMulNBitsQuantizer(
             onnx.load(str(src), load_external_data=True),
             bits=4,
             block_size=block_size,
-            is_symmetric=True,
+            is_symmetric=method == "rtn",
             accuracy_level=accuracy_level,
             nodes_to_exclude=kept,
             op_types_to_quantize=QUANTIZED_OPS,
+            algo_config=hqq if method == "hqq" else None,
         )
         quantizer.process()
         quantizer.model.save_model_to_file(str(tmp), use_external_data_format=external)
-    method = {
+    done = {
         "method": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
+        "int4_method": method,
+        "algorithm": "HQQ" if method == "hqq" else "round-to-nearest",
         "bits": 4,
         "block_size": block_size,
-        "symmetric": True,
+        "symmetric": method == "rtn",
         "accuracy_level": accuracy_level,
     }
-    return _finish(folder, tmp, "MatMulNBits", len(nodes), before, exclude, t0, method)
+    return _finish(folder, tmp, "MatMulNBits", len(nodes), before, exclude, t0, done)
 
 
 def _finish(
