@@ -103,8 +103,21 @@ def restore_rows(w0: torch.Tensor, w1: torch.Tensor, rows: torch.Tensor) -> torc
 
 
 def output_drift(d: torch.Tensor, h: torch.Tensor) -> float:
-    """tr(D H Dᵀ) = Σ over calibration tokens of ‖D x‖² (times 2/N)."""
-    return float(((d @ h) * d).sum())
+    """tr(D H Dᵀ) = Σ over calibration tokens of ‖D x‖² (times 2/N); the product is scaled in place (one
+    matrix the size of D fewer at the solve's busiest moment, the same values)."""
+    return float((d @ h).mul_(d).sum())
+
+
+def difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a.double() - b.double()`` without float64 copies of either but the result (the casts are exact: the
+    same values)."""
+    return a.sub(b) if a.dtype == torch.float64 else a.to(torch.float64).sub_(b)
+
+
+def _all_finite(m: torch.Tensor) -> bool:
+    """``torch.isfinite(m).all()`` a few rows at a time: isfinite builds a float copy of its input (|m|)."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, m.shape[-1]))
+    return all(bool(torch.isfinite(m[i : i + step]).all()) for i in range(0, m.shape[0], step))
 
 
 def damped_cholesky(
@@ -126,7 +139,7 @@ def damped_cholesky(
         damped.diagonal().add_(lam)  # H + λI without an identity matrix the size of H
         chol, info = torch.linalg.cholesky_ex(damped)
         del damped
-        if int(info) == 0 and torch.isfinite(chol).all():
+        if int(info) == 0 and _all_finite(chol):
             return chol, rel
     return None
 
@@ -279,8 +292,8 @@ def restore_and_compensate(
     if h is None:
         return CompensationResult(restored, "none", None, nan, nan, nan)
     h64 = h.double()
-    d_sft = output_drift(w1.double() - w0.double(), h64)
-    d_rest = output_drift(restored.double() - w0.double(), h64)
+    d_sft = output_drift(difference(w1, w0), h64)
+    d_rest = output_drift(difference(restored, w0), h64)
     solver = (COLUMN_SOLVERS if neuron == "column" else ROW_SOLVERS)[method]
     out = solver(Problem(w0, w1, idx, h64, h_task, damp, task_weight))
     if out is None:
@@ -288,7 +301,7 @@ def restore_and_compensate(
         return CompensationResult(restored, "fallback-none", None, d_sft, d_rest, d_rest)
     w, rel = out
     name = method if neuron == "column" else f"rows-{method}"
-    return CompensationResult(w, name, rel, d_sft, d_rest, output_drift(w - w0.double(), h64))
+    return CompensationResult(w, name, rel, d_sft, d_rest, output_drift(difference(w, w0), h64))
 
 
 @dataclass
@@ -330,4 +343,5 @@ def compensate_layers(
         out.entries.append(make_entry(layer.weight, stored_sft, res.weight, idx, unit, layer.transposed))
         count = int(idx.numel()) * (layer.out_features if options.neuron == "column" else layer.in_features)
         out.per_matrix[layer.weight] = MatrixStats(int(idx.numel()), count, res.method, res.drift())
+        del res  # its float64 weight would otherwise stay alive through the next matrix's solve
     return out
