@@ -109,8 +109,9 @@ def output_drift(d: torch.Tensor, h: torch.Tensor) -> float:
 
 
 def difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a.double() - b.double()`` without float64 copies of either but the result (the casts are exact: the
-    same values)."""
+    """``a.double() - b.double()`` with ``a``'s float64 copy as the result (the casts are exact: the same
+    values). Torch still casts ``b`` to a float64 temporary for the subtraction, so this saves one full-size
+    matrix where ``a`` is not float64 and none where it is."""
     return a.sub(b) if a.dtype == torch.float64 else a.to(torch.float64).sub_(b)
 
 
