@@ -26,6 +26,8 @@ from .selection import WeightPair
 log = logging.getLogger(__name__)
 
 DAMP_RETRIES = (1.0, 10.0, 100.0)
+#: float64 elements of a row chunk of a k x k block formed in pieces (4 MB)
+_CHUNK_ELEMENTS = 1 << 19
 
 
 @dataclass
@@ -101,8 +103,22 @@ def restore_rows(w0: torch.Tensor, w1: torch.Tensor, rows: torch.Tensor) -> torc
 
 
 def output_drift(d: torch.Tensor, h: torch.Tensor) -> float:
-    """tr(D H Dᵀ) = Σ over calibration tokens of ‖D x‖² (times 2/N)."""
-    return float(((d @ h) * d).sum())
+    """tr(D H Dᵀ) = Σ over calibration tokens of ‖D x‖² (times 2/N); the product is scaled in place (one
+    matrix the size of D fewer at the solve's busiest moment, the same values)."""
+    return float((d @ h).mul_(d).sum())
+
+
+def difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a.double() - b.double()`` with ``a``'s float64 copy as the result (the casts are exact: the same
+    values). Torch still casts ``b`` to a float64 temporary for the subtraction, so this saves one full-size
+    matrix where ``a`` is not float64 and none where it is."""
+    return a.sub(b) if a.dtype == torch.float64 else a.to(torch.float64).sub_(b)
+
+
+def _all_finite(m: torch.Tensor) -> bool:
+    """``torch.isfinite(m).all()`` a few rows at a time: isfinite builds a float copy of its input (|m|)."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, m.shape[-1]))
+    return all(bool(torch.isfinite(m[i : i + step]).all()) for i in range(0, m.shape[0], step))
 
 
 def damped_cholesky(
@@ -124,7 +140,7 @@ def damped_cholesky(
         damped.diagonal().add_(lam)  # H + λI without an identity matrix the size of H
         chol, info = torch.linalg.cholesky_ex(damped)
         del damped
-        if int(info) == 0 and torch.isfinite(chol).all():
+        if int(info) == 0 and _all_finite(chol):
             return chol, rel
     return None
 
@@ -172,23 +188,45 @@ def compensate_protect(p: Problem) -> Solved | None:
     W[:, hc] = (W0[:, hc] H_h[hc,hc] − Δ[:, T] H_h[T,hc] + λ W1[:, hc] H_t[hc,hc]) (H_h[hc,hc] + λ H_t[hc,hc])⁻¹.
     The exact form pulls every calibration output back towards the base, the task's included; this
     one only does so where the honesty data lives, and holds the task outputs where SFT put them.
+
+    Its working set is what grows with the number k of restored columns (issue 13), so the three terms
+    are formed one after another, each from float64 copies of only the columns it reads, and every
+    operand is freed as soon as it is summed in: at most one k x k block and one (in − k) x k block are
+    alive at a time, and no full-width float64 copy of W0, W1 or Δ is made before the result. Each
+    operation is the one the formula names, on the same values in the same order, so the result is
+    bit-identical to forming the formula in one expression.
     """
     lam = p.task_weight
-    w0, w1, hh, ht = p.w0.double(), p.w1.double(), p.h.double(), p.task_hessian().double()
-    hc, t = _split(w0.shape[1], p.idx)
+    hh, ht = p.h.double(), p.task_hessian().double()
+    hc, t = _split(p.w0.shape[1], p.idx)
     scale = float(torch.diagonal(hh).mean() + lam * torch.diagonal(ht).mean())
-    hh_cc, ht_cc = _block(hh, hc, hc), _block(ht, hc, hc)
-    b = w0[:, hc] @ hh_cc - (w1 - w0)[:, t] @ _block(hh, t, hc) + lam * (w1[:, hc] @ ht_cc)
-    a = hh_cc.add_(ht_cc.mul_(lam))  # H_h[hc,hc] + λ H_t[hc,hc], in the copies' own memory
-    del ht_cc
-    factor = damped_cholesky(a, p.damp, scale, in_place=True)
+    b = _columns(p.w0, hc) @ _block(hh, hc, hc)  # W0[:, hc] H_h[hc,hc]  (out x k)
+    b.sub_(_columns(p.w1, t).sub_(_columns(p.w0, t)) @ _block(hh, t, hc))  # − Δ[:, T] H_h[T,hc]
+    b.add_((_columns(p.w1, hc) @ _block(ht, hc, hc)).mul_(lam))  # + λ W1[:, hc] H_t[hc,hc]
+    factor = damped_cholesky(_protect_matrix(hh, ht, hc, lam), p.damp, scale, in_place=True)
     if factor is None:
         return None
     chol, rel = factor
-    del a
-    w = w1.clone()
-    w[:, hc] = torch.cholesky_solve(b.T, chol).T
+    solved = torch.cholesky_solve(b.T, chol).T
+    del b, chol
+    w = p.w1.to(torch.float64, copy=True)
+    w[:, hc] = solved
     return w, rel
+
+
+def _columns(w: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``w.double()[:, cols]`` without the full-width float64 copy (the same values: the cast is exact)."""
+    return w[:, cols].to(torch.float64)
+
+
+def _protect_matrix(hh: torch.Tensor, ht: torch.Tensor, hc: torch.Tensor, lam: float) -> torch.Tensor:
+    """H_h[hc,hc] + λ H_t[hc,hc], with λ H_t's block gathered a few rows at a time (the same sums)."""
+    a = _block(hh, hc, hc)
+    step = max(1, _CHUNK_ELEMENTS // max(1, hc.numel()))
+    for i in range(0, hc.numel(), step):
+        rows = hc[i : i + step]
+        a[i : i + step].add_(_block(ht, rows, hc).mul_(lam))
+    return a
 
 
 def restore_only(p: Problem) -> Solved | None:
@@ -255,8 +293,8 @@ def restore_and_compensate(
     if h is None:
         return CompensationResult(restored, "none", None, nan, nan, nan)
     h64 = h.double()
-    d_sft = output_drift(w1.double() - w0.double(), h64)
-    d_rest = output_drift(restored.double() - w0.double(), h64)
+    d_sft = output_drift(difference(w1, w0), h64)
+    d_rest = output_drift(difference(restored, w0), h64)
     solver = (COLUMN_SOLVERS if neuron == "column" else ROW_SOLVERS)[method]
     out = solver(Problem(w0, w1, idx, h64, h_task, damp, task_weight))
     if out is None:
@@ -264,7 +302,7 @@ def restore_and_compensate(
         return CompensationResult(restored, "fallback-none", None, d_sft, d_rest, d_rest)
     w, rel = out
     name = method if neuron == "column" else f"rows-{method}"
-    return CompensationResult(w, name, rel, d_sft, d_rest, output_drift(w - w0.double(), h64))
+    return CompensationResult(w, name, rel, d_sft, d_rest, output_drift(difference(w, w0), h64))
 
 
 @dataclass
@@ -306,4 +344,5 @@ def compensate_layers(
         out.entries.append(make_entry(layer.weight, stored_sft, res.weight, idx, unit, layer.transposed))
         count = int(idx.numel()) * (layer.out_features if options.neuron == "column" else layer.in_features)
         out.per_matrix[layer.weight] = MatrixStats(int(idx.numel()), count, res.method, res.drift())
+        del res  # its float64 weight would otherwise stay alive through the next matrix's solve
     return out

@@ -116,3 +116,48 @@ def test_protect_equals_least_squares_on_both_objectives():
     w_exact, _ = compensate_exact(Problem(w0, w1, hc, hh, damp=1e-12))
     w_zero, _ = compensate_protect(Problem(w0, w1, hc, hh, ht, damp=1e-12, task_weight=0.0))
     assert torch.allclose(w_zero, w_exact, atol=1e-9)
+
+
+def _protect_in_one_expression(p: Problem) -> torch.Tensor:
+    """compensate_protect as it was before its working set was cut (issue 13): full float64 copies, the
+    right-hand side in one expression, both k x k blocks alive at once; the reference for bit-identity."""
+    lam = p.task_weight
+    w0, w1, hh, ht = p.w0.double(), p.w1.double(), p.h.double(), p.task_hessian().double()
+    mask = torch.zeros(w0.shape[1], dtype=torch.bool)
+    mask[p.idx] = True
+    hc, t = p.idx, torch.nonzero(~mask).flatten()
+    scale = float(torch.diagonal(hh).mean() + lam * torch.diagonal(ht).mean())
+    hh_cc, ht_cc = hh[hc[:, None], hc], ht[hc[:, None], hc]
+    b = w0[:, hc] @ hh_cc - (w1 - w0)[:, t] @ hh[t[:, None], hc] + lam * (w1[:, hc] @ ht_cc)
+    a = hh_cc + lam * ht_cc
+    a.diagonal().add_(p.damp * scale)
+    chol = torch.linalg.cholesky(a)
+    w = w1.clone()
+    w[:, hc] = torch.cholesky_solve(b.T, chol).T
+    return w
+
+
+@pytest.mark.parametrize("k", [1, 37, 150, 299])  # 150: k x k row chunks of one row when _CHUNK_ELEMENTS is small
+@pytest.mark.parametrize("transposed", [False, True])
+def test_protect_is_bit_identical_to_the_one_expression_form(k, transposed, monkeypatch):
+    """The lean protect forms the same operations on the same values: its patches must not move by one bit."""
+    import surgery.hcnr.compensation as compensation
+
+    monkeypatch.setattr(compensation, "_CHUNK_ELEMENTS", 1024)  # several row chunks at these sizes
+    g = torch.Generator().manual_seed(k)
+    out, inp = 40, 300
+    xh, xt = torch.randn(500, inp, generator=g), torch.randn(400, inp, generator=g) + 0.2
+    hh, ht = (2.0 / 500 * xh.T @ xh).double(), (2.0 / 400 * xt.T @ xt).double()
+    w0 = torch.randn(inp, out, generator=g).T if transposed else torch.randn(out, inp, generator=g)  # float32
+    w1 = w0 + 0.05 * torch.randn(out, inp, generator=g)
+    if transposed:
+        w1 = w1.T.contiguous().T  # an (out x in) view of a stored (in x out) weight, as canonical() gives
+    idx = torch.randperm(inp, generator=g)[:k]
+    p = Problem(w0, w1, idx, hh, ht, damp=0.01, task_weight=0.7)
+    solved = compensate_protect(p)
+    assert solved is not None and solved[1] == 0.01
+    assert torch.equal(solved[0], _protect_in_one_expression(p))
+    res = restore_and_compensate(w0, w1, hh, idx, "protect", 0.01, ht, 0.7)
+    assert torch.equal(res.weight, solved[0])
+    assert res.drift_sft == float(((w1.double() - w0.double()) @ hh * (w1.double() - w0.double())).sum())
+    assert res.drift_patched == float(((solved[0] - w0.double()) @ hh * (solved[0] - w0.double())).sum())
