@@ -69,9 +69,9 @@ def test_baseline_child_imports_torch():
 
 #: what the streamed pipeline holds today (docs/scale.md), with room for noise: the regression guard.
 #: Issue 13's own targets (100 MB, 1 GB, 50 MB) are what ``python -m benchmarks.scale_memory`` prints as
-#: PASS/FAIL. The r_iw bound is the issue's own 50 MB: measured 5 and 24 MB apart since the protect solver forms
-#: its terms one at a time (93-115 MB before: the code before fails this bound). The design this replaced was 1.9 GB over
-#: the baseline at depth 8 alone and grew by gigabytes with depth.
+#: PASS/FAIL. The r_iw bound is the issue's own 50 MB: measured 5 and 24 MB apart since the protect solver
+#: forms its terms one at a time (93-115 MB before: the code before fails this bound). The design this replaced
+#: was 1.9 GB over the baseline at depth 8 alone and grew by gigabytes with depth.
 GUARD_DEPTH_GROWTH_MB = 250.0
 GUARD_OVER_BASELINE_MB = 1536.0
 GUARD_R_IW_RSS_MB = 50.0
