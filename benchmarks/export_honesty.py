@@ -76,6 +76,9 @@ class ExportHonestyRun:
     int8_per_channel: bool = opt(
         False, "Also the int8 rows with one weight scale per output channel (plain and honesty-aware)."
     )
+    int8_method: tuple[str, ...] = opt(
+        ("dynamic",), "int8 quantizer(s) of the int8 rows (repeatable): dynamic, weight-only.", multiple=True
+    )
     int4_method: tuple[str, ...] = opt(
         ("rtn",), "int4 quantizer(s) of the int4 rows (repeatable): rtn, rtn-asym, hqq.", multiple=True
     )
@@ -116,9 +119,11 @@ def _exports(run: ExportHonestyRun, patched: Path) -> dict[str, Path]:
         export_onnx(patched, fp32)
     folders = {ORT_FP32: fp32}
     # (quantize, scales, variant, options beyond the defaults); the first of each precision keeps the plain names
-    kinds: list[tuple[str, tuple[float, ...], str, dict[str, Any]]] = [("int8", run.int8_scale, "", {})]
-    if run.int8_per_channel:
-        kinds.append(("int8", run.int8_scale, "per-channel", {"int8_per_channel": True}))
+    kinds: list[tuple[str, tuple[float, ...], str, dict[str, Any]]] = []
+    for m in run.int8_method:
+        kinds.append(("int8", run.int8_scale, "" if m == "dynamic" else m, {"int8_method": m}))
+        if m == "dynamic" and run.int8_per_channel:
+            kinds.append(("int8", run.int8_scale, "per-channel", {"int8_per_channel": True}))
     kinds += [("int4", run.int4_scale, "" if m == "rtn" else m, {"int4_method": m}) for m in run.int4_method]
     for quantize, scales, variant, extra in kinds:
         name = f"{quantize} {variant}" if variant else quantize

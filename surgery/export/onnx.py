@@ -127,6 +127,7 @@ def export_precision(folder: Path) -> str | None:
 
     graph = onnx.load(str(Path(folder) / ONNX_NAME), load_external_data=False).graph
     ops = {n.op_type for n in graph.node}
-    if ops & set(INT4_OPS):
-        return "int4"
+    nbits = {a.i for n in graph.node if n.op_type in INT4_OPS for a in n.attribute if a.name == "bits"}
+    if nbits:
+        return "int4" if 4 in nbits else "int8"  # MatMulNBits carries int4 or weight-only int8 blocks
     return "int8" if ops & set(INT8_OPS) else None

@@ -20,6 +20,9 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 #: int4 weight quantizers of onnxruntime: round-to-nearest (symmetric or with zero points), and HQQ
 #: (half-quadratic, calibration-free, with zero points)
 INT4_METHODS = ("rtn", "rtn-asym", "hqq")
+#: int8 quantizers: dynamic (int8 weights and per-tensor int8 activations, MatMulInteger) or weight-only
+#: (8-bit MatMulNBits blocks, activations fp32)
+INT8_METHODS = ("dynamic", "weight-only")
 #: --protect-scale by precision, measured on the bundled SmolLM2 pair (docs/results/deployment.md)
 DEFAULT_PROTECT_SCALE = {"int4": 2.0, "int8": 2.0}
 
@@ -61,11 +64,19 @@ class ExportOptions:
         multiple=True,
         metavar="PATTERN",
     )
+    int8_method: str = opt(
+        "dynamic",
+        "int8: weights and activations in int8 (dynamic; down_proj kept fp32), or weights only in blocks of "
+        "--block-size with fp32 activations (weight-only; every MatMul quantized).",
+        choices=INT8_METHODS,
+    )
     int8_per_channel: bool = opt(
         False,
-        "int8: one weight scale per output channel instead of one per matrix (onnxruntime's per_channel).",
+        "int8 dynamic: one weight scale per output channel instead of one per matrix (onnxruntime's per_channel).",
     )
-    block_size: int = opt(32, "int4: weights per quantization block along the input dimension.", low=16)
+    block_size: int = opt(
+        32, "int4 and weight-only int8: weights per quantization block along the input dimension.", low=16
+    )
     int4_method: str = opt(
         "rtn",
         "int4: onnxruntime's round-to-nearest, symmetric (rtn) or with zero points (rtn-asym), or its "
@@ -104,6 +115,8 @@ class ExportOptions:
         """Reject impossible values here, so library callers get the same sentence as the CLI."""
         if self.quantize not in (None, *QUANTIZE_CHOICES):
             raise OptionError(f"Unknown --quantize '{self.quantize}'; use int8 or int4.")
+        if self.int8_method not in INT8_METHODS:
+            raise OptionError(f"--int8-method must be one of {', '.join(INT8_METHODS)} (got {self.int8_method!r}).")
         if self.int4_method not in INT4_METHODS:
             raise OptionError(f"--int4-method must be one of {', '.join(INT4_METHODS)} (got {self.int4_method!r}).")
         if self.block_size not in BLOCK_SIZES:

@@ -30,7 +30,7 @@ from .honesty import honesty_check, honesty_items
 from .onnx import EXPORT_RECORD, ONNX_NAME, TASK, export_onnx, export_precision, require_onnx, weights_size_bytes
 from .options import ExportOptions
 from .protect import protect_folder, restored_columns
-from .quantize import quantize_int4, quantize_int8
+from .quantize import quantize_int4, quantize_int8, quantize_int8_weight_only
 from .verify import (
     VerificationError,
     VerifyThresholds,
@@ -104,6 +104,10 @@ def quantize_folder(folder: Path, options: ExportOptions) -> dict:
             accuracy_level=options.accuracy_level,
             exclude=options.int8_keep,
             method=options.int4_method,
+        )
+    if options.int8_method == "weight-only":
+        return quantize_int8_weight_only(
+            folder, block_size=options.block_size, accuracy_level=options.accuracy_level, exclude=options.int8_keep
         )
     return quantize_int8(folder, exclude=options.int8_keep or None, per_channel=options.int8_per_channel)
 

@@ -100,6 +100,19 @@ def quantize_int8(folder: Path, *, exclude: tuple[str, ...] | None = None, per_c
     return _finish(folder, tmp, "MatMulInteger", len(nodes), before, exclude, t0, method)
 
 
+def quantize_int8_weight_only(
+    folder: Path, *, block_size: int = 32, accuracy_level: int | None = None, exclude: tuple[str, ...] = ()
+) -> dict:
+    """Replace ``folder/model.onnx`` by its weight-only int8 version: 8-bit ``MatMulNBits`` blocks.
+
+    Unlike dynamic int8 the activations stay fp32, so no per-tensor activation scale meets the outliers
+    of ``down_proj``'s inputs: every MatMul with a constant weight is quantized, ``down_proj`` included,
+    and each block of ``block_size`` weights has its own scale."""
+    return quantize_int4(
+        folder, block_size=block_size, accuracy_level=accuracy_level, exclude=exclude, method="rtn", bits=8
+    )
+
+
 def quantize_int4(
     folder: Path,
     *,
@@ -107,12 +120,14 @@ def quantize_int4(
     accuracy_level: int | None = None,
     exclude: tuple[str, ...] = (),
     method: str = "rtn",
+    bits: int = 4,
 ) -> dict:
     """Replace ``folder/model.onnx`` by its int4 weight-only version (MatMulNBits); returns what was done.
 
     ``method``: ``rtn`` rounds each block to the nearest of 16 levels symmetric around 0; ``rtn-asym``
     adds a zero point per block (the levels follow the block's own range); ``hqq`` lets onnxruntime's
-    HQQ quantizer optimise scale and zero point per block without calibration data."""
+    HQQ quantizer optimise scale and zero point per block without calibration data. ``bits=8`` is the
+    same operator with 256 levels (:func:`quantize_int8_weight_only`)."""
     import onnx
 
     try:
@@ -132,13 +147,13 @@ def quantize_int4(
     kept = [n for n in nodes if any(pat in n for pat in exclude)]
     before = weights_size_bytes(folder)
     external = before > EXTERNAL_DATA_BYTES
-    tmp = folder / "model.int4.tmp.onnx"
+    tmp = folder / f"model.int{bits}.tmp.onnx"
     t0 = time.perf_counter()
     with _quiet_root():
-        hqq = HQQWeightOnlyQuantConfig(block_size=block_size, bits=4, op_types_to_quantize=QUANTIZED_OPS)
+        hqq = HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits, op_types_to_quantize=QUANTIZED_OPS)
         quantizer = MatMulNBitsQuantizer(
             onnx.load(str(src), load_external_data=True),
-            bits=4,
+            bits=bits,
             block_size=block_size,
             is_symmetric=method == "rtn",
             accuracy_level=accuracy_level,
@@ -150,25 +165,33 @@ def quantize_int4(
         quantizer.model.save_model_to_file(str(tmp), use_external_data_format=external)
     done = {
         "method": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
-        "int4_method": method,
+        **({"int4_method": method} if bits == 4 else {"int8_method": "weight-only"}),
         "algorithm": "HQQ" if method == "hqq" else "round-to-nearest",
-        "bits": 4,
+        "bits": bits,
         "block_size": block_size,
         "symmetric": method == "rtn",
         "accuracy_level": accuracy_level,
     }
-    return _finish(folder, tmp, "MatMulNBits", len(nodes), before, exclude, t0, done)
+    return _finish(folder, tmp, "MatMulNBits", len(nodes), before, exclude, t0, done, name=f"int{bits}")
 
 
 def _finish(
-    folder: Path, tmp: Path, op: str, matmuls: int, before: int, exclude: tuple[str, ...], t0: float, method: dict
+    folder: Path,
+    tmp: Path,
+    op: str,
+    matmuls: int,
+    before: int,
+    exclude: tuple[str, ...],
+    t0: float,
+    method: dict,
+    *,
+    name: str = "int8",
 ) -> dict:
     """Put the quantized graph ``tmp`` in place and return what was done (export.json), counted from the graph."""
     seconds = time.perf_counter() - t0
     quantized = integer_matmuls(tmp, op)
     _replace_graph(folder, tmp, before > EXTERNAL_DATA_BYTES)
     after = weights_size_bytes(folder)
-    name = "int4" if op == "MatMulNBits" else "int8"
     log.info(
         "%s: %d of %d MatMuls quantized, %.0f MB -> %.0f MB in %.1f s",
         name,

@@ -264,3 +264,29 @@ def test_int8_per_channel_gives_each_output_channel_its_own_weight_scale(tiny_mo
     assert all(s == () for s in weight_scales(outs["--no-int8-per-channel"]))
     per_channel = weight_scales(outs["--int8-per-channel"])
     assert all(len(s) == 1 and s[0] > 1 for s in per_channel), per_channel
+
+
+def test_int8_weight_only_uses_8_bit_blocks_everywhere_and_is_recognised(tiny_models, tmp_path):
+    """--int8-method weight-only: 8-bit MatMulNBits on every weight MatMul (down_proj too), fp32 activations."""
+    import onnx
+
+    out = tmp_path / "int8w"
+    args = ["export", str(tiny_models("llama")), "-o", str(out), "--quantize", "int8", "--block-size", "16"]
+    res = _run([*args, "--int8-method", "weight-only", "--honesty-prompts", "8"])
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "export.json").read_text())
+    assert record["quantize"] == "int8"
+    assert (record["int8"]["int8_method"], record["int8"]["bits"], record["int8"]["matmuls_quantized"]) == (
+        "weight-only",
+        8,
+        15,  # 2 blocks x 7 projections + lm_head: down_proj is not kept in fp32
+    )
+    nodes = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == 15 and all({a.name: a.i for a in n.attribute}["bits"] == 8 for n in nodes)
+    assert not any(n.op_type == "MatMulInteger" for n in onnx.load(str(out / "model.onnx")).graph.node)
+    assert json.loads((out / "verify.json").read_text())["passed"]
+    # without export.json the graph itself says int8 (8-bit MatMulNBits), not int4
+    from surgery.export.onnx import export_precision
+
+    (out / "export.json").unlink()
+    assert export_precision(out) == "int8"
