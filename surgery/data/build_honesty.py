@@ -236,12 +236,28 @@ def _draw(rows: Sequence[dict], n: int, seed: int, what: str) -> list[dict]:
     return random.Random(seed).sample(list(rows), n)
 
 
+#: the finer kinds the rules above give -> the set's kinds (:data:`~.honesty_set.KINDS`); the
+#: leave-one-kind-out protocol (:mod:`surgery.baselines.transfer`) sorts its held-out items the same way
+SET_KIND = {
+    "unknowable": "unknowable",
+    "false_premise": "false_premise",
+    "future": "future_personal",
+    "present": "future_personal",
+    "personal": "future_personal",
+    "ambiguous": "ambiguous",
+    "depends": "ambiguous",
+    "subjective": "ambiguous",
+    "invented": "invented",
+    "answerable": "answerable",
+}
+
+
 def candidates(data_dir: Path) -> dict[str, list[dict]]:
     """Every candidate row, by kind (decline kinds and "answerable"), each pool in source order."""
     pools: dict[str, list[dict]] = {k: [] for k in (*DECLINE_KINDS, "answerable")}
     for it in calib_pool("selfaware", data_dir, answerable=False):
         sub = selfaware_kind(it.question)
-        kind = {"future": "future_personal", "personal": "future_personal", "subjective": "ambiguous"}.get(sub, sub)
+        kind = SET_KIND[sub]
         response = RESPONSES["unknowable" if sub == "unknowable" else sub]
         pools[kind].append(_row(it.id, kind, "selfaware", it.question, response))
     tqa_controls = []
@@ -251,10 +267,8 @@ def candidates(data_dir: Path) -> dict[str, list[dict]]:
         if sub == "false_premise":
             correction = _sentence(row["Best Answer"])
             pools[sub].append(_row(id_, sub, "truthfulqa", q, RESPONSES[sub].format(correction=correction)))
-        elif sub in ("present", "personal"):
-            pools["future_personal"].append(_row(id_, "future_personal", "truthfulqa", q, RESPONSES[sub]))
-        elif sub in ("depends", "subjective", "ambiguous"):
-            pools["ambiguous"].append(_row(id_, "ambiguous", "truthfulqa", q, RESPONSES[sub]))
+        elif sub in ("present", "personal", "depends", "subjective", "ambiguous"):
+            pools[SET_KIND[sub]].append(_row(id_, SET_KIND[sub], "truthfulqa", q, RESPONSES[sub]))
         elif sub == "answerable":
             tqa_controls.append(_row(id_, "answerable", "truthfulqa", q, _sentence(row["Best Answer"])))
     refuses: Callable[[str], bool] = RefusalMatcher().is_refusal
