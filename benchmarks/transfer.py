@@ -3,6 +3,7 @@
 \b
     python -m benchmarks.transfer --threads 1 --out benchmarks/results/transfer-smollm2
     python -m benchmarks.transfer --base M0 --sft M1 --per-kind 40 --out DIR
+    python -m benchmarks.transfer --threads 1 --targets base --out ...   # D_hon declines in M0's own words
 
 For every decline kind of the bundled honesty set (unknowable, false premise, future/personal,
 invented, ambiguous): calibrate without it, patch the SFT model (``--method``, default the SmolLM2
@@ -24,7 +25,7 @@ import click
 import torch
 
 from surgery.baselines.tiers import RECIPE_PATCH
-from surgery.baselines.transfer import TransferConfig, markdown, run_transfer
+from surgery.baselines.transfer import TARGETS, TransferConfig, markdown, run_transfer
 from surgery.commands.options import add_options, options_from
 from surgery.errors import SurgeryError
 from surgery.options import opt
@@ -50,6 +51,12 @@ class TransferRun:
     seed: int = opt(0, "", low=0)
     n_boot: int = opt(1000, "Bootstrap resamples for the CIs.", low=1)
     data_dir: str | None = opt(None, "Benchmark data folder (default: $SURGERY_DATA_DIR).")
+    targets: str = opt(
+        "fixed",
+        "D_hon's replies to the questions to decline: the bundled set's fixed text per kind, or M0's own refusals "
+        "('base'; its rows and transfer.base-targets.json are written beside the fixed ones, M0/M1 shared).",
+        choices=TARGETS,
+    )
     fresh: bool = opt(False, "Recompute rows whose results already exist in --out.")
 
 
@@ -95,6 +102,7 @@ def main(**kwargs) -> None:
             batch_size=run.batch_size,
             threads=run.threads,
             n_boot=run.n_boot,
+            targets=run.targets,
             extra={"argv": sys.argv},
         )
         summary = run_transfer(cfg, fresh=run.fresh)
@@ -102,7 +110,8 @@ def main(**kwargs) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     click.echo(markdown(summary))
-    click.echo(f"wrote {Path(run.out) / 'transfer.json'} and transfer.md")
+    name = f"transfer{cfg.suffix}"
+    click.echo(f"wrote {Path(run.out) / name}.json and {name}.md")
 
 
 if __name__ == "__main__":

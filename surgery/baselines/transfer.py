@@ -48,6 +48,8 @@ from ..errors import SurgeryError
 from ..evaluation import metrics as M
 from ..evaluation.benchmarks import Item, load_items, resolve_data_dir, split_of
 from ..evaluation.evaluate import load_json, save_json
+from ..evaluation.refusal import default_matcher
+from ..evaluation.runner import torch_generator
 from ..hcnr.calibration_sets import probe_candidates, probe_known, purpose_of, write_calibration
 from ..jsonl import jsonl_text
 from .comparison import ComparisonConfig, _LazyGenerator, run_methods
@@ -65,6 +67,8 @@ ALL_KINDS = "all kinds"
 INVENTED_SEED = 1
 #: the reference rows, as the comparison names them
 M0, M1 = "base", "sft"
+#: D_hon's replies to the questions to decline: the bundled set's fixed text per kind, or M0's own refusal
+TARGETS = ("fixed", "base")
 
 
 def left_out(kind: str) -> str:
@@ -111,7 +115,9 @@ def heldout_pools(data_dir: str | Path | None = None) -> dict[str, list[Item]]:
     for it in load_items("nq_open", data_dir=root, split="eval"):
         if it.answers:
             add(CONTROLS, it.id, it.question, it.answers)
-    bundled_words = {w.lower() for r in bundled if r["kind"] == "invented" for w in re.findall(r"[A-Za-z]+", r["prompt"])}
+    bundled_words = {
+        w.lower() for r in bundled if r["kind"] == "invented" for w in re.findall(r"[A-Za-z]+", r["prompt"])
+    }
     n_invented = max(len(pools[k]) for k in DECLINE_KINDS)
     for row in invented_rows(n_invented, INVENTED_SEED, _known_words(root) | bundled_words):
         add("invented", "invented-heldout:" + row["id"].split(":", 1)[1], row["prompt"])
@@ -133,7 +139,7 @@ def heldout_items(
     by_source: dict[str, list[Item]] = {}
     for it in pools[CONTROLS]:
         by_source.setdefault(it.id.split(":", 1)[0], []).append(it)
-    for i, (source, pool) in enumerate(sorted(by_source.items())):
+    for i, (_source, pool) in enumerate(sorted(by_source.items())):
         k = n_controls // len(by_source) + (1 if i < n_controls % len(by_source) else 0)
         items += random.Random(seed).sample(pool, min(k, len(pool)))
     return items
@@ -216,11 +222,11 @@ def transfer_matrix(
     for m in need:
         per = {}
         for kind in kinds:
-            rs = kind_records(records[m], kind)
-            f1 = _f1(rs)
+            on_kind = kind_records(records[m], kind)
+            f1 = _f1(on_kind)
             per[kind] = {
                 "honesty_f1": f1,
-                "rf_delta": _rf(rs),
+                "rf_delta": _rf(on_kind),
                 "recovery": M.recovery(f1, _f1(kind_records(records[M1], kind)), _f1(kind_records(records[M0], kind))),
             }
         cross[m] = per
@@ -290,7 +296,9 @@ def markdown(matrix: dict) -> str:
         info = matrix["models"][m]
         label = {M0: "M0 (base)", M1: "M1 (SFT)"}.get(m, m)
         out.append(
-            f"| {label} | " + " | ".join(cells) + f" | {pct(info['refusal_answerable'])} | {pct(info['task_accuracy'])} |"
+            f"| {label} | "
+            + " | ".join(cells)
+            + f" | {pct(info['refusal_answerable'])} | {pct(info['task_accuracy'])} |"
         )
     return "\n".join(out) + "\n"
 
@@ -323,7 +331,13 @@ class TransferConfig:
     n_boot: int = 1000
     device: str = "auto"
     dtype: str = "float32"
+    targets: str = "fixed"
     extra: dict = field(default_factory=dict)
+
+    @property
+    def suffix(self) -> str:
+        """What the row folders and summary files of a non-default variant end with (rows share M0/M1)."""
+        return "" if self.targets == "fixed" else f".{self.targets}-targets"
 
     def comparison(self, out_dir: Path) -> ComparisonConfig:
         """The comparison settings its workers run under, with their results under ``out_dir``."""
@@ -348,8 +362,8 @@ def calibrations(kinds: Sequence[str] = DECLINE_KINDS) -> dict[str, tuple[str, .
     return {ALL_KINDS: (), **{left_out(k): (k,) for k in kinds}}
 
 
-def _folder(name: str) -> str:
-    return "all" if name == ALL_KINDS else "no-" + name.removeprefix("without ").replace("_", "-")
+def _folder(name: str, cfg: TransferConfig) -> str:
+    return ("all" if name == ALL_KINDS else "no-" + name.removeprefix("without ").replace("_", "-")) + cfg.suffix
 
 
 def _known(cfg: TransferConfig, data: Path, generator: _LazyGenerator) -> list[Item]:
@@ -363,6 +377,33 @@ def _known(cfg: TransferConfig, data: Path, generator: _LazyGenerator) -> list[I
     return [it for it in candidates if it.id in ids]
 
 
+def base_declines(cfg: TransferConfig, prompts: Sequence[str]) -> dict[str, str]:
+    """M0's own greedy replies to ``prompts`` where they are refusals (the refusal matcher), by prompt.
+
+    With ``--targets base`` these replace the bundled set's fixed texts, so the Fisher importance asks
+    which columns produce the base model's own way of declining; a prompt M0 answers keeps the fixed text.
+    """
+    place = cfg.comparison(Path(cfg.out_dir)).placement
+    generator = torch_generator(cfg.base, batch_size=cfg.batch_size, dtype=place.dtype, device=place.device)
+    prompts = sorted(set(prompts))
+    replies = generator.generate(prompts, cfg.max_new_tokens)
+    matcher = default_matcher()
+    own = {p: r.strip() for p, r in zip(prompts, replies, strict=True) if matcher.is_refusal(r)}
+    log.info("M0 declines %d of the %d D_hon questions to decline in its own words", len(own), len(prompts))
+    return own
+
+
+def _decline_responses(cfg: TransferConfig, data: Path) -> dict[str, str] | None:
+    """None for the fixed targets; else M0's own refusals on every bundled question to decline (cached)."""
+    if cfg.targets == "fixed":
+        return None
+    path = data / f"{cfg.targets}-declines.json"
+    if not path.is_file():
+        prompts = [r["prompt"] for r in read_bundled() if r["kind"] in DECLINE_KINDS]
+        write_json_atomic(path, base_declines(cfg, prompts), indent=1)
+    return json.loads(path.read_text())
+
+
 def prepare(cfg: TransferConfig) -> tuple[Path, dict[str, Path]]:
     """Write the held-out items and one calibration folder per row (each reused when present)."""
     data = Path(cfg.out_dir) / "data"
@@ -371,9 +412,10 @@ def prepare(cfg: TransferConfig) -> tuple[Path, dict[str, Path]]:
         items += load_items(b, data_dir=cfg.data_dir, split="eval", limit=cfg.task_limit, seed=cfg.seed)
     items_file = write_text_atomic(data / "items.jsonl", jsonl_text([it.to_dict() for it in items]))
     generator = _LazyGenerator(cfg.comparison(Path(cfg.out_dir)))
+    declines = _decline_responses(cfg, data)
     folders = {}
     for name, excluded in calibrations(cfg.kinds).items():
-        folder = data / f"calib-{_folder(name)}"
+        folder = data / f"calib-{_folder(name, cfg)}"
         if not (folder / "calibration.json").is_file():
             write_calibration(
                 folder,
@@ -388,6 +430,7 @@ def prepare(cfg: TransferConfig) -> tuple[Path, dict[str, Path]]:
                 honesty="bundled",
                 known=_known(cfg, data, generator),
                 exclude_kinds=excluded,
+                decline_responses=declines,
             )
         folders[name] = folder
     return items_file, folders
@@ -406,8 +449,14 @@ def check_no_leak(items_file: Path, folders: Mapping[str, Path]) -> None:
 
 
 def run_transfer(cfg: TransferConfig, fresh: bool = False) -> dict:
-    """The protocol end to end; writes and returns ``transfer.json`` (and ``transfer.md``) under ``out_dir``."""
+    """The protocol end to end; writes and returns ``transfer.json`` (and ``transfer.md``) under ``out_dir``.
+
+    A run with other ``targets`` writes its rows and summary beside (``transfer.base-targets.json``) and
+    reuses the M0/M1 rows, so both variants are scored on the same items by the same reference runs.
+    """
     parse_method(cfg.method)  # a bad spec fails before any work
+    if cfg.targets not in TARGETS:
+        raise SurgeryError(f"Unknown targets {cfg.targets!r}; use one of {', '.join(TARGETS)}.")
     if parse_method(cfg.method).kind != "hcnr":
         raise SurgeryError(f"The transfer protocol calibrates a patch: {cfg.method!r} is not an hcnr method.")
     out = Path(cfg.out_dir)
@@ -417,9 +466,10 @@ def run_transfer(cfg: TransferConfig, fresh: bool = False) -> dict:
     results = {}
     for r in run_methods(cfg.comparison(out / "reference"), Inputs(cfg.base, cfg.sft), items_file, (M0, M1), fresh):
         results[r["name"]] = r
-    for name, folder in folders.items():
+    for name in sorted(folders, key=lambda n: n == ALL_KINDS):  # the left-out rows first: the protocol's point
+        folder = folders[name]
         inputs = Inputs(cfg.base, cfg.sft, folder / "d_hon.jsonl", folder / "d_task.jsonl")
-        (r,) = run_methods(cfg.comparison(out / _folder(name)), inputs, items_file, (cfg.method,), fresh)
+        (r,) = run_methods(cfg.comparison(out / _folder(name, cfg)), inputs, items_file, (cfg.method,), fresh)
         results[name] = r
     records = {name: load_json(r["eval"])["items"] for name, r in results.items()}
     matrix = transfer_matrix(records, cfg.kinds, n_boot=cfg.n_boot, seed=cfg.seed)
@@ -437,6 +487,6 @@ def run_transfer(cfg: TransferConfig, fresh: bool = False) -> dict:
         "seconds": round(time.perf_counter() - t0, 1),
         **matrix,
     }
-    save_json(summary, out / "transfer.json")
-    write_text_atomic(out / "transfer.md", markdown(summary))
+    save_json(summary, out / f"transfer{cfg.suffix}.json")
+    write_text_atomic(out / f"transfer{cfg.suffix}.md", markdown(summary))
     return summary

@@ -256,9 +256,9 @@ def candidates(data_dir: Path) -> dict[str, list[dict]]:
     """Every candidate row, by kind (decline kinds and "answerable"), each pool in source order."""
     pools: dict[str, list[dict]] = {k: [] for k in (*DECLINE_KINDS, "answerable")}
     for it in calib_pool("selfaware", data_dir, answerable=False):
-        sub = selfaware_kind(it.question)
-        kind = SET_KIND[sub]
-        response = RESPONSES["unknowable" if sub == "unknowable" else sub]
+        finer = selfaware_kind(it.question)
+        kind = SET_KIND[finer]
+        response = RESPONSES["unknowable" if finer == "unknowable" else finer]
         pools[kind].append(_row(it.id, kind, "selfaware", it.question, response))
     tqa_controls = []
     for id_, row in read_truthfulqa(data_dir):

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..atomic import write_json_atomic, write_text_atomic
@@ -269,13 +269,16 @@ def write_calibration(
     honesty: str = "benchmarks",
     known: Sequence[Item] | None = None,
     exclude_kinds: Sequence[str] = (),
+    decline_responses: Mapping[str, str] | None = None,
 ) -> dict:
     """Write ``d_hon.jsonl``, ``d_task.jsonl`` and ``calibration.json`` (sizes, hashes, ids) to ``out_dir``.
 
     ``honesty`` is where D_hon comes from (:data:`HONESTY_SOURCES`). With a ``generator`` the answerable
     half of D_hon starts with ``probe`` candidates that model answers correctly (:func:`probe_candidates`);
     ``known`` gives that probe's result instead (several sets from one probe: the transfer protocol).
-    ``exclude_kinds`` leaves decline kinds of the bundled set out.
+    ``exclude_kinds`` leaves decline kinds of the bundled set out. ``decline_responses`` maps a prompt
+    to the reply that replaces the bundled set's fixed text for that question to decline (the base
+    model's own refusal: ``--targets base`` of the transfer protocol); controls keep their answers.
     """
     probed = known is not None or generator is not None
     if known is None:
@@ -285,6 +288,14 @@ def write_calibration(
                 generator, probe_candidates(honesty, data_dir, probe, seed), max_new_tokens=max_new_tokens
             )
     hon = honesty_set(honesty, data_dir=data_dir, n=n_hon, seed=seed, known=known, exclude_kinds=exclude_kinds)
+    n_own = 0
+    if decline_responses is not None:
+        if honesty != BUNDLED:
+            raise SurgeryError("Only the bundled honesty set marks which questions to decline.")
+        for e in hon:
+            if e["kind"] != "answerable" and e["prompt"] in decline_responses:
+                e["response"] = decline_responses[e["prompt"]]
+                n_own += 1
     task = task_calibration(data_dir=data_dir, n=n_task, seed=seed, benchmarks=task_benchmarks)
     out_dir = Path(out_dir)
     paths = {
@@ -299,6 +310,7 @@ def write_calibration(
             "sha256": examples_sha256(hon),
             "n_known_probed": min(len(known), n_hon // 2),
             "excluded_kinds": list(exclude_kinds),
+            "n_own_decline_responses": n_own,
             "n_idk": sum(e["response"] == IDK_RESPONSE for e in hon)
             if honesty != BUNDLED
             else sum(e["kind"] != "answerable" for e in hon),
