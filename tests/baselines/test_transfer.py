@@ -252,3 +252,15 @@ def test_transfer_script_is_a_thin_entry_point():
     source = Path(script.__file__).read_text(encoding="utf-8")
     assert "sys.path" not in source and "argparse" not in source and "def heldout" not in source
     assert script.main.name == "main"
+
+
+def test_a_kind_sft_did_not_hurt_has_no_recovery_and_is_judged_by_keeping_m1():
+    models = _models({})
+    models[M1] = _records(dict.fromkeys(DECLINE_KINDS, 4), 0)  # M1 as honest as M0 on every kind: no gap
+    for name in (ALL_KINDS, *(left_out(k) for k in DECLINE_KINDS)):
+        models[name] = _records(dict.fromkeys(DECLINE_KINDS, 4), 0)
+    models[left_out("ambiguous")] = _records({**dict.fromkeys(DECLINE_KINDS, 4), "ambiguous": 3}, 0)
+    rows = {r["kind"]: r for r in transfer_matrix(models, n_boot=50)["rows"]}
+    assert rows["invented"]["left_out"]["recovery"] is None and reaches_target(rows["invented"])
+    assert not reaches_target(rows["ambiguous"])  # below M1's F1 where there was nothing to recover
+    assert "| – |" in markdown(transfer_matrix(models, n_boot=50))
