@@ -57,6 +57,11 @@ class TransferRun:
         "('base'; its rows and transfer.base-targets.json are written beside the fixed ones, M0/M1 shared).",
         choices=TARGETS,
     )
+    own_kind_only: bool = opt(
+        False,
+        "Score each left-out row only on its own kind, the controls and the task (half the evaluation; "
+        "no cross matrix for those rows).",
+    )
     fresh: bool = opt(False, "Recompute rows whose results already exist in --out.")
 
 
@@ -103,6 +108,7 @@ def main(**kwargs) -> None:
             threads=run.threads,
             n_boot=run.n_boot,
             targets=run.targets,
+            own_kind_only=run.own_kind_only,
             extra={"argv": sys.argv},
         )
         summary = run_transfer(cfg, fresh=run.fresh)

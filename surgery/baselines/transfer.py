@@ -347,6 +347,8 @@ class TransferConfig:
     device: str = "auto"
     dtype: str = "float32"
     targets: str = "fixed"
+    #: score each left-out row only on its own kind, the controls and the task (no cross matrix for it)
+    own_kind_only: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -451,6 +453,17 @@ def prepare(cfg: TransferConfig) -> tuple[Path, dict[str, Path]]:
     return items_file, folders
 
 
+def own_kind_items(items_file: Path, kind: str) -> Path:
+    """``items-<kind>.jsonl`` beside ``items_file``: its items of ``kind``, the controls and the task items."""
+    lines = [line for line in items_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    keep = []
+    for line in lines:
+        it = json.loads(line)
+        if it["kind"] == "task" or it["benchmark"] in (kind, CONTROLS):
+            keep.append(line + "\n")
+    return write_text_atomic(items_file.with_name(f"items-{kind}.jsonl"), "".join(keep))
+
+
 def check_no_leak(items_file: Path, folders: Mapping[str, Path]) -> None:
     """Refuse a run whose held-out items share an id or a prompt with any calibration set it patches with."""
     items = [json.loads(line) for line in items_file.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -484,7 +497,9 @@ def run_transfer(cfg: TransferConfig, fresh: bool = False) -> dict:
     for name in sorted(folders, key=lambda n: n == ALL_KINDS):  # the left-out rows first: the protocol's point
         folder = folders[name]
         inputs = Inputs(cfg.base, cfg.sft, folder / "d_hon.jsonl", folder / "d_task.jsonl")
-        (r,) = run_methods(cfg.comparison(out / _folder(name, cfg)), inputs, items_file, (cfg.method,), fresh)
+        excluded = calibrations(cfg.kinds)[name]
+        scored = own_kind_items(items_file, excluded[0]) if cfg.own_kind_only and excluded else items_file
+        (r,) = run_methods(cfg.comparison(out / _folder(name, cfg)), inputs, scored, (cfg.method,), fresh)
         results[name] = r
     records = {name: load_json(r["eval"])["items"] for name, r in results.items()}
     matrix = transfer_matrix(records, cfg.kinds, n_boot=cfg.n_boot, seed=cfg.seed)

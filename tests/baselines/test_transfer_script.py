@@ -27,5 +27,18 @@ def test_transfer_script_on_the_tiny_pair(tiny_pair, shared_data, tmp_path, monk
         assert kinds[kind] == 0 and all(kinds[k] > 0 for k in DECLINE_KINDS if k != kind)
     assert all(n > 0 for n in summary["calibrations"]["all kinds"].values())
     assert "| held-out kind |" in result.output and (out / "transfer.md").is_file()
+    reference = out / "reference" / "methods" / "base" / "result.json"
+    stamp = reference.stat().st_mtime_ns
     again = CliRunner().invoke(script.main, args)  # every row reused: the same numbers
     assert again.exit_code == 0 and json.loads((out / "transfer.json").read_text())["rows"] == summary["rows"]
+    # the variant: D_hon declines in M0's own words, each left-out row scored on its own kind only
+    variant = CliRunner().invoke(script.main, [*args, "--targets", "base", "--own-kind-only"])
+    assert variant.exit_code == 0, variant.output
+    assert reference.stat().st_mtime_ns == stamp  # M0 and M1 are shared with the fixed-target rows
+    other = json.loads((out / "transfer.base-targets.json").read_text())
+    assert [row["kind"] for row in other["rows"]] == list(DECLINE_KINDS)
+    assert other["cross"]["without invented"]["unknowable"]["honesty_f1"] is None  # not scored there
+    assert other["cross"]["all kinds"]["unknowable"]["honesty_f1"] is not None
+    kept = [json.loads(line) for line in (out / "data" / "items-invented.jsonl").read_text().splitlines()]
+    assert {it["benchmark"] for it in kept} == {"invented", "answerable", "qa_wikidata"}
+    assert (out / "data" / "base-declines.json").is_file() and (out / "no-invented.base-targets").is_dir()
