@@ -27,6 +27,7 @@ import torch
 from surgery.baselines.tiers import RECIPE_PATCH
 from surgery.baselines.transfer import TARGETS, TransferConfig, markdown, run_transfer
 from surgery.commands.options import add_options, options_from
+from surgery.data.honesty_set import DECLINE_KINDS
 from surgery.errors import SurgeryError
 from surgery.options import opt
 
@@ -38,6 +39,9 @@ class TransferRun:
     base: str | None = opt(None, "M0, the model before fine-tuning (default: the bundled SmolLM2 pair's).")
     sft: str | None = opt(None, "M1, the fine-tuned model (default: the bundled SmolLM2 pair's).")
     method: str = opt(RECIPE_PATCH, "The patch calibrated once per kind left out (an hcnr method spec).")
+    kind: tuple[str, ...] = opt(
+        (), "Kinds to leave out, one row each, repeatable (default: every kind).", choices=DECLINE_KINDS, multiple=True
+    )
     out: str = opt(".cache/bench/transfer-smollm2", "Output folder (transfer.json, transfer.md, per-row results).")
     per_kind: int = opt(50, "Held-out items of each decline kind (all there are where fewer).", low=1)
     controls: int = opt(100, "Held-out answerable controls shared by every kind (half SelfAware, half NQ-open).", low=1)
@@ -95,6 +99,7 @@ def main(**kwargs) -> None:
             sft=sft,
             out_dir=Path(run.out),
             method=run.method,
+            kinds=run.kind or DECLINE_KINDS,
             per_kind=run.per_kind,
             n_controls=run.controls,
             task_limit=run.task_limit,

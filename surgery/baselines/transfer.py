@@ -483,6 +483,8 @@ def run_transfer(cfg: TransferConfig, fresh: bool = False) -> dict:
     reuses the M0/M1 rows, so both variants are scored on the same items by the same reference runs.
     """
     parse_method(cfg.method)  # a bad spec fails before any work
+    if not cfg.kinds or any(k not in DECLINE_KINDS for k in cfg.kinds):
+        raise SurgeryError(f"Kinds to leave out must be some of {', '.join(DECLINE_KINDS)}.")
     if cfg.targets not in TARGETS:
         raise SurgeryError(f"Unknown targets {cfg.targets!r}; use one of {', '.join(TARGETS)}.")
     if parse_method(cfg.method).kind != "hcnr":

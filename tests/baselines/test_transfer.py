@@ -264,3 +264,13 @@ def test_a_kind_sft_did_not_hurt_has_no_recovery_and_is_judged_by_keeping_m1():
     assert rows["invented"]["left_out"]["recovery"] is None and reaches_target(rows["invented"])
     assert not reaches_target(rows["ambiguous"])  # below M1's F1 where there was nothing to recover
     assert "| – |" in markdown(transfer_matrix(models, n_boot=50))
+
+
+def test_a_matrix_of_some_kinds_needs_only_their_rows():
+    models = _models({"invented": 2})
+    for kind in DECLINE_KINDS:
+        if kind not in ("invented", "ambiguous"):
+            del models[left_out(kind)]
+    matrix = transfer_matrix(models, ("invented", "ambiguous"), n_boot=50)
+    assert [r["kind"] for r in matrix["rows"]] == ["invented", "ambiguous"]
+    assert list(calibrations(("invented",))) == [ALL_KINDS, left_out("invented")]
