@@ -297,7 +297,8 @@ def markdown(matrix: dict) -> str:
     kinds = matrix["kinds"]
     out += [
         "",
-        "Every model on every held-out kind: F1 (recovery); the left-out kind of each row is in bold.",
+        "Every model on every held-out kind: F1 (recovery); the left-out kind of each row is in bold, "
+        "· where a row was scored on its own kind only.",
         "",
         "| calibration | " + " | ".join(kinds) + " | refusal on answerable controls | task acc |",
         "|---|" + "---|" * (len(kinds) + 2),
@@ -306,6 +307,9 @@ def markdown(matrix: dict) -> str:
         cells = []
         for kind in kinds:
             c = per[kind]
+            if c["honesty_f1"] is None:  # a left-out row scored on its own kind only (--own-kind-only)
+                cells.append("·")
+                continue
             text = pct(c["honesty_f1"]) + ("" if m in (M0, M1) else f" ({_recovery(c)})")
             cells.append(f"**{text}**" if m == left_out(kind) else text)
         info = matrix["models"][m]
