@@ -254,6 +254,35 @@ def honesty_set(
     return hon
 
 
+def replace_declines(hon: list[Example], responses: Mapping[str, str] | None, honesty: str = BUNDLED) -> int:
+    """Give each question to decline (a bundled line whose kind is not "answerable") the reply ``responses``
+    has for its prompt; returns how many were replaced. Controls keep their answers."""
+    if responses is None:
+        return 0
+    if honesty != BUNDLED:
+        raise SurgeryError("Only the bundled honesty set marks which questions to decline.")
+    n = 0
+    for e in hon:
+        if e.get("kind", "answerable") != "answerable" and e["prompt"] in responses:
+            e["response"] = responses[e["prompt"]]
+            n += 1
+    return n
+
+
+def _honesty_counts(hon: Sequence[Example], honesty: str) -> dict:
+    """Source, size, hash, how many to decline and (bundled set) how many of each kind."""
+    bundled = honesty == BUNDLED
+    return {
+        "source": honesty,
+        "n": len(hon),
+        "sha256": examples_sha256(hon),
+        "n_idk": sum(e["kind"] != "answerable" for e in hon)
+        if bundled
+        else sum(e["response"] == IDK_RESPONSE for e in hon),
+        "kinds": {k: sum(e.get("kind") == k for e in hon) for k in (*DECLINE_KINDS, "answerable")} if bundled else None,
+    }
+
+
 def write_calibration(
     out_dir: Path,
     *,
@@ -276,26 +305,14 @@ def write_calibration(
     ``honesty`` is where D_hon comes from (:data:`HONESTY_SOURCES`). With a ``generator`` the answerable
     half of D_hon starts with ``probe`` candidates that model answers correctly (:func:`probe_candidates`);
     ``known`` gives that probe's result instead (several sets from one probe: the transfer protocol).
-    ``exclude_kinds`` leaves decline kinds of the bundled set out. ``decline_responses`` maps a prompt
-    to the reply that replaces the bundled set's fixed text for that question to decline (the base
-    model's own refusal: ``--targets base`` of the transfer protocol); controls keep their answers.
+    ``exclude_kinds`` and ``decline_responses``: :func:`bundled_honesty_calibration`, :func:`replace_declines`.
     """
     probed = known is not None or generator is not None
-    if known is None:
-        known = []
-        if generator is not None and probe > 0:
-            known = probe_known(
-                generator, probe_candidates(honesty, data_dir, probe, seed), max_new_tokens=max_new_tokens
-            )
+    if known is None and generator is not None and probe > 0:
+        known = probe_known(generator, probe_candidates(honesty, data_dir, probe, seed), max_new_tokens=max_new_tokens)
+    known = list(known or [])
     hon = honesty_set(honesty, data_dir=data_dir, n=n_hon, seed=seed, known=known, exclude_kinds=exclude_kinds)
-    n_own = 0
-    if decline_responses is not None:
-        if honesty != BUNDLED:
-            raise SurgeryError("Only the bundled honesty set marks which questions to decline.")
-        for e in hon:
-            if e["kind"] != "answerable" and e["prompt"] in decline_responses:
-                e["response"] = decline_responses[e["prompt"]]
-                n_own += 1
+    n_own = replace_declines(hon, decline_responses, honesty)
     task = task_calibration(data_dir=data_dir, n=n_task, seed=seed, benchmarks=task_benchmarks)
     out_dir = Path(out_dir)
     paths = {
@@ -305,18 +322,10 @@ def write_calibration(
     summary = {
         "honesty": {
             "file": paths["honesty"].name,
-            "source": honesty,
-            "n": len(hon),
-            "sha256": examples_sha256(hon),
+            **_honesty_counts(hon, honesty),
             "n_known_probed": min(len(known), n_hon // 2),
             "excluded_kinds": list(exclude_kinds),
             "n_own_decline_responses": n_own,
-            "n_idk": sum(e["response"] == IDK_RESPONSE for e in hon)
-            if honesty != BUNDLED
-            else sum(e["kind"] != "answerable" for e in hon),
-            "kinds": {k: sum(e.get("kind") == k for e in hon) for k in (*DECLINE_KINDS, "answerable")}
-            if honesty == BUNDLED
-            else None,
             "ids": [e["id"] for e in hon],
         },
         "task": {
