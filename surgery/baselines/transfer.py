@@ -36,8 +36,8 @@ from pathlib import Path
 from ..atomic import write_json_atomic, write_text_atomic
 from ..data.build_honesty import (
     SET_KIND,
-    _known_words,
-    _standalone_selfaware,
+    known_words,
+    standalone_selfaware,
     invented_rows,
     read_truthfulqa,
     selfaware_kind,
@@ -97,7 +97,7 @@ def heldout_pools(data_dir: str | Path | None = None) -> dict[str, list[Item]]:
         answerable = kind == CONTROLS
         pools[kind].append(Item(id_, kind, question, answerable, list(answers) if answerable else []))
 
-    standalone = _standalone_selfaware(root)
+    standalone = standalone_selfaware(root)
     for it in load_items("selfaware", data_dir=root, split="all"):
         if not _unused(it.id, bundled_ids):
             continue
@@ -119,7 +119,7 @@ def heldout_pools(data_dir: str | Path | None = None) -> dict[str, list[Item]]:
         w.lower() for r in bundled if r["kind"] == "invented" for w in re.findall(r"[A-Za-z]+", r["prompt"])
     }
     n_invented = max(len(pools[k]) for k in DECLINE_KINDS)
-    for row in invented_rows(n_invented, INVENTED_SEED, _known_words(root) | bundled_words):
+    for row in invented_rows(n_invented, INVENTED_SEED, known_words(root) | bundled_words):
         add("invented", "invented-heldout:" + row["id"].split(":", 1)[1], row["prompt"])
     return pools
 

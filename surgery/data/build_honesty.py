@@ -218,7 +218,7 @@ def read_truthfulqa(data_dir: Path) -> list[tuple[str, dict[str, str]]]:
         return [(f"truthfulqa:{i}", row) for i, row in enumerate(csv.DictReader(f))]
 
 
-def _standalone_selfaware(data_dir: Path) -> set[str]:
+def standalone_selfaware(data_dir: Path) -> set[str]:
     """Ids of SelfAware questions taken from TriviaQA or HotpotQA (see :data:`STANDALONE`)."""
     data = json.loads((data_dir / SELFAWARE).read_text(encoding="utf-8"))
     return {f"selfaware:{e['question_id']}" for e in data["example"] if e.get("source") in STANDALONE}
@@ -272,7 +272,7 @@ def candidates(data_dir: Path) -> dict[str, list[dict]]:
         elif sub == "answerable":
             tqa_controls.append(_row(id_, "answerable", "truthfulqa", q, _sentence(row["Best Answer"])))
     refuses: Callable[[str], bool] = RefusalMatcher().is_refusal
-    standalone = _standalone_selfaware(data_dir)
+    standalone = standalone_selfaware(data_dir)
     for bench in ("selfaware", "nq_open"):
         for it in calib_pool(bench, data_dir, answerable=True):
             if bench == "selfaware" and it.id not in standalone:
@@ -283,7 +283,7 @@ def candidates(data_dir: Path) -> dict[str, list[dict]]:
     return pools
 
 
-def _known_words(data_dir: Path) -> frozenset[str]:
+def known_words(data_dir: Path) -> frozenset[str]:
     """Every word of every source file, lower-cased: no invented name may use one."""
     files = sorted(p for p in data_dir.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".csv"))
     text = "\n".join(p.read_text(encoding="utf-8", errors="replace").lower() for p in files)
@@ -297,7 +297,7 @@ def build_rows(data_dir: str | Path | None = None, seed: int = SEED) -> list[dic
     rows: list[dict] = []
     for kind in DECLINE_KINDS:
         if kind == "invented":
-            rows += invented_rows(PER_KIND, seed, _known_words(root))
+            rows += invented_rows(PER_KIND, seed, known_words(root))
             continue
         pool = pools[kind]
         if kind == "future_personal":  # the few future questions first, the personal ones fill up
