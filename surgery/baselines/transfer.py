@@ -36,11 +36,11 @@ from pathlib import Path
 from ..atomic import write_json_atomic, write_text_atomic
 from ..data.build_honesty import (
     SET_KIND,
-    known_words,
-    standalone_selfaware,
     invented_rows,
+    known_words,
     read_truthfulqa,
     selfaware_kind,
+    standalone_selfaware,
     truthfulqa_kind,
 )
 from ..data.honesty_set import DECLINE_KINDS, read_bundled
