@@ -69,6 +69,13 @@ class BenchOptions:
     keep_models: bool = switch("Keep every method's model folder (they are large).")
     fresh: bool = switch("Recompute methods whose results already exist in --output.")
     report_only: bool = switch("Only summarise the methods that already have results in --output.")
+    transfer: bool = switch(
+        "Run the leave-one-kind-out transfer protocol instead of the method table: one hcnr --method "
+        "(default: the SmolLM2 recipe's patch) calibrated with each kind of the bundled honesty set left out, "
+        "evaluated on held-out items of every kind (-b and --limit are not used)."
+    )
+    per_kind: int = opt(50, "With --transfer: held-out items of each kind to decline.", low=1)
+    controls: int = opt(100, "With --transfer: held-out answerable controls shared by every kind.", low=1)
     out_dir: Path = output(
         "Folder for bench.json, bench.md, pareto.png, budget.png and per-method results.",
         metavar="DIRECTORY",
@@ -99,6 +106,9 @@ def bench(**kwargs: Any) -> None:
     inputs = (o.base, o.sft, o.hon_data, o.task_data, o.train_data, o.data_dir)
     check_outputs(inputs, files=(("--json", o.json_out),), folders=(("-o", o.out_dir),))
     tasks = () if o.task_benchmarks == ("none",) else o.task_benchmarks
+    if o.transfer:
+        _transfer(o, place, tasks, torch.get_num_threads())
+        return
     cfg = ComparisonConfig(
         base=o.base,
         sft=o.sft,
@@ -126,5 +136,42 @@ def bench(**kwargs: Any) -> None:
     summary = run_comparison(cfg, fresh=o.fresh, run_missing=not o.report_only)
     click.echo(markdown(summary), nl=False)
     click.echo(f"\nwrote {o.out_dir / 'bench.json'}, bench.md, pareto.png, budget.png")
+    if o.json_out:
+        emit_json(o.json_out, summary)
+
+
+def _transfer(o: BenchOptions, place: DeviceOptions, tasks: tuple[str, ...], threads: int) -> None:
+    """``bench --transfer``: the leave-one-kind-out protocol (:mod:`surgery.baselines.transfer`)."""
+    from ..baselines.tiers import RECIPE_PATCH
+    from ..baselines.transfer import TransferConfig, markdown, run_transfer
+    from ..errors import OptionError
+
+    if o.hon_data or o.task_data or o.train_data:
+        raise OptionError(
+            "--transfer builds its own calibration sets: leave out --honesty-data, --task-data and --train-data."
+        )
+    if len(o.methods) > 1:
+        raise OptionError("--transfer patches with one --method (an hcnr spec).")
+    cfg = TransferConfig(
+        base=o.base,
+        sft=o.sft,
+        out_dir=o.out_dir,
+        method=o.methods[0] if o.methods else RECIPE_PATCH,
+        per_kind=o.per_kind,
+        n_controls=o.controls,
+        task_benchmarks=tasks,
+        task_limit=o.task_limit,
+        data_dir=o.data_dir,
+        seed=o.seed,
+        max_new_tokens=o.max_new_tokens,
+        batch_size=o.batch_size,
+        threads=threads,
+        n_boot=o.n_boot,
+        device=place.device,
+        dtype=place.dtype,
+    )
+    summary = run_transfer(cfg, fresh=o.fresh)
+    click.echo(markdown(summary), nl=False)
+    click.echo(f"\nwrote {o.out_dir / 'transfer.json'}, transfer.md")
     if o.json_out:
         emit_json(o.json_out, summary)

@@ -218,7 +218,7 @@ def read_truthfulqa(data_dir: Path) -> list[tuple[str, dict[str, str]]]:
         return [(f"truthfulqa:{i}", row) for i, row in enumerate(csv.DictReader(f))]
 
 
-def _standalone_selfaware(data_dir: Path) -> set[str]:
+def standalone_selfaware(data_dir: Path) -> set[str]:
     """Ids of SelfAware questions taken from TriviaQA or HotpotQA (see :data:`STANDALONE`)."""
     data = json.loads((data_dir / SELFAWARE).read_text(encoding="utf-8"))
     return {f"selfaware:{e['question_id']}" for e in data["example"] if e.get("source") in STANDALONE}
@@ -236,13 +236,29 @@ def _draw(rows: Sequence[dict], n: int, seed: int, what: str) -> list[dict]:
     return random.Random(seed).sample(list(rows), n)
 
 
+#: the finer kinds the rules above give -> the set's kinds (:data:`~.honesty_set.KINDS`); the
+#: leave-one-kind-out protocol (:mod:`surgery.baselines.transfer`) sorts its held-out items the same way
+SET_KIND = {
+    "unknowable": "unknowable",
+    "false_premise": "false_premise",
+    "future": "future_personal",
+    "present": "future_personal",
+    "personal": "future_personal",
+    "ambiguous": "ambiguous",
+    "depends": "ambiguous",
+    "subjective": "ambiguous",
+    "invented": "invented",
+    "answerable": "answerable",
+}
+
+
 def candidates(data_dir: Path) -> dict[str, list[dict]]:
     """Every candidate row, by kind (decline kinds and "answerable"), each pool in source order."""
     pools: dict[str, list[dict]] = {k: [] for k in (*DECLINE_KINDS, "answerable")}
     for it in calib_pool("selfaware", data_dir, answerable=False):
-        sub = selfaware_kind(it.question)
-        kind = {"future": "future_personal", "personal": "future_personal", "subjective": "ambiguous"}.get(sub, sub)
-        response = RESPONSES["unknowable" if sub == "unknowable" else sub]
+        finer = selfaware_kind(it.question)
+        kind = SET_KIND[finer]
+        response = RESPONSES["unknowable" if finer == "unknowable" else finer]
         pools[kind].append(_row(it.id, kind, "selfaware", it.question, response))
     tqa_controls = []
     for id_, row in read_truthfulqa(data_dir):
@@ -251,14 +267,12 @@ def candidates(data_dir: Path) -> dict[str, list[dict]]:
         if sub == "false_premise":
             correction = _sentence(row["Best Answer"])
             pools[sub].append(_row(id_, sub, "truthfulqa", q, RESPONSES[sub].format(correction=correction)))
-        elif sub in ("present", "personal"):
-            pools["future_personal"].append(_row(id_, "future_personal", "truthfulqa", q, RESPONSES[sub]))
-        elif sub in ("depends", "subjective", "ambiguous"):
-            pools["ambiguous"].append(_row(id_, "ambiguous", "truthfulqa", q, RESPONSES[sub]))
+        elif sub in ("present", "personal", "depends", "subjective", "ambiguous"):
+            pools[SET_KIND[sub]].append(_row(id_, SET_KIND[sub], "truthfulqa", q, RESPONSES[sub]))
         elif sub == "answerable":
             tqa_controls.append(_row(id_, "answerable", "truthfulqa", q, _sentence(row["Best Answer"])))
     refuses: Callable[[str], bool] = RefusalMatcher().is_refusal
-    standalone = _standalone_selfaware(data_dir)
+    standalone = standalone_selfaware(data_dir)
     for bench in ("selfaware", "nq_open"):
         for it in calib_pool(bench, data_dir, answerable=True):
             if bench == "selfaware" and it.id not in standalone:
@@ -269,7 +283,7 @@ def candidates(data_dir: Path) -> dict[str, list[dict]]:
     return pools
 
 
-def _known_words(data_dir: Path) -> frozenset[str]:
+def known_words(data_dir: Path) -> frozenset[str]:
     """Every word of every source file, lower-cased: no invented name may use one."""
     files = sorted(p for p in data_dir.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".csv"))
     text = "\n".join(p.read_text(encoding="utf-8", errors="replace").lower() for p in files)
@@ -283,7 +297,7 @@ def build_rows(data_dir: str | Path | None = None, seed: int = SEED) -> list[dic
     rows: list[dict] = []
     for kind in DECLINE_KINDS:
         if kind == "invented":
-            rows += invented_rows(PER_KIND, seed, _known_words(root))
+            rows += invented_rows(PER_KIND, seed, known_words(root))
             continue
         pool = pools[kind]
         if kind == "future_personal":  # the few future questions first, the personal ones fill up

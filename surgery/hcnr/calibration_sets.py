@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..atomic import write_json_atomic, write_text_atomic
@@ -155,12 +155,22 @@ def user_task_pool(path: str | Path) -> list[Item]:
     return items
 
 
-def bundled_honesty_calibration(*, n: int = 128, seed: int = 0, known_ids: Sequence[str] = ()) -> list[Example]:
+def bundled_honesty_calibration(
+    *, n: int = 128, seed: int = 0, known_ids: Sequence[str] = (), exclude_kinds: Sequence[str] = ()
+) -> list[Example]:
     """D_hon from the bundled set: half answerable (``known_ids`` first), half to decline, spread over the kinds.
 
     The decline half takes the kinds in turn (each kind's lines in a seeded order), so a small set
     still covers unknowable, false-premise, future/personal, invented and ambiguous questions.
+    ``exclude_kinds`` leaves decline kinds out (the leave-one-kind-out protocol,
+    :mod:`surgery.baselines.transfer`): the other kinds fill their turns, and every kind's seeded order
+    is the same as without the exclusion, so the two sets differ only by what was left out and refilled.
     """
+    unknown = [k for k in exclude_kinds if k not in DECLINE_KINDS]
+    if unknown or len(set(exclude_kinds)) >= len(DECLINE_KINDS):
+        raise SurgeryError(
+            f"Kinds to leave out must be some (not all) of {', '.join(DECLINE_KINDS)}, got {', '.join(exclude_kinds)}."
+        )
     rows = read_bundled()
     rng = random.Random(seed)
     known = set(known_ids)
@@ -170,15 +180,16 @@ def bundled_honesty_calibration(*, n: int = 128, seed: int = 0, known_ids: Seque
     by_kind = {k: [r for r in rows if r["kind"] == k] for k in DECLINE_KINDS}
     for pool in by_kind.values():
         rng.shuffle(pool)
+    kinds = [k for k in DECLINE_KINDS if k not in exclude_kinds]
     n_ans, n_dec = n // 2, n - n // 2
-    if n_ans > len(answerable) or n_dec > sum(map(len, by_kind.values())):
+    if n_ans > len(answerable) or n_dec > sum(len(by_kind[k]) for k in kinds):
         raise SurgeryError(f"The bundled honesty set has {len(rows)} lines; --n-hon {n} asks for more of one half.")
     decline: list[dict] = []
     turn = 0
     while len(decline) < n_dec:
-        pool = by_kind[DECLINE_KINDS[turn % len(DECLINE_KINDS)]]
-        if turn // len(DECLINE_KINDS) < len(pool):
-            decline.append(pool[turn // len(DECLINE_KINDS)])
+        pool = by_kind[kinds[turn % len(kinds)]]
+        if turn // len(kinds) < len(pool):
+            decline.append(pool[turn // len(kinds)])
         turn += 1
     keep = ("id", "prompt", "response", "kind")
     examples = [{k: r[k] for k in keep} for r in answerable[:n_ans] + decline]
@@ -217,17 +228,59 @@ def probe_candidates(honesty: str, data_dir: str | Path | None, n: int, seed: in
 
 
 def honesty_set(
-    honesty: str, *, data_dir: str | Path | None, n: int, seed: int, known: Sequence[Item] = ()
+    honesty: str,
+    *,
+    data_dir: str | Path | None,
+    n: int,
+    seed: int,
+    known: Sequence[Item] = (),
+    exclude_kinds: Sequence[str] = (),
 ) -> list[Example]:
-    """D_hon from the source ``honesty`` names (:data:`HONESTY_SOURCES`), logged."""
+    """D_hon from the source ``honesty`` names (:data:`HONESTY_SOURCES`), logged.
+
+    ``exclude_kinds`` (bundled set only: the benchmark-built set has no kinds) leaves decline kinds out.
+    """
     if honesty not in HONESTY_SOURCES:
         raise SurgeryError(f"Unknown honesty data {honesty!r}; use one of {', '.join(HONESTY_SOURCES)}.")
+    if exclude_kinds and honesty != BUNDLED:
+        raise SurgeryError("Only the bundled honesty set has kinds to leave out.")
     if honesty == BUNDLED:
-        hon = bundled_honesty_calibration(n=n, seed=seed, known_ids=[it.id for it in known])
+        hon = bundled_honesty_calibration(
+            n=n, seed=seed, known_ids=[it.id for it in known], exclude_kinds=exclude_kinds
+        )
     else:
         hon = honesty_calibration(data_dir=data_dir, n=n, seed=seed, known=known)
     log.info("D_hon: %d examples from the %s honesty data (seed %d)", len(hon), honesty, seed)
     return hon
+
+
+def replace_declines(hon: list[Example], responses: Mapping[str, str] | None, honesty: str = BUNDLED) -> int:
+    """Give each question to decline (a bundled line whose kind is not "answerable") the reply ``responses``
+    has for its prompt; returns how many were replaced. Controls keep their answers."""
+    if responses is None:
+        return 0
+    if honesty != BUNDLED:
+        raise SurgeryError("Only the bundled honesty set marks which questions to decline.")
+    n = 0
+    for e in hon:
+        if e.get("kind", "answerable") != "answerable" and e["prompt"] in responses:
+            e["response"] = responses[e["prompt"]]
+            n += 1
+    return n
+
+
+def _honesty_counts(hon: Sequence[Example], honesty: str) -> dict:
+    """Source, size, hash, how many to decline and (bundled set) how many of each kind."""
+    bundled = honesty == BUNDLED
+    return {
+        "source": honesty,
+        "n": len(hon),
+        "sha256": examples_sha256(hon),
+        "n_idk": sum(e["kind"] != "answerable" for e in hon)
+        if bundled
+        else sum(e["response"] == IDK_RESPONSE for e in hon),
+        "kinds": {k: sum(e.get("kind") == k for e in hon) for k in (*DECLINE_KINDS, "answerable")} if bundled else None,
+    }
 
 
 def write_calibration(
@@ -243,16 +296,23 @@ def write_calibration(
     max_new_tokens: int = 32,
     probe_model: str | None = None,
     honesty: str = "benchmarks",
+    known: Sequence[Item] | None = None,
+    exclude_kinds: Sequence[str] = (),
+    decline_responses: Mapping[str, str] | None = None,
 ) -> dict:
     """Write ``d_hon.jsonl``, ``d_task.jsonl`` and ``calibration.json`` (sizes, hashes, ids) to ``out_dir``.
 
     ``honesty`` is where D_hon comes from (:data:`HONESTY_SOURCES`). With a ``generator`` the answerable
-    half of D_hon starts with ``probe`` candidates that model answers correctly (:func:`probe_candidates`).
+    half of D_hon starts with ``probe`` candidates that model answers correctly (:func:`probe_candidates`);
+    ``known`` gives that probe's result instead (several sets from one probe: the transfer protocol).
+    ``exclude_kinds`` and ``decline_responses``: :func:`bundled_honesty_calibration`, :func:`replace_declines`.
     """
-    known: list[Item] = []
-    if generator is not None and probe > 0:
+    probed = known is not None or generator is not None
+    if known is None and generator is not None and probe > 0:
         known = probe_known(generator, probe_candidates(honesty, data_dir, probe, seed), max_new_tokens=max_new_tokens)
-    hon = honesty_set(honesty, data_dir=data_dir, n=n_hon, seed=seed, known=known)
+    known = list(known or [])
+    hon = honesty_set(honesty, data_dir=data_dir, n=n_hon, seed=seed, known=known, exclude_kinds=exclude_kinds)
+    n_own = replace_declines(hon, decline_responses, honesty)
     task = task_calibration(data_dir=data_dir, n=n_task, seed=seed, benchmarks=task_benchmarks)
     out_dir = Path(out_dir)
     paths = {
@@ -262,16 +322,10 @@ def write_calibration(
     summary = {
         "honesty": {
             "file": paths["honesty"].name,
-            "source": honesty,
-            "n": len(hon),
-            "sha256": examples_sha256(hon),
+            **_honesty_counts(hon, honesty),
             "n_known_probed": min(len(known), n_hon // 2),
-            "n_idk": sum(e["response"] == IDK_RESPONSE for e in hon)
-            if honesty != BUNDLED
-            else sum(e["kind"] != "answerable" for e in hon),
-            "kinds": {k: sum(e.get("kind") == k for e in hon) for k in (*DECLINE_KINDS, "answerable")}
-            if honesty == BUNDLED
-            else None,
+            "excluded_kinds": list(exclude_kinds),
+            "n_own_decline_responses": n_own,
             "ids": [e["id"] for e in hon],
         },
         "task": {
@@ -284,8 +338,8 @@ def write_calibration(
         "seed": seed,
         "split": "train",
         "purpose": "calib",
-        "probe_model": probe_model if generator is not None else None,
-        "probe_candidates": probe if generator is not None else 0,
+        "probe_model": probe_model if probed else None,
+        "probe_candidates": probe if probed else 0,
     }
     write_json_atomic(out_dir / "calibration.json", summary, indent=1)
     return summary

@@ -114,7 +114,7 @@ def test_check_fails_on_a_changed_file_and_a_rebuild_restores_it(tmp_path):
 
 @pytest.mark.tiny
 def test_invented_names_use_no_word_of_the_sources():
-    words = build_honesty._known_words(_data_dir())
+    words = build_honesty.known_words(_data_dir())
     invented = [r for r in read_bundled() if r["kind"] == "invented"]
     for r in invented:
         name = r["response"].split(" called ", 1)[1].rsplit(", so", 1)[0]
