@@ -77,10 +77,12 @@ class ExportHonestyRun:
         False, "Also the int8 rows with one weight scale per output channel (plain and honesty-aware)."
     )
     int8_method: tuple[str, ...] = opt(
-        ("dynamic",), "int8 quantizer(s) of the int8 rows (repeatable): dynamic, weight-only.", multiple=True
+        ("dynamic",),
+        "int8 quantizer(s) of the int8 rows (repeatable): dynamic, weight-only, weight-only-fp32 (accuracy level 1).",
+        multiple=True,
     )
     int4_method: tuple[str, ...] = opt(
-        ("rtn",), "int4 quantizer(s) of the int4 rows (repeatable): rtn, rtn-asym, hqq.", multiple=True
+        ("rtn",), "int4 quantizer(s) of the int4 rows (repeatable): rtn, rtn-asym.", multiple=True
     )
     speed_tokens: int = opt(32, "Tokens per prompt of the speed measurement (0: skip it).", low=0)
     threads: int = opt(1, "Threads of torch and onnxruntime.", low=1)
@@ -121,6 +123,9 @@ def _exports(run: ExportHonestyRun, patched: Path) -> dict[str, Path]:
     # (quantize, scales, variant, options beyond the defaults); the first of each precision keeps the plain names
     kinds: list[tuple[str, tuple[float, ...], str, dict[str, Any]]] = []
     for m in run.int8_method:
+        if m == "weight-only-fp32":  # weight-only int8 with fp32 compute (accuracy level 1): slower
+            kinds.append(("int8", run.int8_scale, m, {"int8_method": "weight-only", "accuracy_level": 1}))
+            continue
         kinds.append(("int8", run.int8_scale, "" if m == "dynamic" else m, {"int8_method": m}))
         if m == "dynamic" and run.int8_per_channel:
             kinds.append(("int8", run.int8_scale, "per-channel", {"int8_per_channel": True}))

@@ -17,9 +17,10 @@ from ..options import check_numbers, opt
 QUANTIZE_CHOICES = ("int8", "int4")
 #: int4 block sizes onnxruntime's MatMulNBits kernels accept (a power of two, at least 16)
 BLOCK_SIZES = (16, 32, 64, 128, 256)
-#: int4 weight quantizers of onnxruntime: round-to-nearest (symmetric or with zero points), and HQQ
-#: (half-quadratic, calibration-free, with zero points)
-INT4_METHODS = ("rtn", "rtn-asym", "hqq")
+#: int4 weight quantizers of onnxruntime: round-to-nearest, symmetric or with zero points. Its HQQ
+#: quantizer is not offered: on the SmolLM2 recipe model it left 0 of 300 answers as fp32 gave them
+#: (honesty F1 79.6 -> 25.4, task 53 -> 18; docs/results/deployment.md)
+INT4_METHODS = ("rtn", "rtn-asym")
 #: int8 quantizers: dynamic (int8 weights and per-tensor int8 activations, MatMulInteger) or weight-only
 #: (8-bit MatMulNBits blocks, activations fp32)
 INT8_METHODS = ("dynamic", "weight-only")
@@ -79,12 +80,15 @@ class ExportOptions:
     )
     int4_method: str = opt(
         "rtn",
-        "int4: onnxruntime's round-to-nearest, symmetric (rtn) or with zero points (rtn-asym), or its "
-        "calibration-free HQQ quantizer (hqq).",
+        "int4: onnxruntime's round-to-nearest quantizer, symmetric (rtn) or with a zero point per block (rtn-asym).",
         choices=INT4_METHODS,
     )
     accuracy_level: int | None = opt(
-        None, "int4: onnxruntime MatMulNBits accuracy level (1 fp32, 2 fp16, 3 bf16, 4 int8 compute).", low=0, high=4
+        None,
+        "int4 and weight-only int8: MatMulNBits accuracy level (1 fp32, 2 fp16, 3 bf16, 4 int8 compute; "
+        "default: 4 for weight-only int8, onnxruntime's for int4).",
+        low=0,
+        high=4,
     )
     protect_honesty: Path | None = opt(
         None,

@@ -100,6 +100,10 @@ def quantize_int8(folder: Path, *, exclude: tuple[str, ...] | None = None, per_c
     return _finish(folder, tmp, "MatMulInteger", len(nodes), before, exclude, t0, method)
 
 
+#: MatMulNBits accuracy level of weight-only int8 unless the user sets one: int8 compute
+INT8_WEIGHT_ONLY_ACCURACY = 4
+
+
 def quantize_int8_weight_only(
     folder: Path, *, block_size: int = 32, accuracy_level: int | None = None, exclude: tuple[str, ...] = ()
 ) -> dict:
@@ -125,16 +129,12 @@ def quantize_int4(
     """Replace ``folder/model.onnx`` by its int4 weight-only version (MatMulNBits); returns what was done.
 
     ``method``: ``rtn`` rounds each block to the nearest of 16 levels symmetric around 0; ``rtn-asym``
-    adds a zero point per block (the levels follow the block's own range); ``hqq`` lets onnxruntime's
-    HQQ quantizer optimise scale and zero point per block without calibration data. ``bits=8`` is the
-    same operator with 256 levels (:func:`quantize_int8_weight_only`)."""
+    adds a zero point per block (the levels follow the block's own range). ``bits=8`` is the same
+    operator with 256 levels (:func:`quantize_int8_weight_only`)."""
     import onnx
 
     try:
-        from onnxruntime.quantization.matmul_nbits_quantizer import (
-            HQQWeightOnlyQuantConfig,
-            MatMulNBitsQuantizer,
-        )
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     except ImportError as exc:  # onnxruntime >= 1.23's quantizer needs onnx-ir, which older installs lack
         raise MissingExtraError(
             f"--quantize int4 needs onnxruntime's MatMulNBits quantizer ({exc.name} could not be imported): "
@@ -150,7 +150,6 @@ def quantize_int4(
     tmp = folder / f"model.int{bits}.tmp.onnx"
     t0 = time.perf_counter()
     with _quiet_root():
-        hqq = HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits, op_types_to_quantize=QUANTIZED_OPS)
         quantizer = MatMulNBitsQuantizer(
             onnx.load(str(src), load_external_data=True),
             bits=bits,
@@ -159,14 +158,13 @@ def quantize_int4(
             accuracy_level=accuracy_level,
             nodes_to_exclude=kept,
             op_types_to_quantize=QUANTIZED_OPS,
-            algo_config=hqq if method == "hqq" else None,
         )
         quantizer.process()
         quantizer.model.save_model_to_file(str(tmp), use_external_data_format=external)
     done = {
         "method": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
         **({"int4_method": method} if bits == 4 else {"int8_method": "weight-only"}),
-        "algorithm": "HQQ" if method == "hqq" else "round-to-nearest",
+        "algorithm": "round-to-nearest",
         "bits": bits,
         "block_size": block_size,
         "symmetric": method == "rtn",

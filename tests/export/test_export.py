@@ -283,6 +283,9 @@ def test_int8_weight_only_uses_8_bit_blocks_everywhere_and_is_recognised(tiny_mo
     )
     nodes = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
     assert len(nodes) == 15 and all({a.name: a.i for a in n.attribute}["bits"] == 8 for n in nodes)
+    # int8 compute by default (as fast as dynamic int8); fp32 compute dequantizes at every call
+    assert record["int8"]["accuracy_level"] == 4
+    assert all({a.name: a.i for a in n.attribute}["accuracy_level"] == 4 for n in nodes)
     assert not any(n.op_type == "MatMulInteger" for n in onnx.load(str(out / "model.onnx")).graph.node)
     assert json.loads((out / "verify.json").read_text())["passed"]
     # without export.json the graph itself says int8 (8-bit MatMulNBits), not int4

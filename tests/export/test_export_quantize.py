@@ -113,9 +113,9 @@ def test_protected_int4_deploy_keeps_the_fp32_export_exact(tiny_pair, calib, tmp
     assert report["passed"]
 
 
-@pytest.mark.parametrize("method", ["rtn-asym", "hqq"])
+@pytest.mark.parametrize("method", ["rtn-asym"])
 def test_int4_methods_with_zero_points_reach_onnxruntime(method, tiny_models, tmp_path):
-    """--int4-method rtn-asym/hqq: every MatMulNBits gets a zero-point input (symmetric rtn has none)."""
+    """--int4-method rtn-asym: every MatMulNBits gets a zero-point input (symmetric rtn has none)."""
     import onnx
 
     out = tmp_path / method
@@ -124,7 +124,7 @@ def test_int4_methods_with_zero_points_reach_onnxruntime(method, tiny_models, tm
     assert res.exit_code == 0, res.output
     record = json.loads((out / "export.json").read_text())["int4"]
     assert (record["int4_method"], record["symmetric"], record["matmuls_quantized"]) == (method, False, 15)
-    assert record["algorithm"] == ("HQQ" if method == "hqq" else "round-to-nearest")
+    assert record["algorithm"] == "round-to-nearest"
     nodes = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
     assert len(nodes) == 15 and all(len(n.input) >= 4 and n.input[3] for n in nodes)
 
@@ -134,7 +134,7 @@ def test_int4_methods_with_zero_points_reach_onnxruntime(method, tiny_models, tm
     [
         (["--protect-honesty", "{patch}"], "add --quantize"),
         (["--quantize", "int4", "--block-size", "48"], "--block-size must be one of"),
-        (["--quantize", "int4", "--int4-method", "gptq"], "--int4-method|gptq"),
+        (["--quantize", "int4", "--int4-method", "hqq"], "--int4-method|hqq"),
         (["--quantize", "int4", "--protect-scale", "3"], "power of two"),
         (["--quantize", "int4", "--protect-scale", "1"], "power of two other than 1"),
         (["--quantize", "int4", "--protect-honesty", "{patch}"], "restores no input columns|not a|patch"),
