@@ -19,8 +19,8 @@ peak RSS (``VmHWM``, written by the child at exit; see :mod:`benchmarks.scale_me
 - LoRA re-tuning of M1 on the same D_hon + D_task examples (prompt/response pairs) exactly as
   ``surgery bench``'s ``rait-lora`` trains (:func:`surgery.baselines.rait.run_rait` with
   :class:`~surgery.baselines.rait.RaitOptions` defaults: r 16, alpha 32, lr 5e-4, 1 epoch, batch 8,
-  96 tokens), the merged model written as ``rait-lora`` writes it, once per ``--lora-dtype`` (float32:
-  today's loop; bfloat16: the same loop under bf16 autocast with float32 master weights).
+  96 tokens), the merged model written as ``rait-lora`` writes it, once per ``--lora-dtype`` (default
+  both; float32: today's loop; bfloat16: the same loop under bf16 autocast, float32 master weights).
 
 "seconds" is each row's own time measured inside its child (the comparison's definition: the patch
 call; training + merge + write for LoRA); "child s" adds interpreter start and imports. Prints one
@@ -96,7 +96,7 @@ class PatchSpeedRun:
         multiple=True,
     )
     lora_dtype: tuple[str, ...] = opt(
-        ("float32",),
+        ("float32", "bfloat16"),
         "LoRA rows: one re-tuning per dtype given (repeatable); bfloat16 trains under bf16 autocast.",
         choices=DTYPES,
         multiple=True,

@@ -195,3 +195,19 @@ def test_help_lists_the_options():
     flags = ("--threads", "--work-dir", "--eval", "--limit", "--task-limit", "--max-ratio", "--sft-form", "--json")
     for flag in (*flags, "--dtype", "--lora-dtype", "--goal-patch"):
         assert flag in res.output
+
+
+def test_children_run_in_the_dtype_they_are_given(tiny_pair, calib, tmp_path):
+    """Each row's child computes in its own dtype: the bf16 patch's report and the bf16 LoRA's info say so."""
+    from benchmarks.patch_speed import _child_lora, _child_patch
+
+    base, sft, _ = tiny_pair
+    inputs = {"sft": str(sft), "base": str(base), "hon": str(calib[0]), "task": str(calib[1])}
+    out = tmp_path / "p.safetensors"
+    got = _child_patch({**inputs, "out": str(out), "options": {"r_iw": 0.25}, "dtype": "bfloat16"})
+    assert got["examples"] == 32 and got["seconds"] > 0
+    assert json.loads(out.with_name(out.name + ".report.json").read_text())["dtype"] == "bfloat16"
+    pairs = {**inputs, "task": str(calib[0])}  # LoRA reads prompt/response lines only
+    lora = _child_lora({**pairs, "out": str(tmp_path / "lora"), "dtype": "bfloat16"})
+    assert lora["info"]["precision"] == {"device": "cpu", "dtype": "bfloat16"}
+    assert _child_lora({**pairs, "out": str(tmp_path / "lora32")})["info"]["precision"]["dtype"] == "float32"
