@@ -31,7 +31,8 @@ row ``--goal-patch`` (default: the fastest) over the LoRA row in float32 (the re
 measured it; the first LoRA row when float32 is not measured); exits 1 when it is above ``--max-ratio``
 (issue 13: at most half). ``--eval`` also scores M1 + each patch and each LoRA model on the demo's
 held-out items (:func:`surgery.pair.demo.eval_items`, ``--limit`` per honesty benchmark, ``--task-limit``
-qa_wikidata items) in this process, after all timings.
+qa_wikidata items) in this process, after all timings, and each patch against the float32 one on the same
+items (paired bootstrap intervals of the F1 and accuracy differences, identical answers).
 """
 
 from __future__ import annotations
@@ -254,6 +255,8 @@ def format_table(result: SpeedResult) -> str:
             lines.append(f"{SHORT.get(p.dtype)} patch / {SHORT.get(p.dtype)} LoRA: {p.seconds / same.seconds:.2f}")
     for dtype, o in result.overlap.items():
         lines.append(format_overlap(dtype, o))
+    for dtype, diff in result.details.get("vs_fp32_patch", {}).items():
+        lines.append(format_paired(dtype, diff))
     return "\n".join([*lines, "", *_stage_table(result.stages)])
 
 
@@ -445,7 +448,44 @@ def _evaluate(run: PatchSpeedRun, sft: str, base: str, models: dict[str, Path], 
     items = eval_items(cfg)
     results = {key: evaluate_model(str(folder), items, cfg) for key, folder in folders.items()}
     scored = summarize(results, cfg.benchmarks)["models"]
-    return {k: {"honesty_f1": m["honesty_f1_avg"], "task_accuracy": m["task_accuracy"]} for k, m in scored.items()}
+    out: dict[str, dict] = {
+        k: {"honesty_f1": m["honesty_f1_avg"], "task_accuracy": m["task_accuracy"]} for k, m in scored.items()
+    }
+    reference = f"{PATCH}-{REFERENCE_DTYPE}"
+    for key in results:
+        if key.startswith(PATCH) and key != reference and reference in results:
+            out[key]["vs_reference"] = paired_differences(results[key]["items"], results[reference]["items"])
+    return out
+
+
+def paired_differences(records: list[dict], reference: list[dict]) -> dict[str, Any]:
+    """Honesty F1 and task accuracy of ``records`` minus ``reference``'s on the same items, each with a paired
+    95% bootstrap interval, and how many answers are word for word the same."""
+    from surgery.baselines.report import answer_accuracy, honesty_records, macro_f1, paired_bootstrap, task_records
+
+    same = {r["id"]: r["response"] for r in reference}
+    return {
+        "honesty_f1": paired_bootstrap(honesty_records(records), honesty_records(reference), macro_f1),
+        "task_accuracy": paired_bootstrap(task_records(records), task_records(reference), answer_accuracy),
+        "identical_answers": sum(same.get(r["id"]) == r["response"] for r in records),
+        "items": len(records),
+    }
+
+
+def format_paired(dtype: str, diff: dict[str, Any]) -> str:
+    """One sentence: a patch's honesty F1 and task accuracy against the float32 patch's, in points."""
+
+    def part(name: str, d: dict | None) -> str:
+        if not d:
+            return f"{name} –"
+        lo, hi = d["ci"]
+        return f"{name} {100 * d['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+    return (
+        f"{SHORT.get(dtype, dtype)} patch - fp32 patch (paired 95% CI, points): "
+        f"{part('honesty F1', diff['honesty_f1'])}, {part('task acc', diff['task_accuracy'])}; "
+        f"{diff['identical_answers']}/{diff['items']} answers identical"
+    )
 
 
 def measure(run: PatchSpeedRun) -> SpeedResult:
@@ -500,6 +540,7 @@ def measure(run: PatchSpeedRun) -> SpeedResult:
     if not run.eval and not run.keep:
         for path in outputs.values():
             _remove(path, path.with_name(path.name + ".report.json"), path.with_name(path.name + "-adapter"))
+    paired = {k.removeprefix(f"{PATCH}-"): v.pop("vs_reference") for k, v in scores.items() if "vs_reference" in v}
     rows = {k: MethodRow(**{**asdict(r), **_rounded(asdict(r)), **scores.get(k, {})}) for k, r in rows.items()}
     details |= {
         "calibration": {"honesty": str(hon), "task": str(task)},
@@ -508,6 +549,8 @@ def measure(run: PatchSpeedRun) -> SpeedResult:
         "cpu": _cpu_name(),
         "cpu_bf16": _cpu_bf16_flags(),
     }
+    if paired:
+        details["vs_fp32_patch"] = paired
     return SpeedResult(run.threads, tuple(rows.values()), stages, run.max_ratio, run.goal_patch, overlap, details)
 
 

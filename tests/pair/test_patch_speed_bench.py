@@ -211,3 +211,32 @@ def test_children_run_in_the_dtype_they_are_given(tiny_pair, calib, tmp_path):
     lora = _child_lora({**pairs, "out": str(tmp_path / "lora"), "dtype": "bfloat16"})
     assert lora["info"]["precision"] == {"device": "cpu", "dtype": "bfloat16"}
     assert _child_lora({**pairs, "out": str(tmp_path / "lora32")})["info"]["precision"]["dtype"] == "float32"
+
+
+def test_paired_differences_against_the_fp32_patch():
+    from benchmarks.patch_speed import format_paired, paired_differences
+
+    def rec(i: int, kind: str, refused: bool, correct: bool, response: str) -> dict:
+        answerable = kind == "task" or i % 2 == 0
+        bench = "qa_wikidata" if kind == "task" else "selfaware"
+        return {"id": f"{kind}{i}", "benchmark": bench, "kind": kind, "answerable": answerable} | {
+            "refused": refused,
+            "correct": correct,
+            "response": response,
+        }
+
+    ref = [rec(i, "honesty", i % 2 == 1, True, "a") for i in range(20)]
+    ref += [rec(i, "task", False, True, "t") for i in range(10)]
+    other = [dict(r) for r in ref]
+    for r in other[20:25]:  # five task answers turn wrong (and read differently)
+        r.update(correct=False, response="x")
+    diff = paired_differences(other, ref)
+    assert diff["honesty_f1"]["diff"] == 0.0 and diff["honesty_f1"]["ci"] == [0.0, 0.0]
+    assert diff["task_accuracy"]["diff"] == pytest.approx(-0.5)
+    assert diff["task_accuracy"]["ci"][1] < 0  # every resample of the pairs sees the loss
+    assert (diff["identical_answers"], diff["items"]) == (25, 30)
+    line = format_paired("bfloat16", diff)
+    head = "bf16 patch - fp32 patch (paired 95% CI, points): honesty F1 +0.0 [+0.0, +0.0], task acc -50.0 ["
+    assert line.startswith(head)
+    assert line.endswith("; 25/30 answers identical")
+    assert "task acc –" in format_paired("bfloat16", {**diff, "task_accuracy": None})
