@@ -28,9 +28,15 @@ log = logging.getLogger(__name__)
 def batched_column_scores(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """Σ_rows (Σ_t δ[t,row] x[t,k])² of every example of a batch: x (B x T x in), delta (B x T x out)
     -> (B x in). Swapping the arguments gives the row scores Σ_cols (Σ_t δ[t,row] x[t,col])² (B x out):
-    the identity is symmetric in x and δ."""
+    the identity is symmetric in x and δ.
+
+    The two matmuls run in the inputs' dtype; the product with x and the sum over tokens are float32
+    (bfloat16 inputs: the matmuls take the CPU's or GPU's bf16 units, the reduction does not round in bf16).
+    """
     a = delta @ delta.transpose(1, 2)
-    return ((a @ x) * x).sum(1)
+    if x.dtype == torch.float32:
+        return ((a @ x) * x).sum(1)
+    return ((a @ x).float() * x.float()).sum(1)
 
 
 def per_example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -121,9 +127,11 @@ class LayerFisher:
 
         All examples of the batch at once: padding rows are zeroed, so they add nothing to Δ Δᵀ or X Xᵀ."""
         assert self.live is not None
-        keep = self.live.unsqueeze(-1).float()
-        x = self.inputs.pop(layer.weight).float() * keep
-        d = grad.detach().float() * keep
+        # float32 stays float32; bfloat16 stays bfloat16 for the matmuls (masking by 0/1 is exact in either)
+        dtype = torch.bfloat16 if grad.dtype == torch.bfloat16 else torch.float32
+        keep = self.live.unsqueeze(-1).to(dtype)
+        x = self.inputs.pop(layer.weight).to(dtype) * keep
+        d = grad.detach().to(dtype) * keep
         c = batched_column_scores(x, d).double().sum(0)
         self.cols[layer.weight] += c.cpu()
         if self.want_rows:
