@@ -128,7 +128,7 @@ def _exports(run: ExportHonestyRun, patched: Path) -> dict[str, Path]:
             continue
         kinds.append(("int8", run.int8_scale, "" if m == "dynamic" else m, {"int8_method": m}))
         if m == "dynamic" and run.int8_per_channel:
-            kinds.append(("int8", run.int8_scale, "per-channel", {"int8_per_channel": True}))
+            kinds.append(("int8", run.int8_scale, "per-channel", {"int8_method": "dynamic", "int8_per_channel": True}))
     kinds += [("int4", run.int4_scale, "" if m == "rtn" else m, {"int4_method": m}) for m in run.int4_method]
     for quantize, scales, variant, extra in kinds:
         name = f"{quantize} {variant}" if variant else quantize

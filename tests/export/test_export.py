@@ -80,7 +80,7 @@ def test_int8_export_quantizes_and_is_judged_by_agreement(tiny_models, tmp_path)
     import onnx
 
     out = tmp_path / "int8"
-    res = _run(["export", str(tiny_models("llama")), "-o", str(out), "--quantize", "int8"])
+    res = _run(["export", str(tiny_models("llama")), "-o", str(out), "--quantize", "int8", "--int8-method", "dynamic"])
     assert res.exit_code == 0, res.output
     record = json.loads((out / "export.json").read_text())
     assert record["quantize"] == "int8"
@@ -256,7 +256,19 @@ def test_int8_per_channel_gives_each_output_channel_its_own_weight_scale(tiny_mo
     outs = {}
     for flag in ("--no-int8-per-channel", "--int8-per-channel"):
         out = tmp_path / flag
-        res = _run(["export", str(tiny_models("llama")), "-o", str(out), "--quantize", "int8", flag])
+        res = _run(
+            [
+                "export",
+                str(tiny_models("llama")),
+                "-o",
+                str(out),
+                "--quantize",
+                "int8",
+                "--int8-method",
+                "dynamic",
+                flag,
+            ]
+        )
         assert res.exit_code == 0, res.output
         outs[flag] = out
         record = json.loads((out / "export.json").read_text())
@@ -272,7 +284,7 @@ def test_int8_weight_only_uses_8_bit_blocks_everywhere_and_is_recognised(tiny_mo
 
     out = tmp_path / "int8w"
     args = ["export", str(tiny_models("llama")), "-o", str(out), "--quantize", "int8", "--block-size", "16"]
-    res = _run([*args, "--int8-method", "weight-only", "--honesty-prompts", "8"])
+    res = _run([*args, "--honesty-prompts", "8"])  # weight-only is the default int8 method
     assert res.exit_code == 0, res.output
     record = json.loads((out / "export.json").read_text())
     assert record["quantize"] == "int8"
