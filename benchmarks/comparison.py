@@ -14,8 +14,6 @@ The result is ``bench.md`` (the efficiency table), ``bench.json``, ``pareto.png`
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import click
 import torch
 
+from benchmarks import script_logging
 from surgery.baselines.comparison import ComparisonConfig, run_comparison
 from surgery.baselines.report import markdown
 from surgery.baselines.tiers import RECIPE_PATCH, TIERS, methods_for
@@ -61,20 +60,12 @@ class ComparisonRun:
     report_only: bool = opt(False, "Summarise finished methods, run nothing new.")
 
 
-def _logging() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "torch", "urllib3", "huggingface_hub", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 @click.command(help=__doc__)
 @add_options(ComparisonRun)
 def main(**kwargs) -> None:
     """Run the tiers on the bundled pair and print the efficiency table."""
     run = options_from(ComparisonRun, kwargs)
-    _logging()
+    script_logging()
     torch.set_num_threads(run.threads)
     pair = ensure_pair()
     cfg = ComparisonConfig(

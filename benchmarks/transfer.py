@@ -15,8 +15,6 @@ Every patch and evaluation is reused by a rerun with the same inputs.
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import click
 import torch
 
+from benchmarks import script_logging
 from surgery.baselines.tiers import RECIPE_PATCH
 from surgery.baselines.transfer import TARGETS, TransferConfig, markdown, run_transfer
 from surgery.commands.options import add_options, options_from
@@ -69,20 +68,12 @@ class TransferRun:
     fresh: bool = opt(False, "Recompute rows whose results already exist in --out.")
 
 
-def _logging() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "torch", "urllib3", "huggingface_hub", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 @click.command(help=__doc__)
 @add_options(TransferRun)
 def main(**kwargs) -> None:
     """Run the protocol and print the transfer matrix."""
     run = options_from(TransferRun, kwargs)
-    _logging()
+    script_logging()
     torch.set_num_threads(run.threads)
     try:
         if (run.base is None) != (run.sft is None):
