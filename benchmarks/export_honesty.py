@@ -4,7 +4,7 @@
     python -m benchmarks.export_honesty --sft SFT --base BASE --patch PATCH --work WORK \\
         --limit 200 --task-limit 200 --threads 1 --json deployment.json
 
-Rows: PyTorch fp32 (the repaired model), ONNX Runtime fp32, int8 (dynamic, ``down_proj`` kept fp32),
+Rows: PyTorch fp32 (the repaired model), ONNX Runtime fp32, int8 (one block of rows per ``--int8-method``),
 int8 honesty-aware, int4 (MatMulNBits, block 32), int4 honesty-aware (``--protect-honesty PATCH``).
 Columns: honesty F1 on held-out SelfAware items, refusal on unanswerable / answerable items, task
 accuracy (qa_wikidata), model bytes and greedy tokens/s (batch 1, ``--threads`` threads), with 95%

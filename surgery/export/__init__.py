@@ -8,7 +8,7 @@ Modules, in dependency order (each imports only the ones above it):
 
 ``onnx``         primitives: the folder layout, Optimum's exporter, onnxruntime sessions
 ``options``      :class:`ExportOptions`, the knobs of ``surgery export`` / ``surgery deploy``
-``quantize``     dynamic int8 or weight-only int4 (MatMulNBits) quantization of an exported folder
+``quantize``     weight-only int8/int4 (MatMulNBits) or dynamic int8 quantization of an exported folder
 ``protect``      honesty-aware scaling of a patch's restored input columns, folded into the previous op
 ``verify``       the artefact against PyTorch on real prompts
 ``honesty``      the quantized artefact's greedy answers to held-out honesty items against fp32's
