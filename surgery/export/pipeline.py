@@ -30,7 +30,7 @@ from .honesty import honesty_check, honesty_items
 from .onnx import EXPORT_RECORD, ONNX_NAME, TASK, export_onnx, export_precision, require_onnx, weights_size_bytes
 from .options import ExportOptions
 from .protect import protect_folder, restored_columns
-from .quantize import INT8_WEIGHT_ONLY_ACCURACY, quantize_int4, quantize_int8, quantize_int8_weight_only
+from .quantize import quantize_int8, quantize_weight_only
 from .verify import (
     VerificationError,
     VerifyThresholds,
@@ -97,20 +97,15 @@ def _materialize(source: ModelSource, scratch: Path, *, trust_remote_code: bool,
 
 def quantize_folder(folder: Path, options: ExportOptions) -> dict:
     """Quantize the exported graph in place as ``options`` ask; returns the record for export.json."""
-    if options.quantize == "int4":
-        return quantize_int4(
+    if options.quantize == "int4" or options.int8_method == "weight-only":
+        int4 = options.quantize == "int4"
+        return quantize_weight_only(
             folder,
+            bits=4 if int4 else 8,
             block_size=options.block_size,
             accuracy_level=options.accuracy_level,
             exclude=options.int8_keep,
-            method=options.int4_method,
-        )
-    if options.int8_method == "weight-only":
-        # level 4 (int8 compute on blocks of the activations): as fast as dynamic int8; without it
-        # onnxruntime dequantizes the weights at every call (1.4 against 9.7 tokens/s on SmolLM2, 1 thread)
-        level = INT8_WEIGHT_ONLY_ACCURACY if options.accuracy_level is None else options.accuracy_level
-        return quantize_int8_weight_only(
-            folder, block_size=options.block_size, accuracy_level=level, exclude=options.int8_keep
+            method=options.int4_method if int4 else "rtn",
         )
     return quantize_int8(folder, exclude=options.int8_keep or None, per_channel=options.int8_per_channel)
 
