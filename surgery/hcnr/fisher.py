@@ -34,9 +34,7 @@ def batched_column_scores(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     (bfloat16 inputs: the matmuls take the CPU's or GPU's bf16 units, the reduction does not round in bf16).
     """
     a = delta @ delta.transpose(1, 2)
-    if x.dtype == torch.float32:
-        return ((a @ x) * x).sum(1)
-    return ((a @ x).float() * x.float()).sum(1)
+    return ((a @ x).float() * x.float()).sum(1)  # .float() of a float32 tensor is that tensor: no copy
 
 
 def per_example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
