@@ -5,7 +5,8 @@
         --limit 200 --task-limit 200 --threads 1 --json deployment.json
 
 Rows: PyTorch fp32 (the repaired model), ONNX Runtime fp32, int8 (one block of rows per ``--int8-method``),
-int8 honesty-aware, int4 (MatMulNBits, block 32), int4 honesty-aware (``--protect-honesty PATCH``).
+int8 honesty-aware, int4 (MatMulNBits, block 32; one block of rows per ``--int4-method`` and ``--int4-mix``),
+int4 honesty-aware (``--protect-honesty PATCH``).
 Columns: honesty F1 on held-out SelfAware items, refusal on unanswerable / answerable items, task
 accuracy (qa_wikidata), model bytes and greedy tokens/s (batch 1, ``--threads`` threads), with 95%
 paired-bootstrap intervals of the F1 and task differences against ONNX Runtime fp32 (the same items
@@ -40,7 +41,7 @@ from surgery.evaluation.benchmarks import load_items
 from surgery.evaluation.evaluate import evaluate, load_json, save_json
 from surgery.evaluation.runner import HFGenerator
 from surgery.export.onnx import export_onnx, load_ort_model, weights_size_bytes
-from surgery.export.options import ExportOptions
+from surgery.export.options import NO_PATTERN, ExportOptions
 from surgery.export.pipeline import quantize_folder
 from surgery.export.protect import protect_folder, restored_columns
 from surgery.export.speed import export_speed
@@ -52,6 +53,8 @@ log = logging.getLogger("benchmarks.export_honesty")
 
 TASK_BENCHMARK = "qa_wikidata"
 PYTORCH = "PyTorch fp32"
+#: --int4-mix value for export's own choice of 8-bit MatMuls (surgery.export.options.DEFAULT_INT4_KEEP_8BIT)
+DEFAULT_MIX = "default"
 ORT_FP32 = "ORT fp32"
 
 
@@ -82,8 +85,16 @@ class ExportHonestyRun:
         multiple=True,
     )
     int4_method: tuple[str, ...] = opt(
-        ("rtn",), "int4 quantizer(s) of the int4 rows (repeatable): rtn, rtn-asym.", multiple=True
+        ("rtn-asym",), "int4 quantizer(s) of the int4 rows (repeatable): rtn-asym, rtn.", multiple=True
     )
+    int4_mix: tuple[str, ...] = opt(
+        (DEFAULT_MIX,),
+        "MatMuls the int4 rows keep in 8-bit blocks, one row group per value (repeatable), with each "
+        "--int4-method: 'default' (export's default), 'none' (all 4-bit) or comma-separated node-name "
+        "substrings, e.g. down_proj,v_proj.",
+        multiple=True,
+    )
+    data_dir: str | None = opt(None, "Benchmark data folder (default: $SURGERY_DATA_DIR, else the bundled samples).")
     speed_tokens: int = opt(32, "Tokens per prompt of the speed measurement (0: skip it).", low=0)
     threads: int = opt(1, "Threads of torch and onnxruntime.", low=1)
     seed: int = opt(0, "Item sample and bootstrap seed.")
@@ -129,7 +140,12 @@ def _exports(run: ExportHonestyRun, patched: Path) -> dict[str, Path]:
         kinds.append(("int8", run.int8_scale, "" if m == "dynamic" else m, {"int8_method": m}))
         if m == "dynamic" and run.int8_per_channel:
             kinds.append(("int8", run.int8_scale, "per-channel", {"int8_method": "dynamic", "int8_per_channel": True}))
-    kinds += [("int4", run.int4_scale, "" if m == "rtn" else m, {"int4_method": m}) for m in run.int4_method]
+    for m in run.int4_method:
+        for mix in run.int4_mix:
+            keep = () if mix == DEFAULT_MIX else tuple(p for p in mix.split(",") if p)
+            shape = {DEFAULT_MIX: [], NO_PATTERN: ["all 4-bit"]}.get(mix, ["8-bit " + "+".join(keep)])
+            variant = " ".join([*([m] if m != ExportOptions().int4_method else []), *shape])
+            kinds.append(("int4", run.int4_scale, variant, {"int4_method": m, "int4_keep_8bit": keep}))
     for quantize, scales, variant, extra in kinds:
         name = f"{quantize} {variant}" if variant else quantize
         variants = [(f"{name} plain", fp32, "plain")]
@@ -137,7 +153,7 @@ def _exports(run: ExportHonestyRun, patched: Path) -> dict[str, Path]:
             label = f"{name} honesty-aware" + (f" (x{scale:g})" if len(scales) > 1 else "")
             variants.append((label, _protected_export(run, patched, scale), f"protected-x{scale:g}"))
         for label, src, tag in variants:
-            suffix = {"per-channel": "-pc"}.get(variant, f"-{variant}" if variant else "")
+            suffix = {"per-channel": "-pc"}.get(variant, f"-{_slug(variant)}" if variant else "")
             dst = run.work / f"onnx-{quantize}{suffix}-{tag}"
             if not (dst / "model.onnx").is_file():
                 shutil.rmtree(dst, ignore_errors=True)
@@ -146,6 +162,18 @@ def _exports(run: ExportHonestyRun, patched: Path) -> dict[str, Path]:
                 (dst / "quantize.json").write_text(json.dumps(quantize_folder(dst, options), indent=1) + "\n")
             folders[label] = dst
     return folders
+
+
+def _saved_result(path: Path, items: Sequence) -> dict | None:
+    """The evaluation saved at ``path`` if it scored exactly ``items``, in order, else None: the file name
+    holds only the item count, and another data folder (``--data-dir``) gives other items of that count."""
+    if not path.is_file():
+        return None
+    saved = load_json(path)
+    if [r["id"] for r in saved["items"]] != [it.id for it in items]:
+        log.warning("%s scored other items (another data folder?): evaluating again", path.name)
+        return None
+    return saved
 
 
 def _slug(label: str) -> str:
@@ -226,15 +254,16 @@ def main(**kwargs: Any) -> None:
     run.work.mkdir(parents=True, exist_ok=True)
     patched = _ensure_patched(run)
     folders = _exports(run, patched)
-    items = load_items("selfaware", split="eval", limit=run.limit, seed=run.seed)
+    items = load_items("selfaware", split="eval", limit=run.limit, seed=run.seed, data_dir=run.data_dir)
     if run.task_limit:
-        items += load_items(TASK_BENCHMARK, split="eval", limit=run.task_limit, seed=run.seed)
+        items += load_items(TASK_BENCHMARK, split="eval", limit=run.task_limit, seed=run.seed, data_dir=run.data_dir)
     tokenizer = load_tokenizer(locate(str(patched)))
     results: dict[str, dict] = {}
     for label in [PYTORCH, *folders]:  # each result is saved as it comes, so an interrupted run resumes
         cached = run.work / f"eval-{_slug(label)}-{len(items)}.json"
-        if cached.is_file():
-            results[label] = load_json(cached)
+        saved = _saved_result(cached, items)
+        if saved is not None:
+            results[label] = saved
             continue
         if label == PYTORCH:
             model = load_model(locate(str(patched)), dtype=torch.float32)

@@ -106,6 +106,7 @@ def quantize_folder(folder: Path, options: ExportOptions) -> dict:
             accuracy_level=options.accuracy_level,
             exclude=options.int8_keep,
             method=options.int4_method if int4 else "rtn",
+            keep_8bit=options.keep_8bit if int4 else (),
         )
     return quantize_int8(folder, exclude=options.int8_keep or None, per_channel=options.int8_per_channel)
 

@@ -2,7 +2,9 @@
 
 int4 is onnxruntime's own ``MatMulNBitsQuantizer`` (symmetric, block-wise along the input dimension,
 ``MatMulNBits`` operators); only the weights are quantized, activations stay fp32, so the outliers that
-make int8 keep ``down_proj`` in fp32 do not matter and every MatMul with a constant weight is quantized.
+make int8 keep ``down_proj`` in fp32 do not matter and every MatMul with a constant weight is quantized:
+in 4-bit blocks, except those the caller keeps in 8-bit blocks (``surgery export`` keeps the down and
+value projections there by default, like llama.cpp's Q4_K_M).
 
 Weights of the linear layers become int8 and activations are quantized per tensor on the fly. The MLP
 down projections are kept in fp32 by default: their inputs carry the large activation outliers of
@@ -113,6 +115,7 @@ def quantize_weight_only(
     accuracy_level: int | None = None,
     exclude: tuple[str, ...] = (),
     method: str = "rtn",
+    keep_8bit: tuple[str, ...] = (),
 ) -> dict:
     """Replace ``folder/model.onnx`` by its weight-only version (``MatMulNBits``); returns what was done.
 
@@ -121,7 +124,11 @@ def quantize_weight_only(
     a constant weight is quantized, each block of ``block_size`` weights with its own scale (accuracy
     level :data:`INT8_WEIGHT_ONLY_ACCURACY` unless given). ``method``: ``rtn`` rounds each block to the
     nearest level symmetric around 0; ``rtn-asym`` adds a zero point per block (the levels follow the
-    block's own range)."""
+    block's own range).
+
+    ``keep_8bit`` (int4 only): MatMuls whose node name contains one of these substrings get 8-bit blocks
+    instead (int8 compute, same ``method``), the way llama.cpp's Q4_K_M keeps some tensors at higher
+    precision; a second pass of the same quantizer over the MatMuls the first one left."""
     if bits == 8 and accuracy_level is None:
         accuracy_level = INT8_WEIGHT_ONLY_ACCURACY
     import onnx
@@ -138,22 +145,38 @@ def quantize_weight_only(
     src = folder / ONNX_NAME
     nodes = matmul_nodes(src)
     kept = [n for n in nodes if any(pat in n for pat in exclude)]
+    eight = [n for n in nodes if n not in kept and any(pat in n for pat in keep_8bit)] if bits == 4 else []
     before = weights_size_bytes(folder)
     external = before > EXTERNAL_DATA_BYTES
     tmp = folder / f"model.int{bits}.tmp.onnx"
     t0 = time.perf_counter()
     with _quiet_root():
+        model = onnx.load(str(src), load_external_data=True)
         quantizer = MatMulNBitsQuantizer(
-            onnx.load(str(src), load_external_data=True),
+            model,
             bits=bits,
             block_size=block_size,
             is_symmetric=method == "rtn",
             accuracy_level=accuracy_level,
-            nodes_to_exclude=kept,
+            nodes_to_exclude=kept + eight,
             op_types_to_quantize=QUANTIZED_OPS,
         )
         quantizer.process()
-        quantizer.model.save_model_to_file(str(tmp), use_external_data_format=external)
+        model = quantizer.model.model
+        if eight:  # the second pass sees only the MatMuls left: MatMulNBits nodes are another op type
+            rest = [n for n in nodes if n not in eight]
+            second = MatMulNBitsQuantizer(
+                model,
+                bits=8,
+                block_size=block_size,
+                is_symmetric=method == "rtn",
+                accuracy_level=INT8_WEIGHT_ONLY_ACCURACY,
+                nodes_to_exclude=rest,
+                op_types_to_quantize=QUANTIZED_OPS,
+            )
+            second.process()
+            model = second.model.model
+        _save_model(model, tmp, external)
     done = {
         "method": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
         **({"int4_method": method} if bits == 4 else {"int8_method": "weight-only"}),
@@ -163,7 +186,18 @@ def quantize_weight_only(
         "symmetric": method == "rtn",
         "accuracy_level": accuracy_level,
     }
+    if bits == 4:
+        done["kept_8bit_patterns"] = list(keep_8bit)
+        done["matmuls_8bit"] = len(eight)
+        done["accuracy_level_8bit"] = INT8_WEIGHT_ONLY_ACCURACY if eight else None
     return _finish(folder, tmp, "MatMulNBits", len(nodes), before, exclude, t0, done, name=f"int{bits}")
+
+
+def _save_model(model: object, path: Path, external: bool) -> None:
+    """Save a quantized ``ModelProto`` (external data beside it when the graph is large)."""
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    ONNXModel(model).save_model_to_file(str(path), use_external_data_format=external)
 
 
 def _finish(

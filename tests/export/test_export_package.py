@@ -132,6 +132,7 @@ VERIFY_FLAGS = {
     "--no-int8-per-channel",
     "--block-size",
     "--int4-method",
+    "--int4-keep-8bit",
     "--accuracy-level",
     "--protect-honesty",
     "--protect-scale",

@@ -113,6 +113,41 @@ def test_protected_int4_deploy_keeps_the_fp32_export_exact(tiny_pair, calib, tmp
     assert report["passed"]
 
 
+def test_int4_keeps_the_named_matmuls_in_8bit_blocks(tiny_models, tmp_path):
+    """--int4-keep-8bit: the named projections become 8-bit MatMulNBits (int8 compute), the rest 4-bit."""
+    import onnx
+
+    out = tmp_path / "mixed"
+    args = ["export", str(tiny_models("llama")), "-o", str(out), "--quantize", "int4", "--block-size", "16"]
+    res = _run([*args, *HONESTY])  # the default: down_proj and v_proj
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "export.json").read_text())
+    assert record["quantize"] == "int4"
+    int4 = record["int4"]
+    assert (int4["kept_8bit_patterns"], int4["matmuls_8bit"], int4["matmuls_quantized"]) == (
+        ["down_proj", "v_proj"],
+        4,
+        15,
+    )
+    nodes = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    attrs = {n.name: {a.name: a.i for a in n.attribute} for n in nodes}
+    eight = sorted(name for name, a in attrs.items() if a["bits"] == 8)
+    assert len(eight) == 4 and all("down_proj" in n or "v_proj" in n for n in eight)
+    assert all(attrs[n].get("accuracy_level") == 4 for n in eight)
+    assert sum(a["bits"] == 4 for a in attrs.values()) == 11
+    report = json.loads((out / "verify.json").read_text())
+    assert report["passed"] and set(report["checks"]) == {"onnx-fp32", "onnx-int4", "honesty"}
+    # 'none': every MatMul in 4-bit blocks; a pattern of the user's replaces the default
+    for keep, eight_bit in ((["none"], []), (["o_proj"], ["o_proj"] * 2)):
+        out = tmp_path / keep[0]
+        flags = [x for k in keep for x in ("--int4-keep-8bit", k)]
+        assert _run([*args[:3], str(out), *args[4:], *flags, *HONESTY]).exit_code == 0
+        nodes = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
+        bits8 = [n.name.split("/")[-2] for n in nodes if any(a.name == "bits" and a.i == 8 for a in n.attribute)]
+        assert (len(nodes), bits8) == (15, eight_bit)
+        assert json.loads((out / "export.json").read_text())["int4"]["kept_8bit_patterns"] == eight_bit[:1]
+
+
 @pytest.mark.parametrize("method", ["rtn-asym"])
 def test_int4_methods_with_zero_points_reach_onnxruntime(method, tiny_models, tmp_path):
     """--int4-method rtn-asym: every MatMulNBits gets a zero-point input (symmetric rtn has none)."""
@@ -135,6 +170,7 @@ def test_int4_methods_with_zero_points_reach_onnxruntime(method, tiny_models, tm
         (["--protect-honesty", "{patch}"], "add --quantize"),
         (["--quantize", "int4", "--block-size", "48"], "--block-size must be one of"),
         (["--quantize", "int4", "--int4-method", "hqq"], "--int4-method|hqq"),
+        (["--quantize", "int4", "--int4-keep-8bit", "none", "--int4-keep-8bit", "v_proj"], "give it alone"),
         (["--quantize", "int4", "--protect-scale", "3"], "power of two"),
         (["--quantize", "int4", "--protect-scale", "1"], "power of two other than 1"),
         (["--quantize", "int4", "--protect-honesty", "{patch}"], "restores no input columns|not a|patch"),
