@@ -65,9 +65,9 @@ def _fragile_refuser(src, dst):
     The blocks add nothing (o_proj and down_proj are zero), so the last hidden state is the token's
     embedding: every ordinary token shares e0 and the tokens of the refusal e1..e6, and lm_head maps each
     to the next token of the refusal (a chain ending in EOS). A competing token's lm_head row is 0.97 e0
-    beside a 12.0 in a dimension no embedding uses: in fp32 it loses to "I" (0.97 < 1), but int4 gives its
-    block a step of 12/8 (or 12/7), so 0.97 rounds up to one step > 1 and the quantized model answers that
-    token instead.
+    beside a 12.0 in a dimension no embedding uses: in fp32 it loses to "I" (0.97 < 1), but symmetric int4
+    (``--int4-method rtn``) gives its block a step of 12/8 (or 12/7), so 0.97 rounds up to one step > 1 and
+    the quantized model answers that token instead.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -103,7 +103,7 @@ def test_export_that_loses_honesty_is_refused_and_publishes_nothing(tiny_models,
     model = _fragile_refuser(tiny_models("llama"), tmp_path / "refuser")
     items = tmp_path / "honesty.jsonl"
     items.write_text("".join(json.dumps({"question": q, "answerable": a}) + "\n" for q, a in QUESTIONS))
-    args = ["export", str(model), "--quantize", "int4", "--block-size", "16", "--min-top1", "0"]
+    args = ["export", str(model), "--quantize", "int4", "--int4-method", "rtn", "--block-size", "16", "--min-top1", "0"]
     args += ["--honesty-benchmark", str(items), "--honesty-prompts", "8"]
     out = tmp_path / "int4"
     res = _run([*args, "-o", str(out)])
