@@ -76,8 +76,8 @@ class ExportOptions:
     )
     int8_method: str = opt(
         "weight-only",
-        "int8: weights in 8-bit blocks of --block-size, every MatMul (weight-only; kept honesty within 0.2 F1 "
-        "on both bundled pairs), or weights and activations in int8 per tensor, down_proj kept fp32 (dynamic).",
+        "int8: weights in 8-bit blocks of --block-size, every MatMul (weight-only; kept honesty within 1 F1 "
+        "point on both bundled pairs), or weights and activations in int8 per tensor, down_proj kept fp32 (dynamic).",
         choices=INT8_METHODS,
     )
     int8_per_channel: bool = opt(
