@@ -140,11 +140,12 @@ def _exports(run: ExportHonestyRun, patched: Path) -> dict[str, Path]:
         kinds.append(("int8", run.int8_scale, "" if m == "dynamic" else m, {"int8_method": m}))
         if m == "dynamic" and run.int8_per_channel:
             kinds.append(("int8", run.int8_scale, "per-channel", {"int8_method": "dynamic", "int8_per_channel": True}))
+    default_method = ExportOptions().int4_method  # rows of export's own method do not repeat its name
     for m in run.int4_method:
         for mix in run.int4_mix:
             keep = () if mix == DEFAULT_MIX else tuple(p for p in mix.split(",") if p)
             shape = {DEFAULT_MIX: [], NO_PATTERN: ["all 4-bit"]}.get(mix, ["8-bit " + "+".join(keep)])
-            variant = " ".join([*([m] if m != ExportOptions().int4_method else []), *shape])
+            variant = " ".join([*([m] if m != default_method else []), *shape])
             kinds.append(("int4", run.int4_scale, variant, {"int4_method": m, "int4_keep_8bit": keep}))
     for quantize, scales, variant, extra in kinds:
         name = f"{quantize} {variant}" if variant else quantize

@@ -1,8 +1,8 @@
-"""onnxruntime quantization of an exported folder, in place: dynamic int8 or weight-only int4.
+"""onnxruntime quantization of an exported folder, in place: weight-only int8/int4 or dynamic int8.
 
-int4 is onnxruntime's own ``MatMulNBitsQuantizer`` (symmetric, block-wise along the input dimension,
-``MatMulNBits`` operators); only the weights are quantized, activations stay fp32, so the outliers that
-make int8 keep ``down_proj`` in fp32 do not matter and every MatMul with a constant weight is quantized:
+int4 is onnxruntime's own ``MatMulNBitsQuantizer`` (round to nearest, block-wise along the input dimension,
+``MatMulNBits`` operators); only the weights are quantized, activations stay fp32, so the outliers that make
+int8 keep ``down_proj`` in fp32 do not matter and every MatMul with a constant weight is quantized:
 in 4-bit blocks, except those the caller keeps in 8-bit blocks (``surgery export`` keeps the down and
 value projections there by default, like llama.cpp's Q4_K_M).
 
@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import MissingExtraError
 from .onnx import INSTALL_HINT, ONNX_NAME, onnx_files, weights_size_bytes
@@ -150,40 +151,35 @@ def quantize_weight_only(
     external = before > EXTERNAL_DATA_BYTES
     tmp = folder / f"model.int{bits}.tmp.onnx"
     t0 = time.perf_counter()
-    with _quiet_root():
-        model = onnx.load(str(src), load_external_data=True)
+    symmetric = method == "rtn"
+
+    def quantized(model: Any, n_bits: int, level: int | None, skip: list[str]) -> Any:
+        """One pass of onnxruntime's quantizer over the MatMuls not in ``skip`` (its ``ONNXModel``)."""
         quantizer = MatMulNBitsQuantizer(
             model,
-            bits=bits,
+            bits=n_bits,
             block_size=block_size,
-            is_symmetric=method == "rtn",
-            accuracy_level=accuracy_level,
-            nodes_to_exclude=kept + eight,
+            is_symmetric=symmetric,
+            accuracy_level=level,
+            nodes_to_exclude=skip,
             op_types_to_quantize=QUANTIZED_OPS,
         )
         quantizer.process()
-        model = quantizer.model.model
+        return quantizer.model
+
+    with _quiet_root():
+        result = quantized(onnx.load(str(src), load_external_data=True), bits, accuracy_level, kept + eight)
         if eight:  # the second pass sees only the MatMuls left: MatMulNBits nodes are another op type
             rest = [n for n in nodes if n not in eight]
-            second = MatMulNBitsQuantizer(
-                model,
-                bits=8,
-                block_size=block_size,
-                is_symmetric=method == "rtn",
-                accuracy_level=INT8_WEIGHT_ONLY_ACCURACY,
-                nodes_to_exclude=rest,
-                op_types_to_quantize=QUANTIZED_OPS,
-            )
-            second.process()
-            model = second.model.model
-        _save_model(model, tmp, external)
+            result = quantized(result.model, 8, INT8_WEIGHT_ONLY_ACCURACY, rest)
+        result.save_model_to_file(str(tmp), use_external_data_format=external)
     done = {
         "method": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
         **({"int4_method": method} if bits == 4 else {"int8_method": "weight-only"}),
         "algorithm": "round-to-nearest",
         "bits": bits,
         "block_size": block_size,
-        "symmetric": method == "rtn",
+        "symmetric": symmetric,
         "accuracy_level": accuracy_level,
     }
     if bits == 4:
@@ -191,13 +187,6 @@ def quantize_weight_only(
         done["matmuls_8bit"] = len(eight)
         done["accuracy_level_8bit"] = INT8_WEIGHT_ONLY_ACCURACY if eight else None
     return _finish(folder, tmp, "MatMulNBits", len(nodes), before, exclude, t0, done, name=f"int{bits}")
-
-
-def _save_model(model: object, path: Path, external: bool) -> None:
-    """Save a quantized ``ModelProto`` (external data beside it when the graph is large)."""
-    from onnxruntime.quantization.onnx_model import ONNXModel
-
-    ONNXModel(model).save_model_to_file(str(path), use_external_data_format=external)
 
 
 def _finish(
