@@ -2,13 +2,22 @@
 
 Layers that read the same input tensor (q/k/v, gate/up) are detected at run time by tensor identity
 and share one accumulator, so no family-specific wiring is needed.
+
+The sums need every selected layer's input, so they take one more forward pass over the SFT model's
+cached block inputs, after selection. When the Fisher scores are taken at the SFT model, the backward
+stream already recomputes every block on exactly those inputs: for models whose Hessians of every layer
+are small on disk (:data:`FUSE_LIMIT_BYTES`), :class:`FusedHessians` sums them there, for every layer
+before selection is known, and the compensation reads the selected ones back (the same float32 sums in
+the same order, so the same patch) instead of running that pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +26,9 @@ from torch import nn
 
 from ..linear_layers import LinearLayer
 from .options import PatchOptions
-from .skeleton import Block
+from .skeleton import Block, ModelSkeleton
 from .stream import Stream
+from .workdir import WorkFolder
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +175,14 @@ def needs_hessians(options: PatchOptions) -> bool:
     return options.neuron == "column" or options.compensation == "protect"
 
 
+def hessian_sets(options: PatchOptions) -> dict[str, tuple[str, ...]]:
+    """The Hessians the chosen compensation needs ("objective", and "task" for protect) -> the calibration
+    sets each one sums, in the order they are summed."""
+    if options.compensation == "protect":
+        return {"objective": ("hon",), "task": ("task",)}
+    return {"objective": {"both": ("hon", "task"), "hon": ("hon",), "task": ("task",)}[options.hessian_data]}
+
+
 def block_hessians(
     streams: dict[str, Stream],
     block: Block,
@@ -174,15 +192,27 @@ def block_hessians(
 ) -> Hessians:
     """Stage 2a for one block: the Hessians the chosen compensation needs, from the SFT's cached inputs.
 
-    With several processes each sums its own batches and ``reduce`` gathers the sums on the block's owner."""
-    with streams["hon"].skel.block(block) as module:
-        if options.compensation == "protect":
-            return Hessians(
-                _collect(module, [streams["hon"]], block, layers, reduce),
-                _collect(module, [streams["task"]], block, layers, reduce),
-            )
-        which = {"both": ("hon", "task"), "hon": ("hon",), "task": ("task",)}[options.hessian_data]
-        return Hessians(_collect(module, [streams[w] for w in which], block, layers, reduce))
+    Those the backward stream summed already (:class:`FusedHessians`) are read back; the others take one
+    forward pass through the block. With several processes each sums its own batches and ``reduce``
+    gathers the sums on the block's owner."""
+    fused = FusedHessians.read(streams["hon"].work, block, layers) if reduce is None else {}
+    rest = [layer for layer in layers if not all(layer.weight in h.by_layer for h in fused.values())]
+    if not fused or rest:
+        # the backward stream's attention kernels: sums taken here equal those it would have fused, bit for bit
+        with streams["hon"].skel.block(block, backward=True) as module:
+            computed = {
+                name: _collect(module, [streams[w] for w in which], block, rest if fused else layers, reduce)
+                for name, which in hessian_sets(options).items()
+            }
+        fused = {name: _merged(fused.get(name), h) for name, h in computed.items()}
+    return Hessians(fused["objective"], fused.get("task"))
+
+
+def _merged(a: HessianSet | None, b: HessianSet) -> HessianSet:
+    """Two Hessian sets of different layers of one block as one."""
+    if a is None:
+        return b
+    return HessianSet({**a.by_layer, **b.by_layer}, max(a.tokens, b.tokens), a.groups + b.groups)
 
 
 def _collect(
@@ -200,3 +230,135 @@ def _collect(
             passes.append((batch.attention_mask, functools.partial(run, module, x, s.returns_tuple)))
     skel = streams[0].skel
     return collect_hessians(skel.modules, layers, passes, device=skel.device, reduce=reduce)
+
+
+#: Hessians summed during the backward stream are kept on disk only up to this size for the whole model
+#: (float32, both sets for protect; counted per layer, an upper bound where layers share an input). Above
+#: it (models of about 0.5B parameters and more) the compensation's own forward pass is cheaper than
+#: writing and reading them back: an 8B model's would take about 65 GB.
+FUSE_LIMIT_BYTES = 2 * 2**30
+
+
+def fused_layers(block: Block) -> list[LinearLayer]:
+    """The layers whose Hessians the backward stream sums: those reading the block's narrowest input (the
+    residual stream in a transformer: q/k/v, gate/up, and o where the heads are as wide).
+
+    A wider input's Hessian costs more to sum than the matmul it feeds (an MLP's down projection: in² against
+    in·out, 7x SmolLM2's other Hessians) and selection often leaves those layers out (SmolLM2's recipe keeps 2
+    of 30), so they are summed after selection, only where selected."""
+    narrowest = min(layer.in_features for layer in block.layers)
+    return [layer for layer in block.layers if layer.in_features == narrowest]
+
+
+def fused_hessian_bytes(blocks: Iterable[Block], options: PatchOptions) -> int:
+    """Disk the fused Hessians of ``blocks`` take (upper bound: every layer counted apart)."""
+    per_set = sum(layer.in_features**2 for block in blocks for layer in fused_layers(block))
+    return 4 * per_set * len(hessian_sets(options))
+
+
+def fuses_hessians(options: PatchOptions, blocks: Iterable[Block], world_size: int) -> bool:
+    """Whether the backward stream sums the Hessians (:class:`FusedHessians`) for this run.
+
+    It must recompute the SFT model on the compensation's own inputs (Fisher at the SFT model), the run must
+    need Hessians, and it must be one process (several ranks would have to agree block by block on which
+    parts each has; their Hessian pass stays separate)."""
+    return (
+        options.selection == "fisher"
+        and options.fisher_at == "sft"
+        and needs_hessians(options)
+        and world_size == 1
+        and fused_hessian_bytes(blocks, options) <= FUSE_LIMIT_BYTES
+    )
+
+
+@dataclass
+class _Tap:
+    """One accumulator fed by the block's recompute in the backward stream (a :class:`~.stream.PassTap`)."""
+
+    acc: _GroupedAccumulator
+    layers: list[LinearLayer]
+    modules: dict[str, nn.Module]
+
+    def start_pass(self, attention_mask: torch.Tensor) -> None:
+        self.acc.start_pass(attention_mask.to(self.acc.device))
+
+    @contextlib.contextmanager
+    def hooks(self) -> Iterator[None]:
+        handles = [self.modules[layer.module].register_forward_hook(self._hook(layer)) for layer in self.layers]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            self.acc.alive.clear()
+
+    def _hook(self, layer: LinearLayer) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        feed = self.acc.hook(layer)
+
+        def on_forward(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            with torch.no_grad():
+                feed(mod, args, out)
+
+        return on_forward
+
+
+class FusedHessians:
+    """The Hessian sums of every layer, taken while the backward stream recomputes each SFT block (a
+    :class:`~.stream.BlockTaps`), one work-folder part per block: the raw float32 sums and token counts.
+
+    The sums run over the same batches in the same order as :func:`block_hessians` would run them (D_hon's
+    then D_task's for ``--hessian-data both``), so the compensation gets the same float32 sums. A block
+    whose sets were not all recomputed in this run (a resumed Fisher stage) gets no part: its Hessians are
+    computed after selection as without fusion."""
+
+    def __init__(self, work: WorkFolder, skel: ModelSkeleton, options: PatchOptions) -> None:
+        self.work, self.skel, self.sets = work, skel, hessian_sets(options)
+        self.block_index: int | None = None
+        self.accs: dict[str, _GroupedAccumulator] = {}
+
+    @staticmethod
+    def part_name(block: Block) -> str:
+        return f"hessians/{block.index:04d}"
+
+    def taps(self, block: Block, set_name: str) -> Sequence[_Tap]:
+        """Accumulators of the Hessians that sum ``set_name``, fresh ones when a new block starts."""
+        if self.block_index != block.index:
+            self.block_index = block.index
+            self.accs = {name: _GroupedAccumulator(torch.float32, self.skel.device) for name in self.sets}
+        layers = fused_layers(block)
+        return [_Tap(self.accs[n], layers, self.skel.modules) for n, which in self.sets.items() if set_name in which]
+
+    def finish(self, block: Block, recomputed: Sequence[str]) -> None:
+        """Write the block's sums as one part when every set they need ran through it in this run."""
+        if all(w in recomputed for which in self.sets.values() for w in which) and self.block_index == block.index:
+            tensors, meta = {}, {}
+            for name, acc in self.accs.items():
+                tensors.update({f"{name}::{g}": a for g, a in enumerate(acc.accs)})
+                meta[name] = {"group_of": acc.group_of, "counts": acc.counts}
+            self.work.save(self.part_name(block), tensors, {"hessians": json.dumps(meta)})
+        self.block_index, self.accs = None, {}
+
+    @classmethod
+    def read(cls, work: WorkFolder, block: Block, layers: list[LinearLayer]) -> dict[str, HessianSet]:
+        """The Hessians of those of ``layers`` (selected, in ``block``) the block's part holds, per Hessian
+        ("objective", "task"); empty when there is no part.
+
+        Only the groups of selected layers are read and finished, numbered in the order the forward pass met
+        them, as :func:`collect_hessians` would have numbered them."""
+        name = cls.part_name(block)
+        if not work.has(name):
+            return {}
+        sets: dict[str, HessianSet] = {}
+        wanted = {layer.weight for layer in layers}
+        for key, recorded in json.loads(work.meta(name)["hessians"]).items():
+            acc = _GroupedAccumulator(torch.float32, torch.device("cpu"))
+            renumber: dict[int, int] = {}
+            for weight, g in recorded["group_of"].items():
+                if weight in wanted:
+                    if g not in renumber:
+                        renumber[g] = len(acc.accs)
+                        acc.accs.append(work.load_one(name, f"{key}::{g}"))
+                        acc.counts.append(int(recorded["counts"][g]))
+                    acc.group_of[weight] = renumber[g]
+            sets[key] = acc.result()
+        return sets

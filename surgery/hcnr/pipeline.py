@@ -37,7 +37,7 @@ from .calibration import CalibrationSets, dataset_fingerprint, load_calibration_
 from .compensation import compensate_layers
 from .distributed import World
 from .fisher import FisherScores
-from .hessian import block_hessians, needs_hessians
+from .hessian import FusedHessians, block_hessians, fuses_hessians, needs_hessians
 from .options import ComputeOptions, PatchOptions
 from .parts import PatchParts, part_name, save_part
 from .plan import Plan, available, estimate, require_fits
@@ -175,16 +175,21 @@ def plan_patch(
 def _fisher_stage(
     timer: StageTimer, run: _Run, work: WorkFolder, sets: CalibrationSets, options: PatchOptions
 ) -> FisherScores:
-    """Stage 1a, streamed: forward through every block, then the exact Fisher sums from the top down.
+    """Stage 1a, streamed: forward through every block, then the exact Fisher sums from the top down
+    (and, where :func:`~.hessian.fuses_hessians` says so, every layer's Hessian sums on the way).
 
     Random selection needs no scores (and gets no such stage)."""
     if options.selection != "fisher":
         return FisherScores()
+    skel = run.skeleton(options.fisher_at)
     streams = run.streams(options.fisher_at, work, sets)
+    fused = FusedHessians(work, skel, options) if fuses_hessians(options, skel.blocks, run.world.size) else None
+    if fused is not None:
+        log.info("summing every layer's Hessians during the Fisher pass (no separate Hessian pass)")
     with timer.stage("forward"):
         forward_streams([streams["hon"], streams["task"]])
     with timer.stage("fisher"):
-        hon, task = fisher_streams([streams["hon"], streams["task"]], rows=options.neuron == "row")
+        hon, task = fisher_streams([streams["hon"], streams["task"]], rows=options.neuron == "row", taps=fused)
     return FisherScores.of(run.world.sum_fisher(hon), run.world.sum_fisher(task), options.neuron)
 
 
@@ -220,6 +225,7 @@ def _compensation_stage(
             with timer.stage("compensation", log_each=False):
                 patched = compensate_layers(by_block[i], selection.neurons, hessians, weights, options)
                 save_part(work, i, patched, hessians)
+        work.delete(FusedHessians.part_name(block))
         del hessians
         release_freed_memory()
     world.barrier()

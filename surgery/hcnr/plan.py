@@ -19,7 +19,7 @@ import torch
 
 from ..errors import SurgeryError
 from .calibration import CalibrationSets
-from .hessian import needs_hessians
+from .hessian import fused_hessian_bytes, fuses_hessians, needs_hessians
 from .options import ComputeOptions, PatchOptions
 from .skeleton import ModelSkeleton
 
@@ -86,6 +86,8 @@ def estimate(skel: ModelSkeleton, sets: CalibrationSets, options: PatchOptions, 
     host = IMPORT_BASELINE + (4 * acts if on_gpu else working)
     streams = 2 if options.fisher_at == "base" and needs_hessians(options) else 1
     disk = streams * 2 * (len(skel.blocks) + 1) * acts + 2 * acts
+    if fuses_hessians(options, skel.blocks, world_size=1):  # every narrow layer's Hessian sums, until solved
+        disk += fused_hessian_bytes(skel.blocks, options)
     flops = 2.0 * blocks_total * tokens * (4 * streams + (1 if needs_hessians(options) else 0))
     return Plan(host, working if on_gpu else 0, disk, flops, len(skel.blocks), tokens, detail)
 

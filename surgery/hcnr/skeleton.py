@@ -128,29 +128,36 @@ class ModelSkeleton:
         return t.to(device=self.device, dtype=self.dtype if t.is_floating_point() else t.dtype)
 
     @contextlib.contextmanager
-    def block(self, block: Block) -> Iterator[nn.Module]:
+    def block(self, block: Block, backward: bool = False) -> Iterator[nn.Module]:
         """``block``'s module with its weights loaded; they are dropped (back to meta) on exit.
 
-        Whatever runs the block inside runs under :func:`attention_kernels` for this device and dtype."""
+        Whatever runs the block inside runs under :func:`attention_kernels` for this device and dtype and
+        whether it is backpropagated through (``backward``; also for a pass that must give the same bits as
+        one that is)."""
         module = self.block_module(block)
         names = [n for n, _ in module.named_parameters()]
         _set_params(module, {n: self._read(f"{block.name}.{n}") for n in names})
         try:
-            with attention_kernels(self.device, self.dtype):
+            with attention_kernels(self.device, self.dtype, backward):
                 yield module
         finally:
             _set_params(module, {n: torch.empty(_param(module, n).shape, device="meta") for n in names})
             release_freed_memory()
 
 
-def attention_kernels(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[object]:
-    """The scaled-dot-product attention kernels a block runs with: torch's choice, except bfloat16 on a CPU.
+def attention_kernels(
+    device: torch.device, dtype: torch.dtype, backward: bool = True
+) -> contextlib.AbstractContextManager[object]:
+    """The scaled-dot-product attention kernels a block runs with: torch's choice, except bfloat16 on a CPU
+    when the block is backpropagated through.
 
     There torch picks its flash-attention kernel, whose bf16 backward is 2-4x slower than its float32 one
     (measured on a Xeon with AMX, SmolLM2's 9 heads x 64, 70-90 tokens: it made the bf16 Fisher pass barely
     faster than float32); the plain math kernel runs the two attention matmuls on the bf16 units instead.
-    float32 and GPUs keep torch's choice, so their results do not change."""
-    if device.type != "cpu" or dtype != torch.bfloat16:
+    Forward-only passes keep flash: its bf16 forward is 5x faster than the math kernel's (0.9 against 4.8 ms
+    for 8 x 9 heads x 64 tokens x 64 on one thread). float32 and GPUs keep torch's choice, so their results
+    do not change."""
+    if device.type != "cpu" or dtype != torch.bfloat16 or not backward:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

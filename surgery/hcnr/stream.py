@@ -9,7 +9,10 @@ gradient, fold the per-example gradients into the Fisher sums, and pass the inpu
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -20,6 +23,26 @@ from .capture import BatchCalls, block_returns_tuple, capture_batch, head_losses
 from .fisher import FisherSums, LayerFisher
 from .skeleton import Block, ModelSkeleton
 from .workdir import WorkFolder
+
+
+class PassTap(Protocol):
+    """Something that watches a block's recompute in the backward stream through its own forward hooks."""
+
+    def start_pass(self, attention_mask: torch.Tensor) -> None:
+        """A new batch is about to run through the block."""
+
+    def hooks(self) -> contextlib.AbstractContextManager[object]:
+        """Its hooks, attached for the duration."""
+
+
+class BlockTaps(Protocol):
+    """What else the backward stream's recompute of a block feeds (the Hessians, when they are fused into it)."""
+
+    def taps(self, block: Block, set_name: str) -> Sequence[PassTap]:
+        """The taps to run while ``set_name``'s batches are recomputed through ``block``."""
+
+    def finish(self, block: Block, recomputed: Sequence[str]) -> None:
+        """The block is done; ``recomputed`` names the sets that ran through it in this run."""
 
 
 def _key(b: int) -> str:
@@ -93,15 +116,22 @@ class Stream:
             grads[_key(b)] = leaf.grad
         self.work.save(self.grad_name(n), grads)
 
-    def backward_block(self, module: nn.Module, block: Block, rows: bool) -> None:
-        """Recompute ``block`` from its cached input, backpropagate, keep its Fisher sums and input gradient."""
+    def backward_block(self, module: nn.Module, block: Block, rows: bool, taps: Sequence[PassTap] = ()) -> None:
+        """Recompute ``block`` from its cached input, backpropagate, keep its Fisher sums and input gradient.
+
+        ``taps`` see the same recompute (each batch's forward through the block) through their own hooks."""
         i = block.index
         grads_out = self.work.load(self.grad_name(i + 1), self.skel.device)
         grads_in: dict[str, torch.Tensor] = {}
         acc = LayerFisher(list(block.layers), self.skel.modules, rows)
-        with acc.hooks():
+        with contextlib.ExitStack() as hooked:
+            hooked.enter_context(acc.hooks())
+            for tap in taps:
+                hooked.enter_context(tap.hooks())
             for b, (call, x) in enumerate(zip(self.calls, self.inputs(i))):
                 acc.live = self.batches[b].attention_mask.to(self.skel.device).bool()
+                for tap in taps:
+                    tap.start_pass(self.batches[b].attention_mask)
                 leaf = x.detach().requires_grad_(True)
                 with torch.enable_grad():
                     out = call.calls[i].run(module, leaf, self.returns_tuple)
@@ -129,9 +159,9 @@ def forward_streams(streams: list[Stream]) -> None:
                 hidden[k] = streams[k].run_block(module, block, inputs)
 
 
-def fisher_streams(streams: list[Stream], rows: bool) -> list[FisherSums]:
+def fisher_streams(streams: list[Stream], rows: bool, taps: BlockTaps | None = None) -> list[FisherSums]:
     """Exact per-neuron Fisher sums of every layer for every stream, from the top block down, each block read
-    once for all streams (resumable per block and stream)."""
+    once for all streams (resumable per block and stream); ``taps`` are fed each block's recompute."""
     skel = streams[0].skel
     sums = [FisherSums({}, {}, sum(b.input_ids.shape[0] for b in s.batches)) for s in streams]
     for s in streams:
@@ -143,9 +173,11 @@ def fisher_streams(streams: list[Stream], rows: bool) -> list[FisherSums]:
             if s.work.from_earlier_run(s.fisher_name(block.index)):
                 s.work.note_reused(f"Fisher sums {s.which}/{s.set_name}")
         if missing:
-            with skel.block(block) as module:
+            with skel.block(block, backward=True) as module:
                 for s in missing:
-                    s.backward_block(module, block, rows)
+                    s.backward_block(module, block, rows, taps.taps(block, s.set_name) if taps else ())
+            if taps:
+                taps.finish(block, [s.set_name for s in missing])
         for s, acc in zip(streams, sums):
             acc.add(s.work.load(s.fisher_name(block.index)))
     for s in streams:

@@ -34,6 +34,8 @@ def test_attention_kernels_leave_float32_and_gpus_alone():
     for device, dtype in ((cpu, torch.float32), (torch.device("cuda"), torch.bfloat16)):
         with attention_kernels(device, dtype):
             assert torch.backends.cuda.flash_sdp_enabled()
+    with attention_kernels(cpu, torch.bfloat16, backward=False):  # forward-only passes keep flash (faster there)
+        assert torch.backends.cuda.flash_sdp_enabled()
 
 
 def test_layer_fisher_in_bf16_is_close_to_float32():
