@@ -5,10 +5,11 @@ and share one accumulator, so no family-specific wiring is needed.
 
 The sums need every selected layer's input, so they take one more forward pass over the SFT model's
 cached block inputs, after selection. When the Fisher scores are taken at the SFT model, the backward
-stream already recomputes every block on exactly those inputs: for models whose Hessians of every layer
-are small on disk (:data:`FUSE_LIMIT_BYTES`), :class:`FusedHessians` sums them there, for every layer
-before selection is known, and the compensation reads the selected ones back (the same float32 sums in
-the same order, so the same patch) instead of running that pass.
+stream already recomputes every block on exactly those inputs: where they are small on disk
+(:data:`FUSE_LIMIT_BYTES`), :class:`FusedHessians` sums there the Hessians of the layers reading each
+block's narrowest input (:func:`fused_layers`), before selection is known, and the compensation reads the
+selected ones back (the same float32 sums in the same order, so the same patch) instead of running that
+pass for them.
 """
 
 from __future__ import annotations
@@ -303,8 +304,8 @@ class _Tap:
 
 
 class FusedHessians:
-    """The Hessian sums of every layer, taken while the backward stream recomputes each SFT block (a
-    :class:`~.stream.BlockTaps`), one work-folder part per block: the raw float32 sums and token counts.
+    """The Hessian sums of each block's :func:`fused_layers`, taken while the backward stream recomputes the
+    SFT block (a :class:`~.stream.BlockTaps`), one work-folder part per block: raw float32 sums, token counts.
 
     The sums run over the same batches in the same order as :func:`block_hessians` would run them (D_hon's
     then D_task's for ``--hessian-data both``), so the compensation gets the same float32 sums. A block

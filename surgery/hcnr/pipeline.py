@@ -176,7 +176,7 @@ def _fisher_stage(
     timer: StageTimer, run: _Run, work: WorkFolder, sets: CalibrationSets, options: PatchOptions
 ) -> FisherScores:
     """Stage 1a, streamed: forward through every block, then the exact Fisher sums from the top down
-    (and, where :func:`~.hessian.fuses_hessians` says so, every layer's Hessian sums on the way).
+    (and, where :func:`~.hessian.fuses_hessians` says so, the narrow-input layers' Hessian sums on the way).
 
     Random selection needs no scores (and gets no such stage)."""
     if options.selection != "fisher":
@@ -185,7 +185,7 @@ def _fisher_stage(
     streams = run.streams(options.fisher_at, work, sets)
     fused = FusedHessians(work, skel, options) if fuses_hessians(options, skel.blocks, run.world.size) else None
     if fused is not None:
-        log.info("summing every layer's Hessians during the Fisher pass (no separate Hessian pass)")
+        log.info("summing the narrow-input layers' Hessians during the Fisher pass (no Hessian pass for them)")
     with timer.stage("forward"):
         forward_streams([streams["hon"], streams["task"]])
     with timer.stage("fisher"):

@@ -104,7 +104,7 @@ def test_fused_hessians_give_the_same_patch_as_their_own_pass(
     monkeypatch.setattr(hessian, "_collect", spy)
     with caplog.at_level(logging.INFO, logger="surgery.hcnr.pipeline"):
         make_patch(str(sft), str(base), hon, task, tmp_path / "fused.safetensors", opts, compute=compute)
-    assert "summing every layer's Hessians during the Fisher pass" in caplog.text
+    assert "summing the narrow-input layers' Hessians during the Fisher pass" in caplog.text
     narrow = {layer.weight for block in _blocks(sft) for layer in fused_layers(block)}
     fused_collects = list(collected)
     assert all(w not in narrow for layers in fused_collects for w in layers)  # only wider layers got a pass
