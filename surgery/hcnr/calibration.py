@@ -21,10 +21,15 @@ log = logging.getLogger(__name__)
 Prompt = str | tuple[tuple[Any, Any], ...]  # a question, or the (role, content) messages before the answer
 
 
+#: kinds of D_hon lines that are not questions to decline: their scores count for every decline kind
+SHARED_KINDS = frozenset({"answerable"})
+
+
 @dataclass(frozen=True)
 class CalibExample:
     prompt: Prompt
     response: str
+    kind: str | None = None  # the line's optional "kind" (the bundled honesty set's: unknowable, answerable, ...)
 
 
 def read_calibration_jsonl(path: str | Path, what: str = "calibration file") -> list[CalibExample]:
@@ -48,10 +53,16 @@ def _example_from_row(row: dict[str, Any], where: str) -> CalibExample:
         if msgs[-1]["role"] != "assistant":
             raise CalibrationDataError(f"{where}: the last message must be the assistant's response.")
         prompt = tuple((m["role"], m["content"]) for m in msgs[:-1])
-        return CalibExample(prompt, str(msgs[-1]["content"]))
+        return CalibExample(prompt, str(msgs[-1]["content"]), _kind(row))
     if isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
-        return CalibExample(row["prompt"], row["response"])
+        return CalibExample(row["prompt"], row["response"], _kind(row))
     raise CalibrationDataError(f"{where}: needs string fields 'prompt' and 'response', or 'messages'.")
+
+
+def _kind(row: dict[str, Any]) -> str | None:
+    """The line's "kind" when it is a string (anything else is no kind: the field is optional metadata)."""
+    kind = row.get("kind")
+    return kind if isinstance(kind, str) and kind else None
 
 
 def sample_examples(examples: list[CalibExample], max_samples: int, seed: int) -> list[CalibExample]:
@@ -78,6 +89,7 @@ class Batch:
     input_ids: torch.Tensor  # (B, T), right padded
     attention_mask: torch.Tensor
     labels: torch.Tensor  # -100 on prompt and padding
+    kinds: tuple[str | None, ...] = ()  # each example's kind (empty: none known)
 
 
 def tokenize_examples(
@@ -96,8 +108,13 @@ def tokenize_examples(
     return out
 
 
-def make_batches(encoded: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int) -> list[Batch]:
-    """Right-padded batches in file order, the loss masked on padding."""
+def make_batches(
+    encoded: list[tuple[list[int], list[int]]],
+    batch_size: int,
+    pad_id: int,
+    kinds: list[str | None] | None = None,
+) -> list[Batch]:
+    """Right-padded batches in file order, the loss masked on padding (``kinds``: each example's kind)."""
     batches = []
     for i in range(0, len(encoded), batch_size):
         chunk = encoded[i : i + batch_size]
@@ -109,7 +126,7 @@ def make_batches(encoded: list[tuple[list[int], list[int]]], batch_size: int, pa
             ids[j, : len(x)] = torch.tensor(x)
             att[j, : len(x)] = 1
             lab[j, : len(y)] = torch.tensor(y)
-        batches.append(Batch(ids, att, lab))
+        batches.append(Batch(ids, att, lab, tuple(kinds[i : i + batch_size]) if kinds else ()))
     return batches
 
 
@@ -127,6 +144,16 @@ class CalibrationSets:
             "task": sum(b.input_ids.shape[0] for b in self.task),
         }
 
+    def decline_kinds(self) -> dict[str, int]:
+        """D_hon's kinds of questions to decline -> how many examples each has (lines with no kind, or of a
+        :data:`SHARED_KINDS` kind, are in none)."""
+        counts: dict[str, int] = {}
+        for b in self.hon:
+            for kind in b.kinds:
+                if kind is not None and kind not in SHARED_KINDS:
+                    counts[kind] = counts.get(kind, 0) + 1
+        return dict(sorted(counts.items()))
+
     def for_hessians(self, which: str) -> list[Batch]:
         """The batches ``--hessian-data`` names: hon, task or both."""
         return {"hon": self.hon, "task": self.task, "both": self.hon + self.task}[which]
@@ -142,5 +169,6 @@ def load_calibration_sets(
         every = read_calibration_jsonl(path, what)
         examples = sample_examples(every, options.max_samples, options.seed)
         log.info("%s %s: using %d of its %d examples (seed %d)", what, path, len(examples), len(every), options.seed)
-        sets.append(make_batches(tokenize_examples(tokenizer, examples, options.max_length), options.batch_size, pad))
+        encoded = tokenize_examples(tokenizer, examples, options.max_length)
+        sets.append(make_batches(encoded, options.batch_size, pad, [ex.kind for ex in examples]))
     return CalibrationSets(*sets)

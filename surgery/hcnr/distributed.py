@@ -88,6 +88,9 @@ class World:
         """Fisher sums over every rank's examples (each rank summed its own share)."""
         for vec in [*sums.columns.values(), *sums.rows.values()]:
             self.sum(vec)
+        for group in sorted(sums.by_kind):  # every rank holds every group (zeros where its shard has none)
+            for key in sorted(sums.by_kind[group]):
+                self.sum(sums.by_kind[group][key])
         count = self.sum(torch.tensor([sums.n_examples], dtype=torch.int64))
         sums.n_examples = int(count[0])
         return sums

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,19 +52,36 @@ def target_losses(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return tok.sum(1) / mask.sum(1).clamp(min=1)
 
 
+#: the group of D_hon examples that are no question to decline (answerable controls, lines with no kind)
+SHARED = "*"
+
+
 @dataclass
 class FisherSums:
-    """Accumulated squared-gradient sums on one calibration set, per layer (weight name -> vector)."""
+    """Accumulated squared-gradient sums on one calibration set, per layer (weight name -> vector); with
+    ``by_kind``, also per group of examples (a decline kind, or :data:`SHARED`) -> weight -> vector."""
 
     columns: dict[str, torch.Tensor]
     rows: dict[str, torch.Tensor]
     n_examples: int
+    by_kind: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def add(self, part: dict[str, torch.Tensor]) -> None:
         """Take in one block's sums as :meth:`LayerFisher.tensors` wrote them."""
         for key, vec in part.items():
-            weight, _, kind = key.rpartition("::")
-            (self.columns if kind == "cols" else self.rows)[weight] = vec
+            weight, what, *group = key.split("::")
+            if group:
+                self.by_kind.setdefault(group[0], {})[f"{weight}::{what}"] = vec
+            else:
+                (self.columns if what == "cols" else self.rows)[weight] = vec
+
+    def kind_scores(self, neuron: str) -> dict[str, dict[str, torch.Tensor]]:
+        """Group -> weight -> the column (or row) sums of that group's examples."""
+        what = "cols" if neuron == "column" else "rows"
+        return {
+            g: {k.rpartition("::")[0]: v for k, v in vecs.items() if k.endswith(f"::{what}")}
+            for g, vecs in self.by_kind.items()
+        }
 
 
 @dataclass
@@ -76,28 +93,43 @@ class FisherScores:
 
     hon: dict[str, torch.Tensor] = field(default_factory=dict)
     task: dict[str, torch.Tensor] = field(default_factory=dict)
+    hon_by_kind: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # group -> weight -> sums
+    examples: dict[str, int] = field(default_factory=dict)  # "task" and each D_hon group -> its examples
 
     @classmethod
-    def of(cls, hon: FisherSums, task: FisherSums, neuron: str) -> FisherScores:
-        """The column (or row) scores of both sets."""
+    def of(cls, hon: FisherSums, task: FisherSums, neuron: str, examples: dict[str, int] | None = None) -> FisherScores:
+        """The column (or row) scores of both sets (and of D_hon's kinds, when they were summed apart)."""
+        by_kind = hon.kind_scores(neuron)
         if neuron == "column":
-            return cls(hon.columns, task.columns)
-        return cls(hon.rows, task.rows)
+            return cls(hon.columns, task.columns, by_kind, dict(examples or {}))
+        return cls(hon.rows, task.rows, by_kind, dict(examples or {}))
 
 
 class LayerFisher:
     """Forward hooks that keep each layer's input and gradient hooks that fold it into the Fisher sums.
 
     Row sums cost as much again as column sums and only row selection reads them, so they are
-    computed only when ``rows`` is asked for.
+    computed only when ``rows`` is asked for. With ``kinds`` (group names: decline kinds and :data:`SHARED`),
+    the sums are also kept per group of examples (:attr:`groups` names each example's in the current
+    batch), for ``--kind-pooling``; every group has sums, zeros where it has no example here.
     """
 
-    def __init__(self, layers: list[LinearLayer], modules: dict[str, nn.Module], rows: bool = True) -> None:
-        self.layers, self.modules, self.want_rows = layers, modules, rows
+    def __init__(
+        self, layers: list[LinearLayer], modules: dict[str, nn.Module], rows: bool = True, kinds: Sequence[str] = ()
+    ) -> None:
+        self.layers, self.modules, self.want_rows, self.want_kinds = layers, modules, rows, bool(kinds)
         self.cols = {layer.weight: torch.zeros(layer.in_features, dtype=torch.float64) for layer in layers}
         self.rows = {layer.weight: torch.zeros(layer.out_features, dtype=torch.float64) for layer in layers}
+        self.by_kind: dict[str, dict[str, torch.Tensor]] = {  # group -> "<weight>::cols|rows" -> sums
+            g: {
+                **{f"{w}::cols": torch.zeros_like(v) for w, v in self.cols.items()},
+                **({f"{w}::rows": torch.zeros_like(v) for w, v in self.rows.items()} if rows else {}),
+            }
+            for g in kinds
+        }
         self.inputs: dict[str, torch.Tensor] = {}
         self.live: torch.Tensor | None = None  # attention mask of the current batch
+        self.groups: tuple[str, ...] = ()  # each example's group in the current batch (with ``kinds``)
 
     @contextlib.contextmanager
     def hooks(self) -> Iterator[None]:
@@ -130,14 +162,28 @@ class LayerFisher:
         keep = self.live.unsqueeze(-1).to(dtype)
         x = self.inputs.pop(layer.weight).to(dtype) * keep
         d = grad.detach().to(dtype) * keep
-        c = batched_column_scores(x, d).double().sum(0)
-        self.cols[layer.weight] += c.cpu()
+        per_example = batched_column_scores(x, d)
+        self.cols[layer.weight] += per_example.double().sum(0).cpu()
+        if self.want_kinds:
+            self._by_group(f"{layer.weight}::cols", per_example)
         if self.want_rows:
-            self.rows[layer.weight] += batched_column_scores(d, x).double().sum(0).cpu()
+            per_example = batched_column_scores(d, x)
+            self.rows[layer.weight] += per_example.double().sum(0).cpu()
+            if self.want_kinds:
+                self._by_group(f"{layer.weight}::rows", per_example)
+
+    def _by_group(self, key: str, per_example: torch.Tensor) -> None:
+        """Add each example's scores (B x n) to its group's sums."""
+        assert len(self.groups) == per_example.shape[0], "every example of the batch needs its group"
+        for g in sorted(set(self.groups)):
+            rows = [i for i, name in enumerate(self.groups) if name == g]
+            self.by_kind[g][key] += per_example[rows].double().sum(0).cpu()
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The sums as one work-folder part: ``<weight>::cols`` (and ``::rows``)."""
+        """The sums as one work-folder part: ``<weight>::cols`` (and ``::rows``; per group ``::cols::<group>``)."""
         out = {f"{w}::cols": v for w, v in self.cols.items()}
         if self.want_rows:
             out.update({f"{w}::rows": v for w, v in self.rows.items()})
+        for g, sums in self.by_kind.items():
+            out.update({f"{key}::{g}": v for key, v in sums.items()})
         return out

@@ -31,6 +31,12 @@ class PatchOptions:
     )
     fisher_at: str = opt("sft", "Which model the Fisher scores are taken at.", choices=("sft", "base"))
     fisher_normalize: bool = opt(False, "Normalise each matrix's Fisher vectors to sum 1 before the priority.")
+    kind_pooling: str = opt(
+        "pooled",
+        "How D_hon's kinds of questions (its lines' 'kind' field) make one priority: one score over every line "
+        "(pooled, the paper's), or the mean or min of each decline kind's priority (rewards neurons shared by kinds).",
+        choices=("pooled", "mean", "min"),
+    )
     epsilon: float = opt(1e-10, "Epsilon inside the log of the KL-like priority.")
     compensation: str = opt(
         "exact",

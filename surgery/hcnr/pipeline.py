@@ -36,7 +36,7 @@ from ..revision import source_revisions
 from .calibration import CalibrationSets, dataset_fingerprint, load_calibration_sets
 from .compensation import compensate_layers
 from .distributed import World
-from .fisher import FisherScores
+from .fisher import SHARED, FisherScores
 from .hessian import FusedHessians, block_hessians, fuses_hessians, needs_hessians
 from .options import ComputeOptions, PatchOptions
 from .parts import PatchParts, part_name, save_part
@@ -181,6 +181,7 @@ def _fisher_stage(
     Random selection needs no scores (and gets no such stage)."""
     if options.selection != "fisher":
         return FisherScores()
+    kinds = _kind_groups(sets, options)
     skel = run.skeleton(options.fisher_at)
     streams = run.streams(options.fisher_at, work, sets)
     fused = FusedHessians(work, skel, options) if fuses_hessians(options, skel.blocks, run.world.size) else None
@@ -189,8 +190,28 @@ def _fisher_stage(
     with timer.stage("forward"):
         forward_streams([streams["hon"], streams["task"]])
     with timer.stage("fisher"):
-        hon, task = fisher_streams([streams["hon"], streams["task"]], rows=options.neuron == "row", taps=fused)
-    return FisherScores.of(run.world.sum_fisher(hon), run.world.sum_fisher(task), options.neuron)
+        hon, task = fisher_streams(
+            [streams["hon"], streams["task"]], rows=options.neuron == "row", taps=fused, kinds={"hon": list(kinds)}
+        )
+    examples = {"task": sets.examples()["task"], **kinds}
+    return FisherScores.of(run.world.sum_fisher(hon), run.world.sum_fisher(task), options.neuron, examples)
+
+
+def _kind_groups(sets: CalibrationSets, options: PatchOptions) -> dict[str, int]:
+    """D_hon's groups of examples for ``--kind-pooling`` (each decline kind, and the shared group) -> their
+    sizes; empty when the priority is pooled. Fewer than two decline kinds is refused in one sentence."""
+    if options.kind_pooling == "pooled":
+        return {}
+    kinds = sets.decline_kinds()
+    if len(kinds) < 2:
+        raise OptionError(
+            f"--kind-pooling {options.kind_pooling} needs D_hon lines of at least two kinds of questions to decline "
+            f"(their 'kind' field); the honesty file has {len(kinds)}."
+        )
+    bad = next((k for k in kinds if "::" in k or k == SHARED), None)
+    if bad is not None:
+        raise OptionError(f"D_hon's kind {bad!r} cannot be used with --kind-pooling: rename it.")
+    return {**kinds, SHARED: sets.examples()["honesty"] - sum(kinds.values())}
 
 
 def _compensation_stage(

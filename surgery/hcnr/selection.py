@@ -17,7 +17,7 @@ from ..linear_layers import LinearLayer, canonical
 from ..model_folder import require_finite
 from ..modelio import LazyCheckpoint, StateDictCheckpoint
 from ..progress import progress
-from .fisher import FisherScores
+from .fisher import SHARED, FisherScores
 from .options import PatchOptions
 
 Checkpoint = LazyCheckpoint | StateDictCheckpoint
@@ -32,6 +32,33 @@ def honesty_priority(
         s_hon = s_hon / s_hon.sum().clamp(min=eps)
         s_task = s_task / s_task.sum().clamp(min=eps)
     return s_hon * (torch.log(s_hon + eps) - torch.log(s_task + eps))
+
+
+def kind_priority(
+    hon_by_kind: dict[str, torch.Tensor],
+    examples: dict[str, int],
+    s_task: torch.Tensor,
+    how: str,
+    eps: float = 1e-10,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """The priority of each neuron over D_hon's kinds: each decline kind's own priority, then their mean or
+    minimum (``how``), so that a neuron ranks high only when it matters for every kind (min) or on average
+    (mean) rather than for the kind with the most examples or the largest gradients.
+
+    A kind's score is the mean per-example Fisher score over its examples plus the shared ones (the
+    answerable controls and lines with no kind: :data:`~.fisher.SHARED`), against D_task's mean per-example
+    score; means, not sums, so kinds of different sizes weigh the same. ``hon_by_kind`` and ``examples``
+    map each group (and ``examples["task"]``) to its sums and its number of examples."""
+    shared = hon_by_kind.get(SHARED)
+    n_shared = examples.get(SHARED, 0)
+    task_mean = s_task.double() / max(1, examples["task"])
+    per_kind = []
+    for kind in sorted(k for k in hon_by_kind if k != SHARED):
+        s = hon_by_kind[kind].double() + (shared.double() if shared is not None else 0.0)
+        per_kind.append(honesty_priority(s / max(1, examples[kind] + n_shared), task_mean, eps, normalize))
+    stacked = torch.stack(per_kind)
+    return stacked.mean(0) if how == "mean" else stacked.amin(0)
 
 
 def top_share(scores: torch.Tensor, share: float) -> torch.Tensor:
@@ -120,9 +147,7 @@ def select_neurons(
         if options.selection == "random":
             idx = random_share(w1.shape[dim], options.r_iw, gen)
         else:
-            r = honesty_priority(
-                scores.hon[layer.weight], scores.task[layer.weight], options.epsilon, options.fisher_normalize
-            )
+            r = _priority(layer.weight, scores, options)
             idx = top_share(r, options.r_iw)
         candidates[layer.weight] = idx
         unit = layer.weight if options.layer_unit == "matrix" else layer.block
@@ -138,3 +163,13 @@ def select_neurons(
         raise SurgeryError("SFT did not change any linear weight of the base model: there is nothing to patch.")
     neurons = {layer.weight: candidates[layer.weight] for layer in chosen}
     return Selection(chosen, neurons, candidates, unit_scores(pert), kept)
+
+
+def _priority(weight: str, scores: FisherScores, options: PatchOptions) -> torch.Tensor:
+    """One matrix's neuron priority: pooled over D_hon (the paper's) or over its kinds (``--kind-pooling``)."""
+    if options.kind_pooling == "pooled":
+        return honesty_priority(scores.hon[weight], scores.task[weight], options.epsilon, options.fisher_normalize)
+    by_kind = {g: sums[weight] for g, sums in scores.hon_by_kind.items()}
+    return kind_priority(
+        by_kind, scores.examples, scores.task[weight], options.kind_pooling, options.epsilon, options.fisher_normalize
+    )

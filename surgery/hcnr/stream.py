@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from ..progress import progress
-from .calibration import Batch
+from .calibration import SHARED_KINDS, Batch
 from .capture import BatchCalls, block_returns_tuple, capture_batch, head_losses
-from .fisher import FisherSums, LayerFisher
+from .fisher import SHARED, FisherSums, LayerFisher
 from .skeleton import Block, ModelSkeleton
 from .workdir import WorkFolder
 
@@ -116,20 +116,24 @@ class Stream:
             grads[_key(b)] = leaf.grad
         self.work.save(self.grad_name(n), grads)
 
-    def backward_block(self, module: nn.Module, block: Block, rows: bool, taps: Sequence[PassTap] = ()) -> None:
-        """Recompute ``block`` from its cached input, backpropagate, keep its Fisher sums and input gradient.
+    def backward_block(
+        self, module: nn.Module, block: Block, rows: bool, taps: Sequence[PassTap] = (), kinds: Sequence[str] = ()
+    ) -> None:
+        """Recompute ``block`` from its cached input, backpropagate, keep its Fisher sums and input gradient
+        (with ``kinds``, also per group of examples: the decline kinds named and :data:`~.fisher.SHARED`).
 
         ``taps`` see the same recompute (each batch's forward through the block) through their own hooks."""
         i = block.index
         grads_out = self.work.load(self.grad_name(i + 1), self.skel.device)
         grads_in: dict[str, torch.Tensor] = {}
-        acc = LayerFisher(list(block.layers), self.skel.modules, rows)
+        acc = LayerFisher(list(block.layers), self.skel.modules, rows, kinds)
         with contextlib.ExitStack() as hooked:
             hooked.enter_context(acc.hooks())
             for tap in taps:
                 hooked.enter_context(tap.hooks())
             for b, (call, x) in enumerate(zip(self.calls, self.inputs(i))):
                 acc.live = self.batches[b].attention_mask.to(self.skel.device).bool()
+                acc.groups = _groups(self.batches[b]) if kinds else ()
                 for tap in taps:
                     tap.start_pass(self.batches[b].attention_mask)
                 leaf = x.detach().requires_grad_(True)
@@ -142,6 +146,13 @@ class Stream:
             self.work.save(self.grad_name(i), grads_in)
         self.work.save(self.fisher_name(i), acc.tensors())
         self.work.delete(self.grad_name(i + 1))
+
+
+def _groups(batch: Batch) -> tuple[str, ...]:
+    """Each example's Fisher group: its kind when it is a question to decline, else :data:`~.fisher.SHARED`."""
+    n = batch.input_ids.shape[0]
+    kinds = batch.kinds or (None,) * n
+    return tuple(k if k is not None and k not in SHARED_KINDS else SHARED for k in kinds)
 
 
 def forward_streams(streams: list[Stream]) -> None:
@@ -159,9 +170,15 @@ def forward_streams(streams: list[Stream]) -> None:
                 hidden[k] = streams[k].run_block(module, block, inputs)
 
 
-def fisher_streams(streams: list[Stream], rows: bool, taps: BlockTaps | None = None) -> list[FisherSums]:
+def fisher_streams(
+    streams: list[Stream],
+    rows: bool,
+    taps: BlockTaps | None = None,
+    kinds: dict[str, Sequence[str]] | None = None,
+) -> list[FisherSums]:
     """Exact per-neuron Fisher sums of every layer for every stream, from the top block down, each block read
-    once for all streams (resumable per block and stream); ``taps`` are fed each block's recompute."""
+    once for all streams (resumable per block and stream); ``taps`` are fed each block's recompute; a set
+    named in ``kinds`` also keeps its sums per group of examples (its decline kinds and the shared group)."""
     skel = streams[0].skel
     sums = [FisherSums({}, {}, sum(b.input_ids.shape[0] for b in s.batches)) for s in streams]
     for s in streams:
@@ -175,7 +192,8 @@ def fisher_streams(streams: list[Stream], rows: bool, taps: BlockTaps | None = N
         if missing:
             with skel.block(block, backward=True) as module:
                 for s in missing:
-                    s.backward_block(module, block, rows, taps.taps(block, s.set_name) if taps else ())
+                    s_taps = taps.taps(block, s.set_name) if taps else ()
+                    s.backward_block(module, block, rows, s_taps, kinds=(kinds or {}).get(s.set_name, ()))
             if taps:
                 taps.finish(block, [s.set_name for s in missing])
         for s, acc in zip(streams, sums):

@@ -11,7 +11,7 @@ from surgery.hcnr.fisher import LayerFisher, batched_column_scores
 from surgery.hcnr.options import ComputeOptions, PatchOptions
 from surgery.hcnr.pipeline import make_patch
 from surgery.hcnr.skeleton import attention_kernels
-from surgery.linear_layers import find_linear_layers
+from surgery.linear_layers import LinearLayer
 from surgery.patchfile import read_manifest
 
 
@@ -44,7 +44,7 @@ def test_layer_fisher_in_bf16_is_close_to_float32():
     x = torch.randn(3, 10, 48)
     live = torch.ones(3, 10, dtype=torch.bool)
     live[2, 7:] = False  # padding adds nothing
-    layers = find_linear_layers(torch.nn.Sequential(lin))
+    layers = [LinearLayer("0", "0.weight", "", 24, 48, False)]  # the Sequential's one layer, by hand
     scores = {}
     for dtype in (torch.float32, torch.bfloat16):
         mod = torch.nn.Sequential(lin).to(dtype)
@@ -53,6 +53,7 @@ def test_layer_fisher_in_bf16_is_close_to_float32():
         with acc.hooks():
             mod(x.to(dtype).requires_grad_(True)).float().pow(2).sum().backward()
         scores[dtype] = acc.tensors()
+    assert set(scores[torch.float32]) == {"0.weight::cols", "0.weight::rows"}
     for key, want in scores[torch.float32].items():
         got = scores[torch.bfloat16][key]
         assert got.dtype == torch.float64
