@@ -7,8 +7,11 @@ Embeddings, ``lm_head`` and norms are never touched.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,3 +82,19 @@ def find_linear_layers(model: nn.Module) -> list[LinearLayer]:
 def canonical(weight: torch.Tensor, layer: LinearLayer) -> torch.Tensor:
     """The (out x in) view of a stored weight."""
     return weight.t() if layer.transposed else weight
+
+
+ForwardHook = Callable[[nn.Module, tuple[Any, ...], Any], None]
+
+
+@contextlib.contextmanager
+def forward_hooks(
+    modules: Mapping[str, nn.Module], layers: list[LinearLayer], make_hook: Callable[[LinearLayer], ForwardHook]
+) -> Iterator[None]:
+    """``make_hook(layer)`` attached as a forward hook to every layer's module for the duration."""
+    handles = [modules[layer.module].register_forward_hook(make_hook(layer)) for layer in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..linear_layers import LinearLayer
+from ..linear_layers import LinearLayer, forward_hooks
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +134,10 @@ class LayerFisher:
     @contextlib.contextmanager
     def hooks(self) -> Iterator[None]:
         """The hooks, attached for the duration."""
-        handles = [self.modules[layer.module].register_forward_hook(self.forward_hook(layer)) for layer in self.layers]
         try:
-            yield
+            with forward_hooks(self.modules, self.layers, self.forward_hook):
+                yield
         finally:
-            for h in handles:
-                h.remove()
             self.inputs.clear()
 
     def forward_hook(self, layer: LinearLayer) -> Callable[[nn.Module, tuple[Any, ...], torch.Tensor], None]:

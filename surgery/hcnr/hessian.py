@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..linear_layers import LinearLayer
+from ..linear_layers import LinearLayer, forward_hooks
 from .options import PatchOptions
 from .skeleton import Block, ModelSkeleton
 from .stream import Stream
@@ -138,16 +138,11 @@ def collect_hessians(
     N counts the tokens the attention mask keeps (prompt and response alike; padding never). ``reduce``
     sums the raw accumulators and counts over processes before they are finished (several ranks)."""
     acc = _GroupedAccumulator(dtype, torch.device(device))
-    handles = [modules[layer.module].register_forward_hook(acc.hook(layer)) for layer in layers]
-    try:
-        with torch.no_grad():
-            for mask, forward in passes:
-                acc.start_pass(mask.to(device))
-                forward()
-        acc.alive.clear()
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks(modules, layers, acc.hook), torch.no_grad():
+        for mask, forward in passes:
+            acc.start_pass(mask.to(device))
+            forward()
+    acc.alive.clear()
     if reduce is not None:
         for a in acc.accs:
             reduce(a)
@@ -285,12 +280,10 @@ class _Tap:
 
     @contextlib.contextmanager
     def hooks(self) -> Iterator[None]:
-        handles = [self.modules[layer.module].register_forward_hook(self._hook(layer)) for layer in self.layers]
         try:
-            yield
+            with forward_hooks(self.modules, self.layers, self._hook):
+                yield
         finally:
-            for h in handles:
-                h.remove()
             self.acc.alive.clear()
 
     def _hook(self, layer: LinearLayer) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
