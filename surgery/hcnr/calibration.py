@@ -25,6 +25,11 @@ Prompt = str | tuple[tuple[Any, Any], ...]  # a question, or the (role, content)
 SHARED_KINDS = frozenset({"answerable"})
 
 
+def decline_kind(kind: str | None) -> str | None:
+    """``kind`` when it names a kind of question to decline; None for no kind or a :data:`SHARED_KINDS` one."""
+    return kind if kind is not None and kind not in SHARED_KINDS else None
+
+
 @dataclass(frozen=True)
 class CalibExample:
     prompt: Prompt
@@ -149,9 +154,8 @@ class CalibrationSets:
         :data:`SHARED_KINDS` kind, are in none)."""
         counts: dict[str, int] = {}
         for b in self.hon:
-            for kind in b.kinds:
-                if kind is not None and kind not in SHARED_KINDS:
-                    counts[kind] = counts.get(kind, 0) + 1
+            for kind in filter(None, map(decline_kind, b.kinds)):
+                counts[kind] = counts.get(kind, 0) + 1
         return dict(sorted(counts.items()))
 
     def for_hessians(self, which: str) -> list[Batch]:

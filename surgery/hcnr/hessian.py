@@ -192,12 +192,12 @@ def block_hessians(
     forward pass through the block. With several processes each sums its own batches and ``reduce``
     gathers the sums on the block's owner."""
     fused = FusedHessians.read(streams["hon"].work, block, layers) if reduce is None else {}
-    rest = [layer for layer in layers if not all(layer.weight in h.by_layer for h in fused.values())]
-    if not fused or rest:
+    rest = [layer for layer in layers if not fused or layer.weight not in fused["objective"].by_layer]
+    if rest:
         # the backward stream's attention kernels: sums taken here equal those it would have fused, bit for bit
         with streams["hon"].skel.block(block, backward=True) as module:
             computed = {
-                name: _collect(module, [streams[w] for w in which], block, rest if fused else layers, reduce)
+                name: _collect(module, [streams[w] for w in which], block, rest, reduce)
                 for name, which in hessian_sets(options).items()
             }
         fused = {name: _merged(fused.get(name), h) for name, h in computed.items()}
@@ -280,20 +280,12 @@ class _Tap:
 
     @contextlib.contextmanager
     def hooks(self) -> Iterator[None]:
+        """The accumulator's hooks (they add detached inputs: the recompute's autograd graph never sees them)."""
         try:
-            with forward_hooks(self.modules, self.layers, self._hook):
+            with forward_hooks(self.modules, self.layers, self.acc.hook):
                 yield
         finally:
             self.acc.alive.clear()
-
-    def _hook(self, layer: LinearLayer) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
-        feed = self.acc.hook(layer)
-
-        def on_forward(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-            with torch.no_grad():
-                feed(mod, args, out)
-
-        return on_forward
 
 
 class FusedHessians:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..progress import progress
-from .calibration import SHARED_KINDS, Batch
+from .calibration import Batch, decline_kind
 from .capture import BatchCalls, block_returns_tuple, capture_batch, head_losses
 from .fisher import SHARED, FisherSums, LayerFisher
 from .skeleton import Block, ModelSkeleton
@@ -152,7 +152,7 @@ def _groups(batch: Batch) -> tuple[str, ...]:
     """Each example's Fisher group: its kind when it is a question to decline, else :data:`~.fisher.SHARED`."""
     n = batch.input_ids.shape[0]
     kinds = batch.kinds or (None,) * n
-    return tuple(k if k is not None and k not in SHARED_KINDS else SHARED for k in kinds)
+    return tuple(decline_kind(k) or SHARED for k in kinds)
 
 
 def forward_streams(streams: list[Stream]) -> None:
