@@ -387,6 +387,28 @@ def _folder(name: str, cfg: TransferConfig) -> str:
     return ("all" if name == ALL_KINDS else "no-" + name.removeprefix("without ").replace("_", "-")) + cfg.suffix
 
 
+def _calibration_matches(folder: Path, cfg: TransferConfig, excluded: Sequence[str]) -> bool:
+    """Whether ``folder`` holds the calibration this run asks for, so it can be reused.
+
+    Why: rows are reused by their inputs' hashes, so a folder written for other sizes (``--n-hon 256`` after a
+    run at 128) must be rebuilt, not silently reused; the D_hon it then writes gives its rows new hashes."""
+    path = folder / "calibration.json"
+    if not path.is_file():
+        return False
+    try:
+        got = json.loads(path.read_text(encoding="utf-8"))
+        return (
+            got["honesty"]["n"] == cfg.n_hon
+            and got["honesty"]["excluded_kinds"] == list(excluded)
+            and got["task"]["n"] == cfg.n_task
+            and got["task"]["benchmarks"] == list(cfg.calib_task_benchmarks)
+            and got["seed"] == cfg.seed
+            and got["probe_candidates"] == cfg.probe
+        )
+    except (ValueError, KeyError, TypeError):  # unreadable or from another version: rebuild it
+        return False
+
+
 def _known(cfg: TransferConfig, data: Path, generator: _LazyGenerator) -> list[Item]:
     """The bundled controls the SFT model answers correctly (probed once, kept in ``known.json``)."""
     path = data / "known.json"
@@ -437,7 +459,7 @@ def prepare(cfg: TransferConfig) -> tuple[Path, dict[str, Path]]:
     folders = {}
     for name, excluded in calibrations(cfg.kinds).items():
         folder = data / f"calib-{_folder(name, cfg)}"
-        if not (folder / "calibration.json").is_file():
+        if not _calibration_matches(folder, cfg, excluded):
             write_calibration(
                 folder,
                 data_dir=cfg.data_dir,

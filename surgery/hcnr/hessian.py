@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..linear_layers import LinearLayer, forward_hooks
+from .calibration import SHARED_KINDS
 from .options import PatchOptions
 from .skeleton import Block, ModelSkeleton
 from .stream import Stream
@@ -171,9 +172,24 @@ def needs_hessians(options: PatchOptions) -> bool:
     return options.neuron == "column" or options.compensation == "protect"
 
 
+#: ``--controls-in task``: D_hon's lines split by kind between protect's two terms (:func:`hessian_sets`)
+HON_DECLINES, HON_CONTROLS = "hon:declines", "hon:controls"
+
+
+def _keeps(part: str, kinds: Sequence[str | None], n: int) -> torch.Tensor | None:
+    """Which examples of a batch a set part sums (None: all of them). D_hon's controls are its lines of a
+    :data:`~.calibration.SHARED_KINDS` kind; every other line (a decline kind, or none) is a question to decline."""
+    if part not in (HON_DECLINES, HON_CONTROLS):
+        return None
+    control = [k in SHARED_KINDS for k in (kinds or (None,) * n)]
+    return torch.tensor([c == (part == HON_CONTROLS) for c in control], dtype=torch.bool)
+
+
 def hessian_sets(options: PatchOptions) -> dict[str, tuple[str, ...]]:
     """The Hessians the chosen compensation needs ("objective", and "task" for protect) -> the calibration
     sets each one sums, in the order they are summed."""
+    if options.compensation == "protect" and options.controls_in == "task":
+        return {"objective": (HON_DECLINES,), "task": ("task", HON_CONTROLS)}
     if options.compensation == "protect":
         return {"objective": ("hon",), "task": ("task",)}
     return {"objective": {"both": ("hon", "task"), "hon": ("hon",), "task": ("task",)}[options.hessian_data]}
@@ -197,7 +213,7 @@ def block_hessians(
         # the backward stream's attention kernels: sums taken here equal those it would have fused, bit for bit
         with streams["hon"].skel.block(block, backward=True) as module:
             computed = {
-                name: _collect(module, [streams[w] for w in which], block, rest, reduce)
+                name: _collect(module, [(streams[w.split(":")[0]], w) for w in which], block, rest, reduce)
                 for name, which in hessian_sets(options).items()
             }
         fused = {name: _merged(fused.get(name), h) for name, h in computed.items()}
@@ -213,18 +229,23 @@ def _merged(a: HessianSet | None, b: HessianSet) -> HessianSet:
 
 def _collect(
     module: nn.Module,
-    streams: list[Stream],
+    streams: list[tuple[Stream, str]],
     block: Block,
     layers: list[LinearLayer],
     reduce: Callable[[torch.Tensor], object] | None,
 ) -> HessianSet:
-    """Σ x xᵀ of ``layers`` (all in ``block``) over the cached block inputs of ``streams``, in order."""
+    """Σ x xᵀ of ``layers`` (all in ``block``) over the cached block inputs of ``streams``, in order; each
+    stream comes with the set part it sums (:func:`hessian_sets`: a whole set, or D_hon's controls or declines)."""
     passes: list[Pass] = []
-    for s in streams:
+    for s, part in streams:
         for batch, call, x in zip(s.batches, s.calls, s.inputs(block.index)):
             run = call.calls[block.index].run
-            passes.append((batch.attention_mask, functools.partial(run, module, x, s.returns_tuple)))
-    skel = streams[0].skel
+            mask = batch.attention_mask
+            keep = _keeps(part, batch.kinds, mask.shape[0])
+            if keep is not None:
+                mask = mask * keep[:, None].to(mask.dtype)
+            passes.append((mask, functools.partial(run, module, x, s.returns_tuple)))
+    skel = streams[0][0].skel
     return collect_hessians(skel.modules, layers, passes, device=skel.device, reduce=reduce)
 
 
@@ -260,6 +281,7 @@ def fuses_hessians(options: PatchOptions, blocks: Iterable[Block], world_size: i
     parts each has; their Hessian pass stays separate)."""
     return (
         options.selection == "fisher"
+        and options.controls_in == "hon"  # the backward stream sums whole sets only
         and options.fisher_at == "sft"
         and needs_hessians(options)
         and world_size == 1

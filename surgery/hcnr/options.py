@@ -34,8 +34,9 @@ class PatchOptions:
     kind_pooling: str = opt(
         "pooled",
         "How D_hon's kinds of questions (its lines' 'kind' field) make one priority: one score over every line "
-        "(pooled, the paper's), or the mean or min of each decline kind's priority (rewards neurons shared by kinds).",
-        choices=("pooled", "mean", "min"),
+        "(pooled, the paper's), or the mean or min of each decline kind's priority (rewards neurons shared by kinds); "
+        "auto: mean where D_hon names at least two decline kinds, else pooled.",
+        choices=("pooled", "mean", "min", "auto"),
     )
     epsilon: float = opt(1e-10, "Epsilon inside the log of the KL-like priority.")
     compensation: str = opt(
@@ -45,6 +46,12 @@ class PatchOptions:
         choices=("exact", "summed", "none", "protect"),
     )
     task_weight: float = opt(1.0, "protect only: weight of keeping task-input outputs at SFT's.")
+    controls_in: str = opt(
+        "hon",
+        "protect only: the Hessian term D_hon's answerable controls (lines of kind 'answerable') join: hon (their "
+        "outputs matched to the base model's, the method's) or task (kept at the SFT model's, like D_task's).",
+        choices=("hon", "task"),
+    )
     damp: float = opt(0.01, "Hessian damping as a share of mean(diag H); retried x10, x100 on failure.")
     hessian_data: str = opt(
         "both",
@@ -72,6 +79,8 @@ class PatchOptions:
         for name in ("max_samples", "max_length", "batch_size"):
             if getattr(self, name) < 1:
                 raise OptionError(f"--{name.replace('_', '-')} must be at least 1.")
+        if self.controls_in != "hon" and self.compensation != "protect":
+            raise OptionError("--controls-in task needs --compensation protect (only protect has a task term).")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:

@@ -33,7 +33,7 @@ from ..patch_encoding import ENCODINGS
 from ..patchfile import PatchManifest, PatchStats, write_patch_streamed
 from ..progress import StageTimer, peak_rss_mb, progress
 from ..revision import source_revisions
-from .calibration import CalibrationSets, dataset_fingerprint, load_calibration_sets
+from .calibration import SHARED_KINDS, CalibrationSets, dataset_fingerprint, load_calibration_sets
 from .compensation import compensate_layers
 from .distributed import World
 from .fisher import SHARED, FisherScores
@@ -107,7 +107,7 @@ def make_patch(
     run = _Run(sft, base, trust_remote_code, allow_pickle, compute)
     torch.manual_seed(options.seed)
     with timer.stage("load"):
-        sets = load_calibration_sets(run.tokenizer(), honesty_data, task_data, options)
+        sets, options = _calibration(run, honesty_data, task_data, options)
         require_fits(estimate(run.skeleton("sft"), sets, options, compute), available(out, compute), compute)
         work = run.open_work(work_folder_of(out), run.identity(options, honesty_data, task_data))
         layers = run.skeleton("sft").layers
@@ -195,6 +195,41 @@ def _fisher_stage(
         )
     examples = {"task": sets.examples()["task"], **kinds}
     return FisherScores.of(run.world.sum_fisher(hon), run.world.sum_fisher(task), options.neuron, examples)
+
+
+def _calibration(
+    run: _Run, honesty_data: str | Path, task_data: str | Path, options: PatchOptions
+) -> tuple[CalibrationSets, PatchOptions]:
+    """The tokenized calibration sets, and the options made concrete for them (:func:`resolve_kind_pooling`)."""
+    sets = load_calibration_sets(run.tokenizer(), honesty_data, task_data, options)
+    if options.controls_in == "task":
+        controls = sum(k in SHARED_KINDS for b in sets.hon for k in b.kinds)
+        if not 0 < controls < sets.examples()["honesty"]:
+            raise OptionError(
+                "--controls-in task needs D_hon lines of kind 'answerable' and lines to decline (their 'kind' "
+                f"field); the honesty file has {controls} answerable of {sets.examples()['honesty']}."
+            )
+    return sets, resolve_kind_pooling(options, sets.decline_kinds())
+
+
+def resolve_kind_pooling(options: PatchOptions, decline_kinds: dict[str, int]) -> PatchOptions:
+    """``--kind-pooling auto`` made concrete for this D_hon: ``mean`` when its lines name at least two kinds of
+    questions to decline, else ``pooled``.
+
+    Why: the recommended preset pools by kind (measured to carry honesty to kinds the calibration lacked, at no
+    task cost), but a user's own D_hon often has no ``kind`` field, and a preset must not refuse it. An explicit
+    ``mean`` or ``min`` still refuses such a file. The patch records the value used, so a rerun with the
+    recorded options makes the same patch without this rule."""
+    if options.kind_pooling != "auto":
+        return options
+    used = "mean" if len(decline_kinds) >= 2 else "pooled"
+    log.info(
+        "kind pooling (auto): %s (D_hon names %d kinds of questions to decline%s)",
+        used,
+        len(decline_kinds),
+        ": " + ", ".join(decline_kinds) if decline_kinds else "",
+    )
+    return dataclasses.replace(options, kind_pooling=used)
 
 
 def _kind_groups(sets: CalibrationSets, options: PatchOptions) -> dict[str, int]:

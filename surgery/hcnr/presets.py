@@ -3,8 +3,10 @@ config file and explicit options.
 
 A preset is only data: the option values that differ from the method's defaults. ``paper`` is the
 method as published (the :class:`PatchOptions` defaults, docs/method.md), ``recommended`` what the
-comparison on the bundled SmolLM2 pair found best for keeping the task (docs/results/comparison.md;
-the demo's ``recipes/smollm2/recipe.json`` "patch" holds the same values, a test checks), and
+comparison on the bundled SmolLM2 pair found best for keeping the task (docs/results/comparison.md), with
+the priority pooled by kind of question where D_hon names kinds (``kind_pooling="auto"``: the leave-one-kind-out
+protocol found it carries honesty to unseen kinds at no task cost, docs/results/transfer.md; the demo's
+``recipes/smollm2/recipe.json`` "patch" holds the same values, a test checks), and
 ``compact`` the smallest shape that kept most of the honesty there: about 5% of the linear weights.
 The library's defaults stay ``paper``, so a patch made through :func:`make_patch` without options is
 the one it always was; the ``surgery patch`` command starts from :data:`CLI_PRESET`.
@@ -25,14 +27,15 @@ from .options import PatchOptions
 #: preset name -> the PatchOptions values it sets (everything else keeps the method's defaults)
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    "recommended": {"compensation": "protect", "r_iw": 0.125, "r_cw": 0.8},
+    "recommended": {"compensation": "protect", "r_iw": 0.125, "r_cw": 0.8, "kind_pooling": "auto"},
     "compact": {"compensation": "protect", "r_iw": 0.05, "r_cw": 1.0},
 }
 
 #: one line per preset for ``--help`` and the docs: what it is for and where its values come from
 PRESET_NOTES: dict[str, str] = {
     "paper": "the method's defaults (exact compensation, R_IW 0.5 x R_CW 0.4; ~16% of the linear weights)",
-    "recommended": "protect at R_IW 0.125 x R_CW 0.8: keeps the task, ~9% of the linear weights",
+    "recommended": "protect at R_IW 0.125 x R_CW 0.8, priority by kind of question where D_hon names kinds: keeps the "
+    "task, ~9% of the linear weights",
     "compact": "protect at R_IW 0.05 x R_CW 1: ~5% of the linear weights, a little less honesty back",
 }
 

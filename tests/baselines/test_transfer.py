@@ -4,6 +4,7 @@ left out exactly once, and the transfer matrix is computed from per-item records
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -274,3 +275,38 @@ def test_a_matrix_of_some_kinds_needs_only_their_rows():
     matrix = transfer_matrix(models, ("invented", "ambiguous"), n_boot=50)
     assert [r["kind"] for r in matrix["rows"]] == ["invented", "ambiguous"]
     assert list(calibrations(("invented",))) == [ALL_KINDS, left_out("invented")]
+
+
+def test_a_calibration_folder_is_reused_only_for_the_same_sizes(shared_data, tmp_path):
+    """--n-hon 256 after a run at 128 reused the 128-line D_hon (the folder was reused whenever it existed)."""
+    from surgery.baselines.transfer import TransferConfig, prepare
+
+    data = tmp_path / "out" / "data"
+    data.mkdir(parents=True)
+    (data / "known.json").write_text(json.dumps({"probe": 192, "seed": 0, "ids": []}))  # no model to probe
+    cfg = TransferConfig(
+        base="m0",
+        sft="m1",
+        out_dir=tmp_path / "out",
+        kinds=("invented", "ambiguous"),
+        per_kind=5,
+        n_controls=6,
+        task_limit=4,
+        n_hon=16,
+        n_task=8,
+        data_dir=str(shared_data),
+    )
+
+    def sizes() -> dict[str, int]:
+        _, folders = prepare(cfg)
+        return {name: len((f / "d_hon.jsonl").read_text().splitlines()) for name, f in folders.items()}
+
+    assert set(sizes().values()) == {16}
+    first = (data / "calib-no-invented" / "d_hon.jsonl").stat().st_mtime_ns
+    assert set(sizes().values()) == {16}  # the same request: reused, not rewritten
+    assert (data / "calib-no-invented" / "d_hon.jsonl").stat().st_mtime_ns == first
+    cfg = replace(cfg, n_hon=32)
+    assert set(sizes().values()) == {32}
+    cfg = replace(cfg, n_task=4)
+    _, folders = prepare(cfg)
+    assert all(len((f / "d_task.jsonl").read_text().splitlines()) == 4 for f in folders.values())

@@ -12,7 +12,7 @@ from surgery.errors import OptionError
 from surgery.hcnr.calibration import CalibExample, CalibrationSets, make_batches, read_calibration_jsonl
 from surgery.hcnr.fisher import SHARED, LayerFisher
 from surgery.hcnr.options import PatchOptions
-from surgery.hcnr.pipeline import make_patch
+from surgery.hcnr.pipeline import make_patch, resolve_kind_pooling
 from surgery.hcnr.selection import honesty_priority, kind_priority, top_share
 from surgery.linear_layers import LinearLayer
 from surgery.patchfile import read_manifest, read_patch
@@ -124,3 +124,28 @@ def test_kind_pooling_without_two_decline_kinds_is_one_sentence(tiny_pair, calib
 
 def test_an_example_keeps_no_kind_by_default():
     assert CalibExample("q", "a").kind is None
+
+
+def test_auto_pooling_is_mean_with_two_decline_kinds_and_pooled_without():
+    opts = PatchOptions(kind_pooling="auto", compensation="protect")
+    assert resolve_kind_pooling(opts, {"invented": 3, "false_premise": 2}).kind_pooling == "mean"
+    assert resolve_kind_pooling(opts, {"invented": 3}).kind_pooling == "pooled"
+    assert resolve_kind_pooling(opts, {}).kind_pooling == "pooled"
+    for explicit in ("pooled", "mean", "min"):  # only auto is resolved; an explicit choice is kept (and checked later)
+        assert resolve_kind_pooling(PatchOptions(kind_pooling=explicit), {}).kind_pooling == explicit
+    assert resolve_kind_pooling(opts, {"a": 1, "b": 1}).compensation == "protect"  # nothing else changes
+
+
+def test_auto_pooling_makes_the_patch_the_resolved_choice_makes(tiny_pair, calib, tmp_path):
+    """auto never refuses a D_hon: with kinds it is the mean patch, without them the pooled one, byte for byte,
+    and the manifest records the choice used (so the recorded options rerun without the auto rule)."""
+    base, sft, _ = tiny_pair
+    kinded = _kinded_honesty(tmp_path / "d")
+    opts = {"compensation": "protect", "r_iw": 0.125, "r_cw": 0.8}
+    cases = [(kinded, "mean"), (calib[0], "pooled")]  # conftest's D_hon lines carry no kind
+    for hon, want in cases:
+        auto, explicit = tmp_path / f"auto-{want}.safetensors", tmp_path / f"{want}.safetensors"
+        make_patch(str(sft), str(base), hon, calib[1], auto, PatchOptions(**opts, kind_pooling="auto"))
+        make_patch(str(sft), str(base), hon, calib[1], explicit, PatchOptions(**opts, kind_pooling=want))
+        assert read_manifest(auto).options["kind_pooling"] == want
+        assert auto.read_bytes() == explicit.read_bytes()

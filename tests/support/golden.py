@@ -82,8 +82,9 @@ def digest(path: Path) -> str:
     # after the recording; a folder fingerprint also differs where the tiny models' bytes do
     for key in ("base", "sft", "compute", "revisions"):
         manifest.pop(key, None)
-    if manifest.get("options", {}).get("kind_pooling") == "pooled":  # added after the recording, at its default
-        manifest["options"].pop("kind_pooling")
+    for name, default in (("kind_pooling", "pooled"), ("controls_in", "hon")):  # added after the recording
+        if manifest.get("options", {}).get(name) == default:
+            manifest["options"].pop(name)
     for fp in manifest.get("calibration", {}).values():
         fp.pop("file", None)
     h.update(json.dumps(manifest, sort_keys=True).encode())
