@@ -30,6 +30,12 @@ def decline_kind(kind: str | None) -> str | None:
     return kind if kind is not None and kind not in SHARED_KINDS else None
 
 
+def is_control(kind: str | None) -> bool:
+    """Whether a D_hon line is an answerable control (a :data:`SHARED_KINDS` kind). A line with no kind is not:
+    it is neither a decline kind nor a control."""
+    return kind in SHARED_KINDS
+
+
 @dataclass(frozen=True)
 class CalibExample:
     prompt: Prompt
@@ -96,6 +102,10 @@ class Batch:
     labels: torch.Tensor  # -100 on prompt and padding
     kinds: tuple[str | None, ...] = ()  # each example's kind (empty: none known)
 
+    def example_kinds(self) -> tuple[str | None, ...]:
+        """Each example's kind, None for every example when none is known."""
+        return self.kinds or (None,) * self.input_ids.shape[0]
+
 
 def tokenize_examples(
     tokenizer: Any, examples: list[CalibExample], max_length: int
@@ -157,6 +167,10 @@ class CalibrationSets:
             for kind in filter(None, map(decline_kind, b.kinds)):
                 counts[kind] = counts.get(kind, 0) + 1
         return dict(sorted(counts.items()))
+
+    def controls(self) -> int:
+        """How many of D_hon's examples are answerable controls (:func:`is_control`)."""
+        return sum(is_control(k) for b in self.hon for k in b.kinds)
 
     def for_hessians(self, which: str) -> list[Batch]:
         """The batches ``--hessian-data`` names: hon, task or both."""

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..linear_layers import LinearLayer, forward_hooks
-from .calibration import SHARED_KINDS
+from .calibration import Batch, is_control
 from .options import PatchOptions
 from .skeleton import Block, ModelSkeleton
 from .stream import Stream
@@ -176,13 +176,13 @@ def needs_hessians(options: PatchOptions) -> bool:
 HON_DECLINES, HON_CONTROLS = "hon:declines", "hon:controls"
 
 
-def _keeps(part: str, kinds: Sequence[str | None], n: int) -> torch.Tensor | None:
+def _keeps(part: str, batch: Batch) -> torch.Tensor | None:
     """Which examples of a batch a set part sums (None: all of them). D_hon's controls are its lines of a
     :data:`~.calibration.SHARED_KINDS` kind; every other line (a decline kind, or none) is a question to decline."""
     if part not in (HON_DECLINES, HON_CONTROLS):
         return None
-    control = [k in SHARED_KINDS for k in (kinds or (None,) * n)]
-    return torch.tensor([c == (part == HON_CONTROLS) for c in control], dtype=torch.bool)
+    want = part == HON_CONTROLS
+    return torch.tensor([is_control(k) == want for k in batch.example_kinds()], dtype=torch.bool)
 
 
 def hessian_sets(options: PatchOptions) -> dict[str, tuple[str, ...]]:
@@ -241,7 +241,7 @@ def _collect(
         for batch, call, x in zip(s.batches, s.calls, s.inputs(block.index)):
             run = call.calls[block.index].run
             mask = batch.attention_mask
-            keep = _keeps(part, batch.kinds, mask.shape[0])
+            keep = _keeps(part, batch)
             if keep is not None:
                 mask = mask * keep[:, None].to(mask.dtype)
             passes.append((mask, functools.partial(run, module, x, s.returns_tuple)))

@@ -33,7 +33,7 @@ from ..patch_encoding import ENCODINGS
 from ..patchfile import PatchManifest, PatchStats, write_patch_streamed
 from ..progress import StageTimer, peak_rss_mb, progress
 from ..revision import source_revisions
-from .calibration import SHARED_KINDS, CalibrationSets, dataset_fingerprint, load_calibration_sets
+from .calibration import CalibrationSets, dataset_fingerprint, load_calibration_sets
 from .compensation import compensate_layers
 from .distributed import World
 from .fisher import SHARED, FisherScores
@@ -202,14 +202,17 @@ def _calibration(
 ) -> tuple[CalibrationSets, PatchOptions]:
     """The tokenized calibration sets, and the options made concrete for them (:func:`resolve_kind_pooling`)."""
     sets = load_calibration_sets(run.tokenizer(), honesty_data, task_data, options)
-    if options.controls_in == "task":
-        controls = sum(k in SHARED_KINDS for b in sets.hon for k in b.kinds)
-        if not 0 < controls < sets.examples()["honesty"]:
-            raise OptionError(
-                "--controls-in task needs D_hon lines of kind 'answerable' and lines to decline (their 'kind' "
-                f"field); the honesty file has {controls} answerable of {sets.examples()['honesty']}."
-            )
+    controls, lines = sets.controls(), sets.examples()["honesty"]
+    if options.controls_in == "task" and not 0 < controls < lines:
+        raise OptionError(
+            "--controls-in task needs D_hon lines of kind 'answerable' and lines to decline (their 'kind' "
+            f"field); the honesty file has {controls} answerable of {lines}."
+        )
     return sets, resolve_kind_pooling(options, sets.decline_kinds())
+
+
+#: --kind-pooling mean/min compare kinds, so they need this many decline kinds in D_hon (auto falls back below it)
+MIN_DECLINE_KINDS = 2
 
 
 def resolve_kind_pooling(options: PatchOptions, decline_kinds: dict[str, int]) -> PatchOptions:
@@ -222,7 +225,7 @@ def resolve_kind_pooling(options: PatchOptions, decline_kinds: dict[str, int]) -
     recorded options makes the same patch without this rule."""
     if options.kind_pooling != "auto":
         return options
-    used = "mean" if len(decline_kinds) >= 2 else "pooled"
+    used = "mean" if len(decline_kinds) >= MIN_DECLINE_KINDS else "pooled"
     log.info(
         "kind pooling (auto): %s (D_hon names %d kinds of questions to decline%s)",
         used,
@@ -238,7 +241,7 @@ def _kind_groups(sets: CalibrationSets, options: PatchOptions) -> dict[str, int]
     if options.kind_pooling == "pooled":
         return {}
     kinds = sets.decline_kinds()
-    if len(kinds) < 2:
+    if len(kinds) < MIN_DECLINE_KINDS:
         raise OptionError(
             f"--kind-pooling {options.kind_pooling} needs D_hon lines of at least two kinds of questions to decline "
             f"(their 'kind' field); the honesty file has {len(kinds)}."

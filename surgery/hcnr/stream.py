@@ -150,9 +150,7 @@ class Stream:
 
 def _groups(batch: Batch) -> tuple[str, ...]:
     """Each example's Fisher group: its kind when it is a question to decline, else :data:`~.fisher.SHARED`."""
-    n = batch.input_ids.shape[0]
-    kinds = batch.kinds or (None,) * n
-    return tuple(decline_kind(k) or SHARED for k in kinds)
+    return tuple(decline_kind(k) or SHARED for k in batch.example_kinds())
 
 
 def forward_streams(streams: list[Stream]) -> None:
